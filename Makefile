@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine (see README.md):
+#   make demo   installs the package and predicts a generated sample clip with the embedded engine
+#   make test   installs the test extras and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= out/demo
+
+.PHONY: demo test lint bench venv install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# The stamp files re-run pip only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/avsal predict --sample --out $(OUT)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .benchmarks

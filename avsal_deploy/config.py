@@ -1,0 +1,382 @@
+"""One typed configuration for the whole product.
+
+A :class:`Config` is built from a named profile (``paper``, ``small``, ``tiny``), optionally read
+from a TOML/JSON file, and overridden field by field. Training, export, the Triton repository and
+the benchmarks all read it; every tensor shape downstream is *derived* from it here (see
+:meth:`Config.clip_len`, :meth:`Config.video_scales`, :meth:`Config.audio_input_shape`), never
+re-typed by hand.
+
+Overrides use dotted keys (``{"video.height": 128}``), double-underscore keyword arguments
+(``load_config("tiny", video__height=128)``) or whole sections
+(``load_config("tiny", video={"height": 128})``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from avsal_deploy.errors import ConfigError
+
+Variant = Literal["avrsp", "diffsal", "hybrid"]
+VARIANTS: tuple[str, ...] = ("avrsp", "diffsal", "hybrid")
+PROFILES: tuple[str, ...] = ("paper", "small", "tiny")
+
+# S3D (Xie et al. 2018) channel widths after its four encoder blocks, at width multiplier 1.0:
+# block 1 = SepConv 64->192, block 2 = Mixed_3c, block 3 = Mixed_4f, block 4 = Mixed_5c.
+S3D_SCALE_CHANNELS: tuple[int, int, int, int] = (192, 480, 832, 1024)
+# (temporal, spatial) stride-2 steps before each of those four blocks' outputs, cumulative:
+# block 1 sees conv1 (2, 2) + pool1 (1, 2); block 2 pool2 (1, 2); block 3 pool3 (2, 2);
+# block 4 pool4 (2, 2). Every spatial step is a k3/s2/p1 pool or k7/s2/p3 conv, so it rounds UP.
+S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
+
+
+def ceil_halve(n: int, times: int) -> int:
+    """Size after ``times`` stride-2 steps that round up (k3/s2/p1 pools, k7/s2/p3 convs)."""
+    for _ in range(times):
+        n = (n + 1) // 2
+    return n
+
+
+def scaled(channels: int, mult: float, divisor: int = 4) -> int:
+    """Channel count ``channels * mult`` rounded to a multiple of ``divisor`` (at least ``divisor``)."""
+    return max(divisor, int(round(channels * mult / divisor)) * divisor)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    height: int = 224
+    width: int = 384
+    clip_len: int = 32  # AVRSP / hybrid window (frames)
+    diffsal_clip_len: int = 16  # DiffSal window (frames)
+    # Normalisation after scaling uint8 frames to [0, 1] (ImageNet statistics, as ViNet/AViNet).
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    s3d_width: float = 1.0  # channel multiplier of S3D; 1.0 loads the public Kinetics checkpoints
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    # SoundNet-8 on the raw waveform (AVRSP, hybrid). The clip's excerpt is Hanning-windowed and
+    # centred in a zero buffer of int(rate / buffer_fps * clip_len) samples (ViNet convention).
+    soundnet_rate: int = 22050
+    soundnet_buffer_fps: float = 10.0
+    soundnet_scale: float = 256.0  # legacy SoundNet input range about [-256, 256]
+    soundnet_width: float = 1.0  # 1.0 loads the public soundnet8 port
+    # VGGish on log-mel slices (DiffSal).
+    vggish_rate: int = 16000
+    n_mels: int = 64
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    fmin: float = 125.0
+    fmax: float = 7500.0
+    log_offset: float = 0.01
+    vggish_slices: int = 9  # slices per DiffSal window
+    vggish_slice_height: int = 112  # each log-mel slice is resized to this (time) ...
+    vggish_slice_width: int = 192  # ... by this (mel) size
+    vggish_width: float = 1.0  # 1.0 loads the public torchvggish port
+    transformer_layers: int = 1
+    transformer_heads: int = 8
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    # Channels of the four scales after ASPP + LIP (high resolution -> low resolution).
+    channels: tuple[int, int, int, int] = (64, 128, 192, 256)
+    ravf_blocks: int = 2
+    ravf_heads: int = 8
+    ffn_mult: int = 2
+    aspp_rates: tuple[int, ...] = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    channels: tuple[int, int, int, int] = (64, 128, 192, 256)
+    heads: int = 4
+    time_dim: int = 256
+    res_blocks: int = 1  # ResNet blocks per noise-encoder stage
+    efficient_attention: bool = True  # ECA (strided Conv3d + LN key/value compression) vs standard
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    cosine_s: float = 0.008
+    max_beta: float = 0.999
+    sampling_steps: int = 4  # paper: 4; released DiffSal config: 1; 0 on hybrid = one-shot map
+    dequant_sigma: float = 0.01
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    stride: int = 1
+    mode: Literal["causal", "centre"] = "causal"  # causal: predicts the LAST frame (AVRSP)
+
+
+@dataclass(frozen=True)
+class ScaleShape:
+    """Shape of one multi-scale feature, batch excluded: [channels, frames, height, width]."""
+
+    channels: int
+    frames: int
+    height: int
+    width: int
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.channels, self.frames, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "paper"
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+
+    def __post_init__(self) -> None:
+        v = self.video
+        for name, n in (("clip_len", v.clip_len), ("diffsal_clip_len", v.diffsal_clip_len)):
+            if n < 8 or n % 8:
+                raise ConfigError(f"video.{name}={n}: must be a positive multiple of 8 (S3D strides)")
+        for name, n in (("height", v.height), ("width", v.width)):
+            if n < 32 or n % 16:
+                raise ConfigError(f"video.{name}={n}: must be a multiple of 16, at least 32")
+        if self.fusion.channels[-1] % self.fusion.ravf_heads:
+            raise ConfigError("fusion.channels[-1] must be divisible by fusion.ravf_heads")
+        if self.window.stride < 1:
+            raise ConfigError(f"window.stride={self.window.stride}: must be >= 1")
+        if self.window.mode not in ("causal", "centre"):
+            raise ConfigError(f"window.mode={self.window.mode!r}: must be 'causal' or 'centre'")
+        if self.diffusion.sampling_steps < 0:
+            raise ConfigError("diffusion.sampling_steps must be >= 0")
+
+    # ----------------------------------------------------------------- derived shapes
+    def clip_len(self, variant: str = "hybrid") -> int:
+        """Frames per window: 32 for AVRSP/hybrid, 16 for DiffSal at the paper profile."""
+        check_variant(variant)
+        return self.video.diffsal_clip_len if variant == "diffsal" else self.video.clip_len
+
+    def frames_shape(self, variant: str = "hybrid") -> tuple[int, int, int, int]:
+        """Model input clip, batch excluded: [3, T, H, W], float32, normalised."""
+        return (3, self.clip_len(variant), self.video.height, self.video.width)
+
+    def s3d_channels(self) -> tuple[int, int, int, int]:
+        return tuple(scaled(c, self.video.s3d_width) for c in S3D_SCALE_CHANNELS)  # type: ignore[return-value]
+
+    def video_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
+        """The four S3D block outputs (high -> low resolution), batch excluded.
+
+        Temporal steps are exact (clip lengths are multiples of 8); spatial steps round up, so
+        112x192 gives 28x48, 14x24, 7x12, 4x6.
+        """
+        t, h, w = self.clip_len(variant), self.video.height, self.video.width
+        out = []
+        for c, (st, ss) in zip(self.s3d_channels(), S3D_STEPS, strict=True):
+            t, h, w = t >> st, ceil_halve(h, ss), ceil_halve(w, ss)
+            out.append(ScaleShape(c, t, h, w))
+        return tuple(out)
+
+    def fusion_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
+        """The four scales after ASPP + LIP (same grid as S3D, fusion channels)."""
+        return tuple(
+            ScaleShape(c, s.frames, s.height, s.width)
+            for c, s in zip(self.fusion.channels, self.video_scales(variant), strict=True)
+        )
+
+    def soundnet_samples(self) -> int:
+        """Length of the zero buffer the Hanning-windowed excerpt is centred in."""
+        a = self.audio
+        return int(a.soundnet_rate / a.soundnet_buffer_fps * self.video.clip_len)
+
+    def audio_input_shape(self, variant: str = "hybrid") -> tuple[int, ...]:
+        """Audio model input, batch excluded.
+
+        SoundNet (avrsp, hybrid): waveform [1, samples, 1] (NCHW with W=1, the legacy layout).
+        VGGish (diffsal): log-mel slices [slices, 1, slice_height, slice_width].
+        """
+        check_variant(variant)
+        a = self.audio
+        if variant == "diffsal":
+            return (a.vggish_slices, 1, a.vggish_slice_height, a.vggish_slice_width)
+        return (1, self.soundnet_samples(), 1)
+
+    def map_shape(self) -> tuple[int, int, int]:
+        """Saliency map at model size, batch excluded: [1, H, W]."""
+        return (1, self.video.height, self.video.width)
+
+    # ----------------------------------------------------------------- identity
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def architecture_fingerprint(self) -> str:
+        """Hash of every field that changes parameter shapes (not sampling or window settings).
+
+        Checkpoints record it, so loading weights trained under another profile fails clearly.
+        """
+        d = self.to_dict()
+        for k in ("profile", "diffusion", "window"):
+            d.pop(k)
+        # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
+        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
+        keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
+        keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width")
+        d["audio"] = {k: d["audio"][k] for k in keep}
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults)."""
+        return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
+
+    def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
+        """A copy with dotted / double-underscore / section overrides applied."""
+        merged: dict[str, Any] = dict(overrides or {})
+        merged.update(kwargs)
+        return _from_dict(_merge(self.to_dict(), _expand(merged)))
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    return variant
+
+
+_PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {
+        "video": {"height": 112, "width": 192, "clip_len": 16, "diffsal_clip_len": 16, "s3d_width": 0.5},
+        "audio": {
+            "soundnet_width": 0.5,
+            "vggish_width": 0.5,
+            "vggish_slices": 9,
+            "vggish_slice_height": 56,
+            "vggish_slice_width": 96,
+            "transformer_heads": 4,
+        },
+        "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4},
+        "unet": {"channels": (32, 64, 96, 128), "heads": 2, "time_dim": 128},
+    },
+    "tiny": {
+        "video": {"height": 64, "width": 96, "clip_len": 8, "diffsal_clip_len": 8, "s3d_width": 0.125},
+        "audio": {
+            "soundnet_width": 0.125,
+            "vggish_width": 0.125,
+            "vggish_slices": 5,
+            "vggish_slice_height": 32,
+            "vggish_slice_width": 32,
+            "transformer_heads": 2,
+        },
+        "fusion": {"channels": (8, 16, 24, 32), "ravf_blocks": 1, "ravf_heads": 2, "aspp_rates": (1, 2)},
+        "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
+        "diffusion": {"sampling_steps": 2},
+    },
+}
+
+
+def profile_config(name: str) -> Config:
+    if name not in _PROFILE_OVERRIDES:
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return _from_dict(_merge(Config(profile=name).to_dict(), _PROFILE_OVERRIDES[name]))
+
+
+def load_config(
+    name_or_path: str | Path | Config = "paper", overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Config:
+    """The config of a named profile or a TOML/JSON file, with overrides applied.
+
+    A file may name its base profile (``profile = "small"``) and override any section.
+    """
+    if isinstance(name_or_path, Config):
+        base = name_or_path
+    elif str(name_or_path) in _PROFILE_OVERRIDES:
+        base = profile_config(str(name_or_path))
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file (and not a profile name: {', '.join(PROFILES)})")
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        data = dict(data.get("model", data)) if "model" in data and "profile" not in data else dict(data)
+        base = profile_config(str(data.pop("profile", "paper")))
+        base = _from_dict(_merge(base.to_dict(), data))
+    if overrides or kwargs:
+        base = base.replace(overrides, **kwargs)
+    return base
+
+
+# --------------------------------------------------------------------- helpers
+_SECTIONS: dict[str, type] = {
+    "video": VideoConfig,
+    "audio": AudioConfig,
+    "fusion": FusionConfig,
+    "unet": UNetConfig,
+    "diffusion": DiffusionConfig,
+    "window": WindowConfig,
+}
+
+
+def _expand(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.replace("__", ".").split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        leaf = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key not in out:
+            raise ConfigError(f"unknown config field {key!r}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {key!r} needs a table of fields, got {value!r}")
+            unknown = set(value) - set(out[key])
+            if unknown:
+                raise ConfigError(
+                    f"unknown config field(s) {', '.join(f'{key}.{u}' for u in sorted(unknown))}"
+                )
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(cls: type, values: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def _from_dict(d: dict[str, Any]) -> Config:
+    sections = {name: _coerce(cls, d.get(name, {})) for name, cls in _SECTIONS.items()}
+    return Config(profile=str(d.get("profile", "paper")), **sections)

@@ -1,0 +1,335 @@
+"""Audio features aligned to clip windows: the SoundNet waveform buffer and VGGish log-mel slices.
+
+Frame-to-audio alignment (ViNet / AViNet / DiffSal loaders, ref: samyak0210/ViNet
+``generate_result_audio_visual.py``, junwenxiong/diff_sal ``datasets/saliency_db.py``): frame ``k``
+at time ``t_k`` owns the samples ``[t_k * Fs - n/2, t_k * Fs + n/2]`` with ``n = Fs / fps``; a
+window's excerpt runs from its earliest frame's start to its latest frame's end (both ends
+inclusive, start clipped at 0). ``t_k = k / fps`` for constant frame rate; pass the decoder's
+``timestamps`` to follow variable frame rate. Deviation: the reference clips the end at the track's
+length, which makes the Hanning window shorter in the last frames; we keep the nominal span and
+read missing audio as silence, so an excerpt never depends on how much audio exists after it (the
+streaming windower relies on this).
+
+SoundNet (AVRSP, hybrid): resample to ``audio.soundnet_rate``, cut the excerpt, multiply by a
+symmetric Hanning window of its length (``np.hanning``), centre it in a zero buffer of
+``config.soundnet_samples()`` samples (cropped centrally when longer) and scale to the legacy
+SoundNet range (``audio.soundnet_scale`` = 256: the reference reads int32 PCM and multiplies by
+2**-23). Time-reversed windows (AVRSP's first frames) get the time-reversed excerpt; the reference
+flips the whole buffer, which differs from ours by at most one sample of centring.
+
+VGGish (DiffSal): the log-mel of VGGish's ``mel_features.py`` (16 kHz, 25 ms periodic Hann window,
+10 ms hop, FFT of the next power of two, STFT magnitude, 64 HTK-mel bands 125-7500 Hz with
+triangles linear in mel and the DC bin dropped, ``log(mel + 0.01)``), computed on the window's
+excerpt, cut into ``audio.vggish_slices`` equal slices along time, each resized (bilinear) to
+``(vggish_slice_height, vggish_slice_width)``. Deviation: DiffSal's loader centres the excerpt
+in a fixed zero buffer, cuts 0.96 s VGGish examples and repeats them to 9; slicing the excerpt
+itself keeps every slice tied to the window's own frames (no silent padding slices).
+
+Resampling is polyphase (``scipy.signal.resample_poly``). :func:`excerpt` resamples only the
+samples a window needs, aligned to the polyphase grid so it equals slicing the resampled track.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.signal import resample_poly
+
+from avsal_deploy.config import Config
+from avsal_deploy.errors import BackendUnavailableError, ConfigError
+
+#: Per-frame times: an array indexed by frame, or a mapping {frame index: seconds} (streaming).
+Timestamps = Sequence[float] | np.ndarray | Mapping[int, float]
+
+
+# ----------------------------------------------------------------------------- resampling
+def _ratio(from_rate: int, to_rate: int) -> tuple[int, int]:
+    if from_rate <= 0 or to_rate <= 0:
+        raise ConfigError(f"audio sample rates must be positive, got {from_rate} -> {to_rate}")
+    g = math.gcd(int(from_rate), int(to_rate))
+    return int(to_rate) // g, int(from_rate) // g
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling (Kaiser-windowed FIR, scipy defaults) to float32."""
+    x = np.asarray(audio, dtype=np.float64)
+    if from_rate == to_rate:
+        return x.astype(np.float32)
+    up, down = _ratio(from_rate, to_rate)
+    return resample_poly(x, up, down).astype(np.float32)
+
+
+def excerpt(
+    audio: np.ndarray, audio_rate: int, start: int, stop: int, rate: int, audio_offset: int = 0
+) -> np.ndarray:
+    """Samples ``[start, stop)`` of the track resampled to ``rate``, float32; silence outside it.
+
+    ``audio[0]`` is sample ``audio_offset`` of the track at ``audio_rate`` (a streaming buffer passes
+    how much it dropped). Only the needed input is resampled: the cut starts on the polyphase grid
+    (a multiple of the decimation factor) with a margin of the filter's half length, so the result
+    equals ``resample(track, audio_rate, rate)[start:stop]`` to float rounding inside the track
+    (within a filter length past its end it holds the filter's decaying tail, then zeros).
+    """
+    n = max(int(stop) - int(start), 0)
+    x = np.asarray(audio, dtype=np.float32)
+    if audio_rate == rate:
+        return _take(x, int(start) - audio_offset, n)
+    up, down = _ratio(audio_rate, rate)
+    half = 10 * max(up, down)  # resample_poly's filter half length, in the up-sampled domain
+    margin_out = half // down + 2
+    margin_in = half // up + 2
+    m = (int(start) - margin_out) // up  # floor: the grid point at or before the margin
+    first_in = m * down
+    last_in = -(-((int(stop) - 1) * down) // up) + margin_in + 1
+    segment = _take(x, first_in - audio_offset, last_in - first_in).astype(np.float64)
+    y = resample_poly(segment, up, down)
+    lo = int(start) - m * up
+    return y[lo : lo + n].astype(np.float32)
+
+
+def _take(x: np.ndarray, first: int, n: int) -> np.ndarray:
+    """``x[first:first+n]`` with zeros where that range leaves ``x`` (either side)."""
+    out = np.zeros(n, np.float32)
+    lo, hi = max(first, 0), min(first + n, x.shape[0])
+    if hi > lo:
+        out[lo - first : hi - first] = x[lo:hi]
+    return out
+
+
+# ----------------------------------------------------------------------------- frame alignment
+def frame_time(index: int, fps: float, timestamps: Timestamps | None = None) -> float:
+    """Presentation time (seconds) of frame ``index``: its timestamp if given, else index / fps."""
+    return float(timestamps[index]) if timestamps is not None else index / float(fps)
+
+
+def frame_span(
+    frame_indices: Sequence[int], fps: float, rate: int, timestamps: Timestamps | None = None
+) -> tuple[int, int]:
+    """Sample range ``[start, stop)`` at ``rate`` covering a window's frames (ViNet convention)."""
+    if len(frame_indices) == 0:
+        raise ConfigError("a window needs at least one frame index")
+    if fps <= 0:
+        raise ConfigError(f"fps={fps!r}: must be positive")
+    half = rate / float(fps) / 2.0
+    t_lo = frame_time(min(frame_indices), fps, timestamps)
+    t_hi = frame_time(max(frame_indices), fps, timestamps)
+    start = int(max(0.0, t_lo * rate - half))
+    end = int(t_hi * rate + half)  # inclusive, as excerptend + 1 in the reference
+    return start, max(end + 1, start + 1)
+
+
+def _is_reversed(frame_indices: Sequence[int], reverse: bool | None) -> bool:
+    return bool(frame_indices[0] > frame_indices[-1]) if reverse is None else bool(reverse)
+
+
+# ----------------------------------------------------------------------------- SoundNet
+def soundnet_excerpt(
+    audio: np.ndarray,
+    audio_rate: int,
+    frame_indices: Sequence[int],
+    fps: float,
+    config: Config,
+    *,
+    timestamps: Timestamps | None = None,
+    reverse: bool | None = None,
+    audio_offset: int = 0,
+) -> np.ndarray:
+    """SoundNet input for one window: float32 ``[1, config.soundnet_samples(), 1]``.
+
+    ``reverse`` (default: frame indices descending) time-reverses the excerpt.
+    """
+    a = config.audio
+    start, stop = frame_span(frame_indices, fps, a.soundnet_rate, timestamps)
+    x = excerpt(audio, audio_rate, start, stop, a.soundnet_rate, audio_offset)
+    if _is_reversed(frame_indices, reverse):
+        x = x[::-1]
+    x = x * np.hanning(x.shape[0]).astype(np.float32)
+    size = config.soundnet_samples()
+    buffer = np.zeros(size, np.float32)
+    if x.shape[0] <= size:
+        first = size // 2 - x.shape[0] // 2
+        buffer[first : first + x.shape[0]] = x
+    else:
+        first = (x.shape[0] - size) // 2
+        buffer[:] = x[first : first + size]
+    return (buffer * np.float32(a.soundnet_scale)).reshape(1, size, 1)
+
+
+# ----------------------------------------------------------------------------- VGGish log-mel
+def _stft_geometry(config: Config) -> tuple[int, int, int]:
+    """(window, hop, fft) lengths in samples at ``audio.vggish_rate`` (VGGish: 400, 160, 512)."""
+    a = config.audio
+    win = int(round(a.vggish_rate * a.win_ms / 1000.0))
+    hop = int(round(a.vggish_rate * a.hop_ms / 1000.0))
+    return win, hop, 1 << (win - 1).bit_length()
+
+
+def periodic_hann(length: int) -> np.ndarray:
+    """Hann window of period ``length`` (VGGish's, not numpy's symmetric ``np.hanning``)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi / length * np.arange(length))
+
+
+def hertz_to_mel(hertz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale, ``1127 ln(1 + f / 700)``."""
+    return 1127.0 * np.log1p(np.asarray(hertz, dtype=np.float64) / 700.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_matrix_cached(n_mels: int, n_bins: int, rate: int, fmin: float, fmax: float) -> np.ndarray:
+    if not 0.0 <= fmin < fmax <= rate / 2.0:
+        raise ConfigError(
+            f"audio.fmin={fmin}, audio.fmax={fmax}: need 0 <= fmin < fmax <= rate/2 = {rate / 2}"
+        )
+    bins_mel = hertz_to_mel(np.linspace(0.0, rate / 2.0, n_bins))
+    edges = np.linspace(hertz_to_mel(fmin), hertz_to_mel(fmax), n_mels + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (centre - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0  # VGGish ignores the DC bin
+    weights.setflags(write=False)
+    return weights
+
+
+def mel_matrix(config: Config) -> np.ndarray:
+    """VGGish's ``[fft/2 + 1, n_mels]`` mel weights (post-multiply a magnitude spectrogram)."""
+    a = config.audio
+    _, _, nfft = _stft_geometry(config)
+    return _mel_matrix_cached(a.n_mels, nfft // 2 + 1, a.vggish_rate, float(a.fmin), float(a.fmax))
+
+
+def _log_mel_native(x: np.ndarray, config: Config) -> np.ndarray:
+    """Log-mel of a waveform already at ``audio.vggish_rate``: ``[frames, n_mels]`` float32."""
+    win, hop, nfft = _stft_geometry(config)
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[0] < win:
+        return np.zeros((0, config.audio.n_mels), np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop]
+    magnitude = np.abs(np.fft.rfft(frames * periodic_hann(win), nfft))
+    mel = magnitude @ mel_matrix(config)
+    return np.log(mel + config.audio.log_offset).astype(np.float32)
+
+
+def log_mel(audio: np.ndarray, rate: int, config: Config) -> np.ndarray:
+    """VGGish log-mel spectrogram ``[frames, n_mels]`` (no frame until 25 ms of audio)."""
+    return _log_mel_native(resample(audio, rate, config.audio.vggish_rate), config)
+
+
+def _resize_bilinear(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D array (half-pixel centres, antialiased when shrinking)."""
+    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+def slice_bounds(n_frames: int, n_slices: int) -> list[tuple[int, int]]:
+    """Equal time slices ``[lo, hi)`` of ``n_frames`` log-mel frames; each has at least one frame."""
+    edges = (np.arange(n_slices + 1) * n_frames) // n_slices
+    return [(int(lo), int(max(hi, lo + 1))) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def vggish_slices(
+    audio: np.ndarray,
+    audio_rate: int,
+    frame_indices: Sequence[int],
+    fps: float,
+    config: Config,
+    *,
+    timestamps: Timestamps | None = None,
+    reverse: bool | None = None,
+    audio_offset: int = 0,
+) -> np.ndarray:
+    """VGGish input for one window: float32 ``[slices, 1, slice_height, slice_width]``.
+
+    The excerpt is zero-padded to one STFT window (25 ms) when shorter, so every slice has data.
+    """
+    a = config.audio
+    start, stop = frame_span(frame_indices, fps, a.vggish_rate, timestamps)
+    x = excerpt(audio, audio_rate, start, stop, a.vggish_rate, audio_offset)
+    if _is_reversed(frame_indices, reverse):
+        x = x[::-1]
+    win, _, _ = _stft_geometry(config)
+    if x.shape[0] < win:
+        x = np.concatenate([x, np.zeros(win - x.shape[0], np.float32)])
+    mel = _log_mel_native(x, config)
+    size = (a.vggish_slice_height, a.vggish_slice_width)
+    out = [_resize_bilinear(mel[lo:hi], size) for lo, hi in slice_bounds(mel.shape[0], a.vggish_slices)]
+    return np.stack(out)[:, None].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- DALI log-mel
+def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cpu") -> np.ndarray:
+    """The VGGish log-mel computed by DALI (``fn.spectrogram`` + ``fn.mel_filter_bank`` + log).
+
+    Same STFT (periodic Hann passed as ``window_fn``, no centring, magnitude) and an HTK mel bank
+    with peak-1 triangles (``normalize=False``); DALI draws its triangles linearly in hertz between
+    mel-spaced edges where VGGish draws them linearly in mel, which moves the log-mel by about 1e-2
+    at most (tests/test_audio.py bounds it). ``device="gpu"`` runs the STFT and filter bank on an
+    NVIDIA GPU. Resampling to 16 kHz uses :func:`resample` for both paths.
+    """
+    from avsal_deploy.data.video import gpu_available, require_dali  # noqa: PLC0415 - lazy DALI import
+
+    require_dali()
+    if device not in ("cpu", "gpu"):
+        raise ConfigError(f"log_mel_dali: device={device!r} must be 'cpu' or 'gpu'")
+    if device == "gpu" and not gpu_available():
+        raise BackendUnavailableError("DALI log-mel on device='gpu' needs an NVIDIA GPU and none was found")
+    a = config.audio
+    win, hop, nfft = _stft_geometry(config)
+    x = resample(audio, rate, a.vggish_rate)
+    if x.shape[0] < win:
+        return np.zeros((0, a.n_mels), np.float32)
+    pipe = _dali_log_mel_pipeline(config, win, hop, nfft, device)
+    pipe.feed_input("waveform", [x])
+    (out,) = pipe.run()
+    if device == "gpu":
+        out = out.as_cpu()
+    return np.array(out[0], dtype=np.float32, copy=True)  # DALI owns and reuses its buffer
+
+
+def _dali_log_mel_pipeline(config: Config, win: int, hop: int, nfft: int, device: str) -> Any:
+    from nvidia.dali import fn, math, pipeline_def, types  # noqa: PLC0415
+
+    a = config.audio
+
+    @pipeline_def(
+        batch_size=1,
+        num_threads=1,
+        device_id=0 if device == "gpu" else None,
+        prefetch_queue_depth=1,
+        exec_async=False,
+        exec_pipelined=False,
+    )
+    def pipeline() -> Any:
+        wave = fn.external_source(name="waveform", dtype=types.FLOAT, ndim=1)
+        if device == "gpu":
+            wave = wave.gpu()
+        spec = fn.spectrogram(
+            wave,
+            nfft=nfft,
+            window_length=win,
+            window_step=hop,
+            window_fn=periodic_hann(win).astype(np.float32).tolist(),
+            center_windows=False,
+            power=1,
+            layout="tf",
+        )
+        mel = fn.mel_filter_bank(
+            spec,
+            sample_rate=float(a.vggish_rate),
+            nfilter=a.n_mels,
+            freq_low=float(a.fmin),
+            freq_high=float(a.fmax),
+            mel_formula="htk",
+            normalize=False,
+        )
+        return math.log(mel + a.log_offset)
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe

@@ -1,0 +1,69 @@
+"""ONNX Runtime backend: the embedded default on CPU; CUDA / TensorRT execution providers when present."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from avsal_deploy.config import Config
+from avsal_deploy.engine.base import Arrays, Engine
+from avsal_deploy.errors import BackendUnavailableError
+from avsal_deploy.export.components import ComponentSpec
+
+# Preference order; only those this onnxruntime build offers are used.
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def select_providers(requested: Sequence[str] | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = list(requested) if requested else list(PROVIDER_ORDER)
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in (requested or ()) if p not in available]
+    if missing:
+        raise BackendUnavailableError(
+            f"onnxruntime here offers {sorted(available)}; {', '.join(missing)} needs the 'gpu' extra "
+            "(onnxruntime-gpu) and an NVIDIA GPU"
+        )
+    return chosen
+
+
+class OnnxRuntimeEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        directory: str | Path,
+        config: Config,
+        variant: str,
+        specs: Mapping[str, ComponentSpec],
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        super().__init__(config, variant, specs)
+        self.directory = Path(directory)
+        self.providers = select_providers(providers)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        opts.inter_op_num_threads = 1
+        self.sessions = {}
+        for name, spec in self.specs.items():
+            path = self.directory / spec.onnx_file
+            if not path.exists():
+                raise BackendUnavailableError(f"{path}: missing ONNX file for component {name!r}")
+            self.sessions[name] = ort.InferenceSession(str(path), opts, providers=self.providers)
+
+    def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> Arrays:
+        spec = self.specs[component]
+        outs = self.sessions[component].run(spec.output_names, {n: feeds[n] for n in spec.input_names})
+        return dict(zip(spec.output_names, outs, strict=True))
+
+    def close(self) -> None:
+        self.sessions.clear()

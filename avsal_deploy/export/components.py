@@ -1,0 +1,265 @@
+"""One spec per exported component: the single source of truth for names, shapes and profiles.
+
+ONNX export, the TensorRT engine build, every runtime engine, the Triton repository and the
+benchmarks read these specs (in the manner of TensorRT's demo/Diffusion model classes). Shapes are
+derived from the :class:`~avsal_deploy.config.Config` by running the real modules on the "meta"
+device, so nothing here re-types a shape.
+
+Components (the deployment split of the model):
+
+==============  ====================================  =====================================
+component       inputs                                outputs
+==============  ====================================  =====================================
+video_encoder   frames                                v0, v1, v2, v3
+audio_encoder   audio                                 audio_feat
+fusion          v0..v3, audio_feat   (avrsp, hybrid) one_shot, c0..c3
+unet_step       x_t, t, c0..c3, audio_feat            x0
+ddim            noise, c0..c3, audio_feat             x0   (all DDIM steps unrolled, optional)
+==============  ====================================  =====================================
+
+For ``diffsal`` the UNet conditions ``c0..c3`` are the video features ``v0..v3`` themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from avsal_deploy.config import Config, check_variant
+from avsal_deploy.diffusion import DDIMScheduler
+from avsal_deploy.models.build import AVSaliencyModel, build_model, normalize_maps
+
+BATCH = "batch"
+SCALES = ("v0", "v1", "v2", "v3")
+CONDS = ("c0", "c1", "c2", "c3")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its name, its shape without the (dynamic) batch axis, its dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": [BATCH, *self.shape], "dtype": self.dtype}
+
+    def full_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.shape)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """An exported component: I/O, sample inputs and the min/opt/max batch profile."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batch_profile: tuple[int, int, int] = (1, 1, 8)  # min / opt / max batch (TensorRT, Triton)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def sample_inputs(self, batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
+        """Random inputs of the right shapes; time steps ``t`` are valid integer steps."""
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for spec in self.inputs:
+            if spec.name == "t":
+                steps = self.attributes["timesteps"]
+                out.append(torch.randint(0, steps, (batch,), generator=g).to(torch.float32))
+            else:
+                out.append(torch.randn(spec.full_shape(batch), generator=g))
+        return tuple(out)
+
+    def trt_profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Per input: (min, opt, max) shapes for a TensorRT optimisation profile."""
+        lo, opt, hi = self.batch_profile
+        return {t.name: (t.full_shape(lo), t.full_shape(opt), t.full_shape(hi)) for t in self.inputs}
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "file": self.onnx_file,
+            "inputs": [t.to_manifest() for t in self.inputs],
+            "outputs": [t.to_manifest() for t in self.outputs],
+            "batch_profile": list(self.batch_profile),
+            "attributes": dict(self.attributes),
+        }
+
+    @classmethod
+    def from_manifest(cls, name: str, entry: dict[str, Any]) -> ComponentSpec:
+        def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(i["name"], tuple(i["shape"][1:]), i["dtype"]) for i in items)
+
+        return cls(
+            name,
+            tensors(entry["inputs"]),
+            tensors(entry["outputs"]),
+            tuple(entry["batch_profile"]),  # type: ignore[arg-type]
+            dict(entry.get("attributes", {})),
+        )
+
+
+# ----------------------------------------------------------------------------- wrappers
+class VideoEncoderComponent(nn.Module):
+    def __init__(self, model: AVSaliencyModel) -> None:
+        super().__init__()
+        self.encoder = model.video_encoder
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        v0, v1, v2, v3 = self.encoder(frames)
+        return v0, v1, v2, v3
+
+
+class AudioEncoderComponent(nn.Module):
+    def __init__(self, model: AVSaliencyModel) -> None:
+        super().__init__()
+        self.encoder = model.audio_encoder
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.encoder(audio)
+
+
+class FusionComponent(nn.Module):
+    def __init__(self, model: AVSaliencyModel) -> None:
+        super().__init__()
+        assert model.fusion is not None
+        self.fusion = model.fusion
+
+    def forward(self, v0: Tensor, v1: Tensor, v2: Tensor, v3: Tensor, audio_feat: Tensor):
+        one_shot, c0, c1, c2, c3 = self.fusion(v0, v1, v2, v3, audio_feat)
+        return one_shot, c0, c1, c2, c3
+
+
+class UNetStepComponent(nn.Module):
+    def __init__(self, model: AVSaliencyModel) -> None:
+        super().__init__()
+        assert model.unet is not None
+        self.unet = model.unet
+
+    def forward(self, x_t, t, c0, c1, c2, c3, audio_feat) -> Tensor:
+        return self.unet(x_t, t, c0, c1, c2, c3, audio_feat)
+
+
+class DDIMComponent(nn.Module):
+    """All ``steps`` DDIM updates unrolled into one graph (coefficients baked in as constants).
+
+    The alternative to looping outside the graph: one engine call per window instead of
+    ``steps``. Same arithmetic as :func:`avsal_deploy.diffusion.ddim_sample`, read from the
+    scheduler's :meth:`step_coefficients`.
+    """
+
+    def __init__(self, model: AVSaliencyModel, steps: int) -> None:
+        super().__init__()
+        assert model.unet is not None and steps >= 1
+        self.unet = model.unet
+        sched: DDIMScheduler = model.scheduler
+        ts = [int(t) for t in sched.set_timesteps(steps)]
+        nxt: list[int | None] = [*ts[1:], None]
+        self.plan = [(float(t), sched.step_coefficients(t, n)) for t, n in zip(ts, nxt, strict=True)]
+
+    def forward(self, noise, c0, c1, c2, c3, audio_feat) -> Tensor:
+        x = noise
+        ones = torch.ones_like(noise[:, 0, 0, 0])
+        x0 = noise
+        for t, (c_x0, c_xt) in self.plan:
+            x0 = self.unet(x, ones * t, c0, c1, c2, c3, audio_feat).clamp(0.0, 1.0)
+            x = c_x0 * x0 + c_xt * x
+        return normalize_maps(x0)
+
+
+# ----------------------------------------------------------------------------- specs
+def _infer_shapes(config: Config, variant: str) -> dict[str, tuple[int, ...]]:
+    """Per-tensor shapes (batch excluded) by one forward of the real modules on "meta"."""
+    with torch.device("meta"):
+        model = build_model(config, variant)
+        frames = torch.empty(1, *config.frames_shape(variant))
+        audio = torch.empty(1, *config.audio_input_shape(variant))
+        with torch.no_grad():
+            v = model.video_encoder(frames)
+            a = model.audio_encoder(audio)
+            shapes = {n: tuple(x.shape[1:]) for n, x in zip(SCALES, v, strict=True)}
+            shapes["audio_feat"] = tuple(a.shape[1:])
+            if model.fusion is not None:
+                one_shot, *conds = model.fusion(*v, a)
+                shapes["one_shot"] = tuple(one_shot.shape[1:])
+                shapes.update({n: tuple(c.shape[1:]) for n, c in zip(CONDS, conds, strict=True)})
+            else:
+                shapes.update({c: shapes[s] for c, s in zip(CONDS, SCALES, strict=True)})
+    return shapes
+
+
+def component_specs(
+    config: Config, variant: str, max_batch: int = 8, ddim_steps: int | None = None
+) -> dict[str, ComponentSpec]:
+    """The components of ``variant`` in execution order. ``ddim_steps`` adds the fused loop."""
+    check_variant(variant)
+    s = _infer_shapes(config, variant)
+    prof = (1, 1, max_batch)
+    T = TensorSpec
+    map_shape = config.map_shape()
+    specs: dict[str, ComponentSpec] = {
+        "video_encoder": ComponentSpec(
+            "video_encoder",
+            (T("frames", config.frames_shape(variant)),),
+            tuple(T(n, s[n]) for n in SCALES),
+            prof,
+        ),
+        "audio_encoder": ComponentSpec(
+            "audio_encoder",
+            (T("audio", config.audio_input_shape(variant)),),
+            (T("audio_feat", s["audio_feat"]),),
+            prof,
+        ),
+    }
+    if variant in ("avrsp", "hybrid"):
+        specs["fusion"] = ComponentSpec(
+            "fusion",
+            (*(T(n, s[n]) for n in SCALES), T("audio_feat", s["audio_feat"])),
+            (T("one_shot", s["one_shot"]), *(T(c, s[c]) for c in CONDS)),
+            prof,
+        )
+    if variant in ("diffsal", "hybrid"):
+        cond_inputs = (*(T(c, s[c]) for c in CONDS), T("audio_feat", s["audio_feat"]))
+        attrs = {"timesteps": config.diffusion.timesteps}
+        specs["unet_step"] = ComponentSpec(
+            "unet_step", (T("x_t", map_shape), T("t", ()), *cond_inputs), (T("x0", map_shape),), prof, attrs
+        )
+        if ddim_steps:
+            specs["ddim"] = ComponentSpec(
+                "ddim",
+                (T("noise", map_shape), *cond_inputs),
+                (T("x0", map_shape),),
+                prof,
+                {**attrs, "steps": int(ddim_steps)},
+            )
+    return specs
+
+
+def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
+    """The nn.Module whose forward takes ``spec.inputs`` and returns ``spec.outputs`` in order."""
+    if spec.name == "video_encoder":
+        return VideoEncoderComponent(model)
+    if spec.name == "audio_encoder":
+        return AudioEncoderComponent(model)
+    if spec.name == "fusion":
+        return FusionComponent(model)
+    if spec.name == "unet_step":
+        return UNetStepComponent(model)
+    if spec.name == "ddim":
+        return DDIMComponent(model, int(spec.attributes["steps"]))
+    raise KeyError(f"unknown component {spec.name!r}")

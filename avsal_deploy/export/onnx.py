@@ -1,0 +1,173 @@
+"""ONNX export of the components, graph clean-up, the TensorRT op audit and the manifest.
+
+``export_model`` writes into one directory: an ONNX file per component (dynamic batch, opset
+chosen for TensorRT 10), ``weights.safetensors`` (the weights the graphs were made from, for the
+torch backend and for provenance) and ``manifest.json``, which :func:`avsal_deploy.engine.open`,
+``avsal build-engines`` and the Triton repository read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from avsal_deploy import __version__
+from avsal_deploy.errors import AvsalError
+from avsal_deploy.export.components import ComponentSpec, component_module, component_specs
+from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.models.weights import save_checkpoint
+
+# TensorRT 10's ONNX parser handles opsets 9-20; 18 is the dynamo exporter's native opset.
+OPSET = 18
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+# ONNX operators supported by TensorRT 10's ONNX parser (onnx-tensorrt docs/operators.md), the
+# subset a saliency model can plausibly emit. The audit fails on anything else, so a new op is a
+# decision someone makes, not a surprise on the GPU machine.
+TENSORRT_OPS = frozenset(
+    """
+    Abs Add And ArgMax ArgMin AveragePool BatchNormalization Cast Ceil Clip Concat Constant
+    ConstantOfShape Conv ConvTranspose Cos CumSum DepthToSpace Div Dropout Einsum Elu Equal Erf Exp
+    Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool
+    Greater GreaterOrEqual GroupNormalization HardSigmoid Identity InstanceNormalization
+    LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax MatMul Max MaxPool Mean Min Mod Mul
+    Neg Not Or Pad Pow PRelu Range Reciprocal ReduceL2 ReduceMax ReduceMean ReduceMin ReduceProd
+    ReduceSum ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu Shape Sigmoid
+    Sign Sin Slice Softmax Softplus Split Sqrt Squeeze Sub Sum Tanh Tile TopK Transpose Trilu
+    Unsqueeze Where Xor
+    """.split()
+)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def graph_ops(model: onnx.ModelProto) -> set[str]:
+    """Every op type in the graph, its subgraphs and its local functions."""
+    ops: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            ops.add(node.op_type)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for g in attr.graphs:
+                    visit(g)
+
+    visit(model.graph)
+    for fn in model.functions:
+        ops.update(n.op_type for n in fn.node)
+    return ops
+
+
+def audit_tensorrt_ops(model: onnx.ModelProto) -> set[str]:
+    """Ops in ``model`` that TensorRT's ONNX parser does not support (empty = all supported)."""
+    return graph_ops(model) - TENSORRT_OPS
+
+
+def _name_batch_axes(model: onnx.ModelProto) -> None:
+    """Give the dynamic leading axis of every graph input and output the name ``batch``."""
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+
+
+def export_component(
+    model: AVSaliencyModel, spec: ComponentSpec, path: Path, opset: int = OPSET
+) -> onnx.ModelProto:
+    """Export one component with a dynamic batch axis; the example batch is 2 (see below)."""
+    module = component_module(model, spec).eval()
+    # The dynamo exporter specialises the batch to the example's size when it is 1: export at 2.
+    args = spec.sample_inputs(batch=2)
+    batch = torch.export.Dim("batch", min=1, max=max(2, spec.batch_profile[2]))
+    dynamic = {name: {0: batch} for name in spec.input_names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    _name_batch_axes(proto)
+    onnx.checker.check_model(proto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path))
+    return proto
+
+
+def export_model(
+    model: AVSaliencyModel,
+    out_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    max_batch: int = 8,
+    ddim_steps: int | None = None,
+    components: Iterable[str] | None = None,
+    opset: int = OPSET,
+) -> dict[str, Any]:
+    """Export every component of ``model`` into ``out_dir`` and write the manifest.
+
+    ``checkpoint`` (the file the weights came from) is recorded with its checksum; the weights
+    themselves are always written beside the graphs as ``weights.safetensors``. Raises
+    :class:`AvsalError` when a graph contains an op TensorRT cannot parse.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config, variant = model.config, model.variant
+    specs = component_specs(config, variant, max_batch=max_batch, ddim_steps=ddim_steps)
+    if components is not None:
+        wanted = set(components)
+        unknown = wanted - set(specs)
+        if unknown:
+            raise AvsalError(f"unknown component(s) {sorted(unknown)}: {variant} has {list(specs)}")
+        specs = {k: v for k, v in specs.items() if k in wanted}
+    model = model.eval()
+    entries: dict[str, Any] = {}
+    for name, spec in specs.items():
+        path = out / spec.onnx_file
+        proto = export_component(model, spec, path, opset)
+        bad = audit_tensorrt_ops(proto)
+        if bad:
+            raise AvsalError(f"{path}: ops not supported by TensorRT: {', '.join(sorted(bad))}")
+        entries[name] = {**spec.to_manifest(), "sha256": sha256_file(path), "ops": sorted(graph_ops(proto))}
+    weights = out / WEIGHTS
+    save_checkpoint(model, weights, config, variant)
+    manifest = {
+        "format": 1,
+        "avsal_version": __version__,
+        "profile": config.profile,
+        "variant": variant,
+        "opset": opset,
+        "config": config.to_dict(),
+        "architecture_fingerprint": config.architecture_fingerprint(),
+        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights)},
+        "checkpoint": (
+            {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(Path(checkpoint))}
+            if checkpoint
+            else None
+        ),
+        "components": entries,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,35 @@
+"""The networks of both papers and the builder that composes them into the three variants.
+
+``build_model(config, variant)`` gives an :class:`~avsal_deploy.models.build.AVSaliencyModel`:
+
+- ``avrsp``: S3D + ASPP/LIP, SoundNet-8, MS + RAVF + MRG fusion decoder -> one-shot map.
+- ``diffsal``: S3D, VGGish + temporal transformer, Saliency-UNet sampled with DDIM.
+- ``hybrid`` (deploy default): the AVRSP encoders and fusion decoder condition the Saliency-UNet;
+  ``steps=0`` returns the one-shot AVRSP map.
+
+Names are resolved lazily so that importing one submodule does not build the whole tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "AVSaliencyModel": "avsal_deploy.models.build",
+    "build_model": "avsal_deploy.models.build",
+    "count_flops": "avsal_deploy.models.build",
+    "count_parameters": "avsal_deploy.models.build",
+    "load_backbone_weights": "avsal_deploy.models.weights",
+    "load_checkpoint": "avsal_deploy.models.weights",
+    "save_checkpoint": "avsal_deploy.models.weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,191 @@
+"""Composition of the encoders, the fusion decoder and the Saliency-UNet into the three variants.
+
+The model is split the way it is deployed: :meth:`AVSaliencyModel.encode` (video + audio encoders)
+and :meth:`AVSaliencyModel.condition` (fusion decoder) run ONCE per window; only
+:meth:`AVSaliencyModel.denoise` (one Saliency-UNet step) runs inside the DDIM loop, which lives in
+:mod:`avsal_deploy.diffusion` and does not know which engine runs the networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from avsal_deploy.config import Config, check_variant
+from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
+from avsal_deploy.errors import ConfigError
+from avsal_deploy.models.audio import build_audio_encoder
+from avsal_deploy.models.fusion import FusionDecoder
+from avsal_deploy.models.s3d import build_s3d
+from avsal_deploy.models.unet import SaliencyUNet
+
+
+@dataclass
+class Conditioning:
+    """What the encoders and the fusion decoder hand to the sampler for one batch of windows."""
+
+    one_shot: Tensor | None  # [B,1,H,W] AVRSP map in [0,1] (None for diffsal)
+    conds: tuple[Tensor, Tensor, Tensor, Tensor]  # multi-scale conditions for the UNet
+    audio: Tensor  # [B, C_a, T_a, h_a, w_a]
+
+
+def normalize_maps(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Clamp to [0, 1], then min-max normalise each map (DiffSal's output convention).
+
+    A constant map stays constant (it becomes all zeros) instead of dividing by zero.
+    """
+    x = x.clamp(0.0, 1.0)
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    return (x - lo) / (hi - lo + eps)
+
+
+class AVSaliencyModel(nn.Module):
+    """One of the variants ``avrsp``, ``diffsal`` or ``hybrid``, built from one :class:`Config`."""
+
+    def __init__(self, config: Config, variant: str = "hybrid") -> None:
+        super().__init__()
+        self.config = config
+        self.variant = check_variant(variant)
+        self.video_encoder = build_s3d(config)
+        self.audio_encoder = build_audio_encoder(config, variant)
+        audio_ch = int(self.audio_encoder.out_channels)
+        video_ch = tuple(self.video_encoder.out_channels)
+        self.fusion: FusionDecoder | None = None
+        self.unet: SaliencyUNet | None = None
+        if variant in ("avrsp", "hybrid"):
+            self.fusion = FusionDecoder(config, video_ch, audio_ch)
+        if variant in ("diffsal", "hybrid"):
+            cond_ch = tuple(config.fusion.channels) if variant == "hybrid" else video_ch
+            self.unet = SaliencyUNet(config, cond_ch, audio_ch)
+        self.scheduler = DDIMScheduler.from_config(config.diffusion)
+
+    # ------------------------------------------------------------------ stages
+    def encode(self, frames: Tensor, audio: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Video features at the four scales and the audio features of a batch of windows."""
+        return tuple(self.video_encoder(frames)), self.audio_encoder(audio)
+
+    def condition(self, frames: Tensor, audio: Tensor) -> Conditioning:
+        """Encoders + fusion decoder: everything that runs once per window."""
+        video, audio_feat = self.encode(frames, audio)
+        if self.fusion is None:
+            return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
+        one_shot, *conds = self.fusion(*video, audio_feat)
+        return Conditioning(one_shot, tuple(conds), audio_feat)  # type: ignore[arg-type]
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """One Saliency-UNet step: the x0 estimate from the noisy map ``x_t`` at time steps ``t``."""
+        if self.unet is None:
+            raise ConfigError(f"variant {self.variant!r} has no Saliency-UNet (no diffusion steps)")
+        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, cond.audio)
+
+    def resolve_steps(self, steps: int | None) -> int:
+        return resolve_steps(self.config, self.variant, steps)
+
+    def forward(
+        self,
+        frames: Tensor,
+        audio: Tensor,
+        steps: int | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The saliency map [B,1,H,W] in [0,1] of each window's target frame.
+
+        ``steps`` DDIM steps (default: ``config.diffusion.sampling_steps``); 0 on ``hybrid`` returns
+        the one-shot AVRSP map, ``avrsp`` always returns it. ``noise`` (x_T) or ``generator`` make
+        the sampling reproducible; engines pass the same ``noise`` for parity.
+        """
+        steps = self.resolve_steps(steps)
+        cond = self.condition(frames, audio)
+        if steps == 0:
+            assert cond.one_shot is not None
+            return cond.one_shot
+        if noise is None:
+            shape = (frames.shape[0], *self.config.map_shape())
+            noise = torch.randn(shape, generator=generator, dtype=frames.dtype, device=frames.device)
+        x0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, cond), noise, self.scheduler, steps)
+        return normalize_maps(x0)
+
+
+def resolve_steps(config: Config, variant: str, steps: int | None) -> int:
+    """DDIM steps for ``variant``: the config's default when None; avrsp has none (always 0);
+    diffsal has no one-shot map, so it needs at least one."""
+    steps = config.diffusion.sampling_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ConfigError(f"steps={steps}: must be >= 0")
+    if variant == "avrsp":
+        return 0
+    if variant == "diffsal" and steps == 0:
+        raise ConfigError("variant 'diffsal' has no one-shot map: steps must be >= 1")
+    return steps
+
+
+def build_model(config: Config, variant: str = "hybrid") -> AVSaliencyModel:
+    """The model of ``variant`` (``avrsp``, ``diffsal`` or ``hybrid``) for ``config``."""
+    return AVSaliencyModel(config, variant)
+
+
+# ---------------------------------------------------------------------- accounting
+def count_parameters(model: AVSaliencyModel) -> dict[str, int]:
+    """Parameters per component (absent components omitted) and in total."""
+    out: dict[str, int] = {}
+    for name in ("video_encoder", "audio_encoder", "fusion", "unet"):
+        module = getattr(model, name)
+        if module is not None:
+            out[name] = sum(p.numel() for p in module.parameters())
+    out["total"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+def example_inputs(
+    config: Config, variant: str, batch: int = 1, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Random frames and audio of the shapes the variant takes (derived from the config)."""
+    frames = torch.randn(batch, *config.frames_shape(variant), device=device)
+    audio = torch.randn(batch, *config.audio_input_shape(variant), device=device)
+    return frames, audio
+
+
+def count_flops(
+    model: AVSaliencyModel, config: Config | None = None, steps: int | None = None
+) -> dict[str, int]:
+    """FLOPs of one window (batch 1) per component, counted by torch's own FlopCounterMode.
+
+    Runs on the "meta" device (shapes only, no arithmetic), so the paper profile costs no compute.
+    ``unet_step`` is one Saliency-UNet evaluation; ``per_window`` adds ``steps`` of them (default
+    ``config.diffusion.sampling_steps``) to the encoders and the fusion decoder, which run once.
+    """
+    config = config or model.config
+    variant = model.variant
+    with torch.device("meta"):  # a twin with the same shapes; the real weights stay untouched
+        meta = build_model(config, variant)
+    frames, audio = example_inputs(config, variant, 1, device="meta")
+    out: dict[str, int] = {}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            video = meta.video_encoder(frames)
+        out["video_encoder"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            audio_feat = meta.audio_encoder(audio)
+        out["audio_encoder"] = fc.get_total_flops()
+        conds: tuple[Tensor, ...] = tuple(video)
+        if meta.fusion is not None:
+            with FlopCounterMode(display=False) as fc:
+                _, *conds = meta.fusion(*video, audio_feat)
+            out["fusion"] = fc.get_total_flops()
+        n_steps = meta.resolve_steps(steps)
+        if meta.unet is not None:
+            x_t = torch.randn(1, *config.map_shape(), device="meta")
+            t = torch.zeros(1, device="meta")
+            with FlopCounterMode(display=False) as fc:
+                meta.unet(x_t, t, *conds, audio_feat)
+            out["unet_step"] = fc.get_total_flops()
+    out["steps"] = n_steps
+    once = sum(v for k, v in out.items() if k in ("video_encoder", "audio_encoder", "fusion"))
+    out["per_window"] = once + n_steps * out.get("unet_step", 0)
+    return out
