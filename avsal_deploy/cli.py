@@ -6,15 +6,18 @@ User errors (:class:`~avsal_deploy.errors.AvsalError`) become one line on stderr
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config
 from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
+AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli")
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -99,6 +102,107 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from avsal_deploy.export.onnx import export_model
+    from avsal_deploy.models import build_model
+    from avsal_deploy.models.build import load_pretrained
+
+    if args.checkpoint:
+        model = load_pretrained(args.checkpoint, variant=args.variant)
+        wanted = load_config(args.profile, _parse_overrides(args.set or [])) if args.profile else None
+        if (
+            wanted is not None
+            and wanted.architecture_fingerprint() != model.config.architecture_fingerprint()
+        ):
+            raise AvsalError(
+                f"{args.checkpoint}: checkpoint is profile {model.config.profile}, not {wanted.profile} "
+                "(drop --profile to export it as trained)"
+            )
+    else:
+        config = load_config(args.profile or "paper", _parse_overrides(args.set or []))
+        torch.manual_seed(args.seed)
+        model = build_model(config, args.variant or "hybrid")
+        print("avsal: no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
+    print(f"exporting {model.variant} ({model.config.profile}) to {args.out} ...", file=sys.stderr)
+    manifest = export_model(
+        model,
+        args.out,
+        checkpoint=args.checkpoint,
+        max_batch=args.max_batch,
+        ddim_steps=args.ddim_steps,
+        components=args.components,
+    )
+    for entry in manifest["components"].values():
+        ins = ", ".join(f"{t['name']}{t['shape']}" for t in entry["inputs"])
+        print(f"  {entry['file']:<20} {ins}")
+    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def cmd_build_engines(args: argparse.Namespace) -> int:
+    from avsal_deploy.engine.trt import BuildOptions, build_engines
+
+    opts = BuildOptions(
+        fp16=not args.fp32,
+        int8=args.int8,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+    )
+    plans = build_engines(Path(args.export), Path(args.out) if args.out else None, opts)
+    for name, plan in plans.items():
+        print(f"  {name:<15} {plan}")
+    return 0
+
+
+# ------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from avsal_deploy.pipeline import Predictor, check_writable, open_engine, predict_to_directory
+
+    out = Path(args.out)
+    check_writable(out)
+    if args.sample:
+        from avsal_deploy.data.synthetic import make_sample_clip
+
+        video = make_sample_clip(out / "sample.mp4")
+        print(f"sample clip: {video} (synthetic; ground truth in {video.with_name(video.stem + '_gt.npz')})")
+    elif args.video:
+        video = Path(args.video)
+    else:
+        raise AvsalError("give a VIDEO to predict, or --sample for the generated sample clip")
+
+    def exporting(directory: Path) -> None:
+        print(f"exporting ONNX components once into {directory} ...", file=sys.stderr)
+
+    engine = open_engine(args.engine, args.checkpoint, args.export_dir, args.triton_url, exporting)
+    with engine:
+        predictor = Predictor(engine, args.steps, args.stride, args.batch_size, args.seed)
+        bar = tqdm(total=None, unit="window", desc="predict", disable=args.quiet, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            summary = predict_to_directory(
+                video, out, predictor, overlay=not args.no_overlay, pngs=not args.no_png, progress=progress
+            )
+        finally:
+            bar.close()
+    t = summary["timings"]
+    print(
+        f"{summary['frames']} frames ({summary['windows']} windows, {summary['engine']}, "
+        f"{summary['steps']} DDIM steps) in {summary['seconds']:.2f} s: decode {t['decode']:.2f} s, "
+        f"preprocess {t['preprocess']:.2f} s, inference {t['inference']:.2f} s, write {t['write']:.2f} s "
+        f"({summary['frames_per_second']:.1f} frames/s)"
+    )
+    print(f"outputs in {out}: maps.npz, maps/, overlay.mp4, contact_sheet.png, summary.json")
+    return 0
+
+
 # ------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -112,6 +216,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps counted per window")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_info)
+
+    p = sub.add_parser("export", help="export the ONNX components, manifest and weights")
+    p.add_argument("--profile", default=None, help="profile or config file (default: the checkpoint's)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="config override")
+    p.add_argument("--variant", default=None, choices=VARIANTS, help="default: the checkpoint's, else hybrid")
+    p.add_argument("--checkpoint", default=None, help="avsal safetensors checkpoint (default: random init)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch in the min/opt/max profiles")
+    p.add_argument("--ddim-steps", type=int, default=None, help="also export the fused N-step DDIM graph")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init without --checkpoint")
+    p.add_argument("--components", nargs="+", default=None, help="export only these components")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("build-engines", help="build TensorRT plans from an export (needs an NVIDIA GPU)")
+    p.add_argument("--export", required=True, help="directory written by `avsal export`")
+    p.add_argument("--out", default=None, help="where the .plan files go (default: the export directory)")
+    p.add_argument("--fp32", action="store_true", help="no FP16 kernels")
+    p.add_argument(
+        "--int8", action="store_true", help="INT8 with calibration (library API: calibration clips)"
+    )
+    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, read and updated")
+    p.set_defaults(handler=cmd_build_engines)
+
+    p = sub.add_parser("predict", help="saliency maps, overlay video and contact sheet for a video")
+    p.add_argument("video", nargs="?", help="video file (any container/codec FFmpeg reads)")
+    p.add_argument("--sample", action="store_true", help="generate and predict the synthetic sample clip")
+    p.add_argument("--out", default="out/predict", help="output directory (default: out/predict)")
+    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "triton"])
+    p.add_argument("--checkpoint", default=None, help="avsal checkpoint (default: the shipped synthetic one)")
+    p.add_argument("--export-dir", default=None, help="use this `avsal export` directory instead")
+    p.add_argument("--triton-url", default=None, help="Triton server for --engine triton (host:port)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (0 = one-shot map on hybrid)")
+    p.add_argument("--stride", type=int, default=None, help="predict every K-th frame, reuse in between")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per engine call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise x_T")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4 and contact_sheet.png")
+    p.add_argument("--no-png", action="store_true", help="skip the per-frame PNG maps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_predict)
+
+    # Areas with several commands register their own sub-parsers (training, serving).
+    for module in AREA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ and :meth:`AVSaliencyModel.condition` (fusion decoder) run ONCE per window; only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avsal_deploy.config import Config, check_variant
 from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
-from avsal_deploy.errors import ConfigError
+from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.audio import build_audio_encoder
 from avsal_deploy.models.fusion import FusionDecoder
 from avsal_deploy.models.s3d import build_s3d
@@ -128,6 +129,22 @@ def resolve_steps(config: Config, variant: str, steps: int | None) -> int:
 def build_model(config: Config, variant: str = "hybrid") -> AVSaliencyModel:
     """The model of ``variant`` (``avrsp``, ``diffsal`` or ``hybrid``) for ``config``."""
     return AVSaliencyModel(config, variant)
+
+
+def load_pretrained(path: str | Path, variant: str | None = None) -> AVSaliencyModel:
+    """The model a checkpoint was trained as: config and variant read from its metadata.
+
+    ``variant`` (optional) must agree with the checkpoint's; weights load strictly.
+    """
+    from avsal_deploy.models.weights import load_checkpoint, read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(path)
+    config = Config.from_dict(meta["config"])
+    if variant is not None and variant != meta["variant"]:
+        raise WeightsError(f"{path}: checkpoint is variant {meta['variant']!r}, not {variant!r}")
+    model = build_model(config, meta["variant"])
+    load_checkpoint(model, path, config, meta["variant"])
+    return model.eval()
 
 
 # ---------------------------------------------------------------------- accounting

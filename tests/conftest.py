@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny checkpoints and their ONNX exports, made once per test session.
+
+Exports are the slow part of the suite (the dynamo exporter takes ~10 s a component on 2 cores),
+so every test that needs one shares these session-scoped directories.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from avsal_deploy.config import load_config
+from avsal_deploy.models.build import AVSaliencyModel, build_model
+from avsal_deploy.models.weights import save_checkpoint
+
+
+def _tiny_model(variant: str, seed: int = 0) -> AVSaliencyModel:
+    torch.manual_seed(seed)
+    model = build_model(load_config("tiny"), variant).eval()
+    # Default init leaves S3D's deep activations ~1e-12 (no pretrained weights here); scale the
+    # convolutions so every component's output carries signal and parity tests can fail.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d | torch.nn.Conv2d) and module.groups == 1:
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private AVSAL_CACHE for the whole session (the predictor's export cache)."""
+    path = tmp_path_factory.mktemp("avsal-cache")
+    os.environ["AVSAL_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, AVSaliencyModel]:
+    return {v: _tiny_model(v) for v in ("avrsp", "diffsal", "hybrid")}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-hybrid.safetensors"
+    model = tiny_models["hybrid"]
+    save_checkpoint(model, path, model.config, "hybrid")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(cache_dir: Path, tiny_checkpoint: Path) -> Path:
+    """The tiny hybrid checkpoint exported through the predictor's own cache (ONNX + manifest)."""
+    from avsal_deploy.pipeline import cached_export
+
+    return cached_export(tiny_checkpoint)

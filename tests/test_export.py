@@ -1,0 +1,193 @@
+"""Export (issue 5): ONNX components, manifest, TensorRT op audit, engines and parity with torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from avsal_deploy import engine as engines
+from avsal_deploy.cli import main
+from avsal_deploy.config import load_config
+from avsal_deploy.engine.eager import TorchEngine
+from avsal_deploy.errors import AvsalError, BackendUnavailableError
+from avsal_deploy.export.components import component_specs
+from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_models, tiny_export, tmp_path_factory) -> dict[str, Path]:
+    """Every variant exported once; diffsal also with the fused 2-step DDIM graph."""
+    root = tmp_path_factory.mktemp("exports")
+    out = {"hybrid": tiny_export}
+    export_model(tiny_models["avrsp"], root / "avrsp")
+    export_model(tiny_models["diffsal"], root / "diffsal", ddim_steps=2)
+    out["avrsp"], out["diffsal"] = root / "avrsp", root / "diffsal"
+    return out
+
+
+VARIANTS = ("avrsp", "diffsal", "hybrid")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_manifest_lists_components_with_symbolic_batch(exports, variant) -> None:
+    d = exports[variant]
+    manifest = json.loads((d / "manifest.json").read_text())
+    config = load_config("tiny")
+    expected = {"avrsp": ["video_encoder", "audio_encoder", "fusion"]}
+    expected["diffsal"] = ["video_encoder", "audio_encoder", "unet_step", "ddim"]
+    expected["hybrid"] = ["video_encoder", "audio_encoder", "fusion", "unet_step"]
+    assert list(manifest["components"]) == expected[variant]
+    assert manifest["variant"] == variant and manifest["profile"] == "tiny"
+    assert manifest["architecture_fingerprint"] == config.architecture_fingerprint()
+    assert manifest["weights"]["sha256"] == sha256_file(d / manifest["weights"]["file"])
+    frames = manifest["components"]["video_encoder"]["inputs"][0]
+    assert frames == {"name": "frames", "shape": ["batch", *config.frames_shape(variant)], "dtype": "float32"}
+    for name, entry in manifest["components"].items():
+        path = d / entry["file"]
+        assert entry["sha256"] == sha256_file(path)
+        proto = onnx.load(str(path))
+        graph_inputs = {i.name: i for i in proto.graph.input}
+        assert [i["name"] for i in entry["inputs"]] == list(graph_inputs), name
+        for item in entry["inputs"]:
+            dims = graph_inputs[item["name"]].type.tensor_type.shape.dim
+            assert dims[0].dim_param == "batch", (name, item["name"])
+            assert [x.dim_value for x in dims[1:]] == item["shape"][1:]
+
+
+def test_checkpoint_is_recorded(tiny_export, tiny_checkpoint) -> None:
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    assert manifest["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_op_is_tensorrt_supported(exports, variant) -> None:
+    for entry in json.loads((exports[variant] / "manifest.json").read_text())["components"].values():
+        proto = onnx.load(str(exports[variant] / entry["file"]))
+        assert audit_tensorrt_ops(proto) == set(), entry["file"]
+        assert set(entry["ops"]) == graph_ops(proto) <= TENSORRT_OPS
+
+
+def test_op_audit_flags_unsupported_ops() -> None:
+    node = helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["idx"])
+    graph = helper.make_graph([node], "g", [], [])
+    assert audit_tensorrt_ops(helper.make_model(graph)) == {"NonMaxSuppression"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_components_match_torch(exports, tiny_models, variant, batch) -> None:
+    ort = engines.open(exports[variant], "onnxruntime")
+    ref = TorchEngine(tiny_models[variant], ort.specs)
+    for name, spec in ort.specs.items():
+        feeds = {
+            t.name: x.numpy() for t, x in zip(spec.inputs, spec.sample_inputs(batch, seed=batch), strict=True)
+        }
+        got, want = ort.run(name, feeds), ref.run(name, feeds)
+        for key in spec.output_names:
+            assert (
+                got[key].shape
+                == want[key].shape
+                == (batch, *next(t.shape for t in spec.outputs if t.name == key))
+            )
+            scale = max(1.0, float(np.abs(want[key]).max()))
+            assert np.abs(got[key] - want[key]).max() <= TOL * scale, (variant, name, key)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_windows_with_ddim_match_torch_model(exports, tiny_models, variant, batch) -> None:
+    """The whole window (encoders, fusion, DDIM loop) on ONNX Runtime equals model.forward."""
+    config = load_config("tiny")
+    rng = np.random.default_rng(batch)
+    frames = rng.standard_normal((batch, *config.frames_shape(variant))).astype(np.float32)
+    audio = rng.standard_normal((batch, *config.audio_input_shape(variant))).astype(np.float32)
+    ort = engines.open(exports[variant], "onnxruntime")
+    steps_list = {"avrsp": [None], "diffsal": [1, 2, 3], "hybrid": [0, 1, 2]}[variant]
+    for steps in steps_list:
+        noise = ort.make_noise(batch, seed=7)
+        got = ort.predict_window(frames, audio, steps, noise)
+        with torch.no_grad():
+            want = tiny_models[variant](
+                torch.from_numpy(frames), torch.from_numpy(audio), steps=steps, noise=torch.from_numpy(noise)
+            ).numpy()
+        assert got.shape == (batch, 1, config.video.height, config.video.width)
+        assert np.abs(got - want).max() <= TOL, (variant, steps)
+
+
+def test_fused_ddim_graph_equals_the_loop(exports) -> None:
+    ort = engines.open(exports["diffsal"], "onnxruntime")
+    config = ort.config
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((2, *config.frames_shape("diffsal"))).astype(np.float32)
+    audio = rng.standard_normal((2, *config.audio_input_shape("diffsal"))).astype(np.float32)
+    cond = ort.condition(frames, audio)
+    noise = ort.make_noise(2, 3)
+    fused = ort.sample(cond, 2, noise)  # the exported graph has steps=2
+    ort.specs.pop("ddim")
+    looped = ort.sample(cond, 2, noise)
+    assert np.abs(fused - looped).max() <= TOL
+
+
+def test_torch_backend_reads_the_export(exports, tiny_models) -> None:
+    eng = engines.open(exports["hybrid"], "torch")
+    ref = tiny_models["hybrid"].state_dict()
+    for key, value in eng.model.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+
+
+def test_specs_profile_and_sample_inputs_follow_the_config() -> None:
+    config = load_config("small")
+    specs = component_specs(config, "hybrid", max_batch=4)
+    lo, opt, hi = specs["video_encoder"].trt_profile()["frames"]
+    assert lo == (1, *config.frames_shape()) and hi == (4, *config.frames_shape())
+    t = specs["unet_step"].sample_inputs(3)[1]
+    assert t.shape == (3,) and bool(((t >= 0) & (t < config.diffusion.timesteps) & (t == t.round())).all())
+
+
+def test_open_errors_are_clear(tmp_path, exports) -> None:
+    with pytest.raises(AvsalError, match="no manifest"):
+        engines.open(tmp_path)
+    with pytest.raises(AvsalError, match="unknown backend"):
+        engines.open(exports["avrsp"], "caffe")
+    with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
+        engines.open(exports["avrsp"], "tensorrt")
+    with pytest.raises(BackendUnavailableError, match="gpu"):
+        engines.open(exports["avrsp"], "onnxruntime", providers=["CUDAExecutionProvider"])
+
+
+def test_build_engines_says_it_needs_a_gpu(exports, capsys) -> None:
+    assert main(["build-engines", "--export", str(exports["avrsp"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avsal: error:") and "NVIDIA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_cli_with_checkpoint(tmp_path, tiny_checkpoint, capsys) -> None:
+    out = tmp_path / "exp"
+    args = [
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--components",
+        "audio_encoder",
+    ]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["components"]) == ["audio_encoder"]
+    assert manifest["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
+
+
+def test_export_cli_refuses_checkpoint_of_another_profile(tmp_path, tiny_checkpoint, capsys) -> None:
+    args = ["export", "--profile", "small", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "profile tiny, not small" in capsys.readouterr().err
+    assert not (tmp_path / "manifest.json").exists()
