@@ -147,9 +147,9 @@ def cached_export(checkpoint: Path, on_export: Callable[[Path], None] | None = N
         recorded = json.loads(manifest.read_text()).get("checkpoint") or {}
         if recorded.get("sha256") == digest:
             return directory
+    model = load_pretrained(checkpoint)  # refuses a bad checkpoint before any export work
     if on_export is not None:
         on_export(directory)
-    model = load_pretrained(checkpoint)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     try:
