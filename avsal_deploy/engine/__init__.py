@@ -19,7 +19,21 @@ from avsal_deploy.export.components import ComponentSpec
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
-__all__ = ["BACKENDS", "Engine", "open", "read_manifest"]
+__all__ = ["BACKENDS", "Engine", "open", "parse_manifest", "read_manifest"]
+
+
+def parse_manifest(
+    manifest: dict[str, Any], source: str
+) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
+    """Config and component specs of a manifest (``source`` names it in errors)."""
+    try:
+        config = Config.from_dict(manifest["config"])
+        specs = {n: ComponentSpec.from_manifest(n, e) for n, e in manifest["components"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AvsalError(f"{source}: malformed manifest ({exc})") from exc
+    if config.architecture_fingerprint() != manifest.get("architecture_fingerprint"):
+        raise ConfigError(f"{source}: config does not match its recorded architecture fingerprint")
+    return manifest, config, specs
 
 
 def read_manifest(directory: str | Path) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
@@ -29,13 +43,9 @@ def read_manifest(directory: str | Path) -> tuple[dict[str, Any], Config, dict[s
         raise AvsalError(f"{path}: no manifest; create the directory with `avsal export`")
     try:
         manifest = json.loads(path.read_text())
-        config = Config.from_dict(manifest["config"])
-        specs = {n: ComponentSpec.from_manifest(n, e) for n, e in manifest["components"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise AvsalError(f"{path}: malformed manifest ({exc})") from exc
-    if config.architecture_fingerprint() != manifest.get("architecture_fingerprint"):
-        raise ConfigError(f"{path}: config does not match its recorded architecture fingerprint")
-    return manifest, config, specs
+    return parse_manifest(manifest, str(path))
 
 
 def open(directory: str | Path, backend: str = "onnxruntime", **options: Any) -> Engine:  # noqa: A001

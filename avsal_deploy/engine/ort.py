@@ -53,6 +53,9 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         opts.inter_op_num_threads = 1
+        # Idle intra-op pools otherwise busy-wait between calls: with several sessions (one per
+        # component) that spinning takes every core away from decoding, torch and each other.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name, spec in self.specs.items():
             path = self.directory / spec.onnx_file

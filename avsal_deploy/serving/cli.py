@@ -1,0 +1,86 @@
+"""`avsal` sub-commands of the serving area (registered by avsal_deploy.cli).
+
+``avsal triton-repo --export DIR --out REPO`` writes a Triton model repository from an export;
+``avsal serve REPO`` runs the ``tritonserver`` of the ``nvidia-pytriton`` wheel on it until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from types import FrameType
+
+from avsal_deploy.serving.repository import PLATFORMS
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from avsal_deploy.serving.repository import build_repository
+
+    out = build_repository(
+        args.export,
+        args.out,
+        instances=args.instances,
+        max_batch=args.max_batch,
+        platform=args.platform,
+        overwrite=args.force,
+    )
+    models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").exists())
+    print(f"wrote {len(models)} models to {out} ({args.platform}): {', '.join(models)}")
+    if args.platform != "python-onnxruntime":
+        print(
+            f"note: the {args.platform} platform runs in the NGC tritonserver container, not with `avsal serve`"
+        )
+    return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from avsal_deploy.serving.server import Ports, TritonServer
+
+    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
+    models = args.models.split(",") if args.models else None
+    server = TritonServer(args.repo, ports, args.log, models=models, startup_timeout=args.startup_timeout)
+    print(f"starting tritonserver on {server.repo} ...", flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, systemd: stop cleanly too
+    try:
+        with server:
+            print(f"HTTP    {server.http_url}")
+            print(f"gRPC    {server.grpc_url}")
+            print(f"metrics {server.metrics_url}")
+            print(f"log     {server.log_path}")
+            print("serving; Ctrl-C (or SIGTERM) stops the server", flush=True)
+            while True:
+                server.check_alive()
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"tritonserver stopped (exit code {server.returncode})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this area's sub-commands to the `avsal` parser."""
+    p = sub.add_parser("triton-repo", help="write a Triton model repository from an export directory")
+    p.add_argument("--export", required=True, help="export directory (manifest.json from `avsal export`)")
+    p.add_argument("--out", required=True, help="model repository to write")
+    p.add_argument("--platform", default="python-onnxruntime", choices=PLATFORMS, help="model platform")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
+    p.add_argument("--max-batch", type=int, default=None, help="cap on the batch (default: the export's)")
+    p.add_argument("--force", action="store_true", help="replace our models already in --out")
+    p.set_defaults(handler=cmd_triton_repo)
+
+    p = sub.add_parser("serve", help="serve a model repository with the tritonserver of nvidia-pytriton")
+    p.add_argument("repo", help="model repository (from `avsal triton-repo`)")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: a free one)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: a free one)")
+    p.add_argument("--metrics-port", type=int, default=None, help="metrics port (default: a free one)")
+    p.add_argument("--models", default=None, help="comma-separated models to load (default: all)")
+    p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.set_defaults(handler=cmd_serve)

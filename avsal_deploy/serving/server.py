@@ -1,0 +1,311 @@
+"""Run the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on a model repository.
+
+The wheel ships a real Triton server (core 2.51) with the python backend and the ensemble
+scheduler, but no onnxruntime / TensorRT backends (those live in the NGC container). Running it
+outside PyTriton takes three things, all done here without writing into site-packages:
+
+- a backend directory of our own whose ``python/`` holds symlinks to the wheel's python backend
+  library, its ``triton_python_backend_utils.py`` and the stub built for the running Python
+  (symlinks keep the stub's relative library paths resolving inside the wheel);
+- ``LD_LIBRARY_PATH`` with the wheel's ``nvidia_pytriton.libs``;
+- ``PATH`` with this interpreter's ``bin`` first: the stub takes its Python environment from
+  ``PATH`` (not ``PYTHONPATH``), which is how the models import ``avsal_deploy``.
+
+Every endpoint binds to 127.0.0.1. The CUDA / NVML / DCGM lines a CPU-only machine logs at start
+are harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from avsal_deploy.errors import AvsalError, BackendUnavailableError
+
+HOST = "127.0.0.1"
+# Error lines every CPU-only start logs; not worth showing a user.
+HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM", "pinned memory")
+_ERROR_LINE = re.compile(r"^(E\d{4} |error: |\[libprotobuf ERROR)")
+SERVE_HINT = "install the 'serve' extra: pip install 'avsal-deploy[serve]'"
+
+
+class TritonServerError(AvsalError):
+    """The server failed to start, to become ready, or died while serving."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """HTTP, gRPC and metrics ports; ``None`` picks a free one at start."""
+
+    http: int | None = None
+    grpc: int | None = None
+    metrics: int | None = None
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Paths inside the ``nvidia-pytriton`` wheel."""
+
+    binary: Path
+    python_backend: Path  # libtriton_python.so + triton_python_backend_utils.py
+    stub: Path  # triton_python_backend_stub for the running Python
+    libs: Path  # nvidia_pytriton.libs
+
+
+def find_tritonserver() -> TritonInstallation:
+    """Locate the server binary, the python backend and the stub for this Python in the wheel."""
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"nvidia-pytriton is not installed: `avsal serve` needs it; {SERVE_HINT}"
+        ) from exc
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = TritonInstallation(
+        binary=root / "bin" / "tritonserver",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        libs=root.parents[1] / "nvidia_pytriton.libs",
+    )
+    for path in (found.binary, found.python_backend / "libtriton_python.so", found.stub, found.libs):
+        if not path.exists():
+            raise BackendUnavailableError(
+                f"{path}: missing from the nvidia-pytriton wheel (Python {version}); {SERVE_HINT}"
+            )
+    return found
+
+
+def make_backend_dir(installation: TritonInstallation, directory: Path) -> Path:
+    """A ``--backend-directory`` whose ``python/`` links to the wheel's python backend and stub."""
+    python = directory / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": installation.python_backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": installation.python_backend / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": installation.stub,
+    }
+    for name, target in links.items():
+        link = python / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return directory
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (another process may still take it before us)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class TritonServer:
+    """``tritonserver`` as a subprocess serving ``repo``: ``with TritonServer(repo) as server: ...``.
+
+    ``models`` lists the models to load (default: all, ``--load-model=*``). Start-up waits until
+    ``/v2/health/ready`` answers 200 (strict readiness: every loaded model ready) or raises
+    :class:`TritonServerError` with the tail of the server log. ``stop`` sends SIGTERM, waits
+    ``exit_timeout`` seconds (plus a margin) and then kills the process group it started.
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        ports: Ports | None = None,
+        log_path: str | Path | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        startup_timeout: float = 120.0,
+        exit_timeout: int = 5,
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        if not self.repo.is_dir():
+            raise AvsalError(f"{self.repo}: model repository not found (create it with `avsal triton-repo`)")
+        requested = ports or Ports()
+        self.ports = Ports(
+            requested.http or free_port(), requested.grpc or free_port(), requested.metrics or free_port()
+        )
+        self._requested_log = Path(log_path) if log_path is not None else None
+        self.log_path = self._requested_log  # a temporary file while running when none was given
+        self.models = list(models) if models else ["*"]
+        self.startup_timeout = startup_timeout
+        self.exit_timeout = exit_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._kept_log = ""  # a temporary log's text, kept when its directory is removed at stop
+
+    # ------------------------------------------------------------------ endpoints
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.ports.metrics}/metrics"
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the server log."""
+        if self.log_path is not None and self.log_path.exists():
+            text = self.log_path.read_text(errors="replace")
+        else:
+            text = self._kept_log
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_errors(self, limit: int = 10) -> list[str]:
+        """The last ``limit`` error lines of the log, without the harmless CPU-only ones."""
+        lines = self.log_tail(lines=1_000_000).splitlines()
+        errors = [
+            line for line in lines if _ERROR_LINE.match(line) and not any(h in line for h in HARMLESS_ERRORS)
+        ]
+        return errors[-limit:]
+
+    def _fail(self, problem: str) -> TritonServerError:
+        details = (
+            self.log_errors()
+            or [line for line in self.log_tail(40).splitlines() if line.strip() and line[0] not in "|+"][-10:]
+        )
+        message = f"{self.repo}: {problem}"
+        if details:
+            message += "; server log:\n" + "\n".join(details)
+        return TritonServerError(message)
+
+    # ------------------------------------------------------------------ life cycle
+    def command(self, backend_dir: Path) -> list[str]:
+        p = self.ports
+        return [
+            "--model-repository=" + str(self.repo),
+            "--backend-directory=" + str(backend_dir),
+            "--disable-auto-complete-config",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.models),
+            "--strict-readiness=true",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            f"--http-address={HOST}",
+            f"--grpc-address={HOST}",
+            f"--metrics-address={HOST}",
+            f"--http-port={p.http}",
+            f"--grpc-port={p.grpc}",
+            f"--metrics-port={p.metrics}",
+            f"--exit-timeout-secs={self.exit_timeout}",
+        ]
+
+    def start(self) -> TritonServer:
+        """Start the server and wait for readiness."""
+        if self.is_running():
+            return self
+        installation = find_tritonserver()
+        self._workdir = tempfile.TemporaryDirectory(prefix="avsal-triton-")
+        work = Path(self._workdir.name)
+        backend_dir = make_backend_dir(installation, work / "backends")
+        self.log_path = self._requested_log or work / "tritonserver.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._kept_log = ""
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(installation.libs), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(installation.binary), *self.command(backend_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: the python stubs die with it
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            code = self.returncode
+            if code is not None:
+                raise self._fail(f"tritonserver exited with code {code} during start-up")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise self._fail(f"tritonserver not ready after {self.startup_timeout:.0f} s")
+
+    def check_alive(self) -> None:
+        """Raise :class:`TritonServerError` (with the log tail) if the server has exited."""
+        code = self.returncode
+        if code is not None:
+            raise self._fail(f"tritonserver exited with code {code}")
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL to its process group); returns its exit code."""
+        proc = self.process
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.exit_timeout + 10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            self._reap_group(proc.pid)
+        if self._workdir is not None:
+            if self._requested_log is None and self.log_path is not None and self.log_path.exists():
+                self._kept_log = self.log_path.read_text(errors="replace")
+            self._workdir.cleanup()
+            self._workdir = None
+        return None if proc is None else proc.returncode
+
+    @staticmethod
+    def _reap_group(pgid: int) -> None:
+        """Give stubs left in our process group a moment to exit, then kill them."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,286 @@
+"""``avsal train``, ``avsal eval`` and ``avsal experiment``: parse, call the library, report.
+
+Registered on the top-level parser by :mod:`avsal_deploy.cli`. Progress bars (tqdm) and tables are
+drawn here only; the library reports through callbacks. Under ``torchrun`` only rank 0 draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from avsal_deploy.errors import ConfigError
+
+
+def _overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``section.field=value`` pairs; values parsed as JSON where they parse, else kept as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append(
+            "  ".join(
+                str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- train
+class _TrainBars:
+    """tqdm bars driven by :class:`~avsal_deploy.training.trainer.TrainEvent` values."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "stage":
+            tqdm.write(f"stage {event.stage}: epochs {event.done}..{event.total}")
+        elif event.kind == "epoch":
+            self.close()
+            self.bar = tqdm(
+                total=event.total,
+                initial=event.done,
+                desc=f"{event.stage} epoch {event.epoch + 1}",
+                unit="step",
+            )
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event.values['loss']:.4f}", lr=f"{event.values['lr']:.2e}")
+        elif event.kind == "val":
+            self.close()
+            shown = {k: v for k, v in event.values.items() if isinstance(v, float)}
+            tqdm.write(
+                f"  validation after epoch {event.epoch}: "
+                + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            )
+        elif event.kind == "end":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from avsal_deploy.training.recipe import load_recipe
+    from avsal_deploy.training.trainer import Trainer
+
+    recipe = load_recipe(args.config, _overrides(args.set))
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bars = _TrainBars() if main_rank else None
+    result = Trainer(recipe, out, resume=args.resume, device=args.device, progress=bars).fit()
+    if main_rank:
+        best = "" if result.best_metric is None else f", best {result.monitor} {_fmt(result.best_metric)}"
+        print(
+            f"{result.stopped}: {result.steps} steps, {result.epochs} epochs in {result.seconds:.0f} s{best}\n"
+            f"  weights: {result.last_checkpoint}"
+            + (f"\n  best:    {result.best_checkpoint}" if result.best_checkpoint else "")
+            + f"\n  log:     {out / 'metrics.jsonl'}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------- eval
+def _metric_rows(
+    rows: dict[str, dict[str, Any]], metrics: Sequence[str], extra: str | None = None
+) -> list[list[str]]:
+    out = []
+    for name, values in rows.items():
+        row = [name]
+        if extra is not None:
+            row.append(str(values.get(extra) or "-"))
+        row += [_fmt(values[m]) for m in metrics]
+        out.append(row)
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from avsal_deploy.training.evaluate import DEFAULT_METRICS, evaluate_checkpoint
+
+    metrics = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
+    bar = tqdm(desc="videos", unit="video", disable=args.quiet)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.update(1)
+        bar.set_postfix_str(name)
+
+    try:
+        ev = evaluate_checkpoint(
+            args.checkpoint,
+            args.dataset_root,
+            args.name,
+            args.split,
+            fold=args.fold,
+            steps=args.steps,
+            stride=args.stride,
+            audio=args.audio,
+            metrics=metrics,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    report = ev.to_dict()
+    print(
+        f"{ev.checkpoint}: {ev.variant} ({ev.profile}), {ev.steps} DDIM step(s), audio {ev.audio}, "
+        f"{ev.dataset} {ev.split}, stride {ev.stride}"
+    )
+    print("\nper video")
+    print(_table(_metric_rows(report["videos"], metrics, "condition"), ["video", "condition", *metrics]))
+    if report["conditions"]:
+        print("\nper condition (mean over videos)")
+        print(_table(_metric_rows(report["conditions"], metrics), ["condition", *metrics]))
+    print("\ndata set (mean over videos)")
+    print(_table(_metric_rows({ev.dataset: report["dataset"]}, metrics), ["data set", *metrics]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- experiment
+def cmd_audio_relevance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from avsal_deploy.training.experiment import run_audio_relevance
+
+    bars = _TrainBars()
+
+    def progress(message: str, event: Any = None) -> None:
+        if event is None:
+            bars.close()
+            tqdm.write(message)
+        else:
+            bars(event)
+
+    results = run_audio_relevance(
+        args.data,
+        args.out,
+        seeds=args.seeds,
+        quick=args.quick,
+        recipe_path=args.recipe,
+        overrides=_overrides(args.set),
+        device=args.device,
+        progress=progress,
+    )
+    bars.close()
+    models = results["models"]
+    rows = []
+    for cond, by_model in results["conditions"].items():
+        for key in models:
+            m = by_model[key]
+            rows.append(
+                [
+                    cond,
+                    key,
+                    f"{m['cc']['mean']:.3f} ± {m['cc']['std']:.3f}",
+                    f"{m['nss']['mean']:.3f} ± {m['nss']['std']:.3f}",
+                ]
+            )
+    print(f"\naudio-relevance, {len(results['seeds'])} seed(s), {results['variant']} (mean ± std over seeds)")
+    print(_table(rows, ["condition", "model", "CC", "NSS"]))
+    print("\nclaims:")
+    for claim in results["claims"]:
+        print(f"  [{'x' if claim['holds'] else ' '}] {claim['text']}")
+    print(f"\nwrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- register
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``train``, ``eval`` and ``experiment`` to the ``avsal`` parser."""
+    p = sub.add_parser(
+        "train",
+        help="train a model from a recipe (resumable; DDP under torchrun)",
+        description="Train from a TOML recipe. Multi-GPU / multi-node: "
+        "torchrun --nproc_per_node N -m avsal_deploy.cli train RECIPE ...",
+    )
+    p.add_argument("config", help="TOML recipe (see training/*.toml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override a recipe value, e.g. --set train.lr=3e-4 --set data.root=DIR (repeatable)",
+    )
+    p.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.safetensors")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", help="score a checkpoint on a data set with the MIT metrics")
+    p.add_argument("checkpoint", help="an avsal .safetensors checkpoint")
+    p.add_argument("dataset_root", help="data set root (STAViS layout or DHF1K)")
+    p.add_argument("--name", default="synthetic", help="set name under the root (default: synthetic)")
+    p.add_argument("--split", default="test", help="split list to score (default: test)")
+    p.add_argument("--fold", type=int, default=1, help="STAViS fold (default: 1)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's config)")
+    p.add_argument("--stride", type=int, default=1, help="score every k-th frame (default: 1 = all)")
+    p.add_argument("--audio", choices=("real", "silent"), default=None, help="default: as trained")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of cc,nss,kld,sim,auc_j,sauc")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the DDIM noise")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the per-video / per-condition / data-set report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("experiment", help="reproducible experiments")
+    exp = p.add_subparsers(dest="experiment", required=True)
+    q = exp.add_parser(
+        "audio-relevance",
+        help="AV model vs its visual-only twin vs centre bias, per audio condition",
+        description="Train the audio-visual model and its visual-only twin (same architecture and budget, "
+        "silence instead of audio) per seed on DIR's train split, score CC and NSS per condition on its "
+        "test split, with a centre-bias baseline; writes OUT/results.json.",
+    )
+    q.add_argument("--data", required=True, help="data root in the STAViS layout with set 'synthetic'")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    q.add_argument("--quick", action="store_true", help="a few steps only (smoke test, not the claim)")
+    q.add_argument("--recipe", default=None, help="recipe (default: training/audio_relevance.toml)")
+    q.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe value")
+    q.add_argument("--device", default=None)
+    q.set_defaults(handler=cmd_audio_relevance)
+
+
+__all__ = ["register"]

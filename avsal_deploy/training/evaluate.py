@@ -1,0 +1,322 @@
+"""Evaluation with the MIT saliency metrics, per video, per condition and per data set.
+
+A predictor maps a video's windows to maps; :func:`evaluate_predictor` scores them against the
+ground truth at its stored size (:func:`avsal_deploy.metrics.evaluate_frames` resizes the
+prediction, never the ground truth). Two predictors are provided: a trained model
+(:func:`model_predictor`, windows batched, encoders once per window, DDIM with a noise generator
+seeded per video so results are reproducible) and the centre-bias baseline
+(:func:`center_predictor`, one Gaussian centred map for every frame).
+
+Which frames are scored: the windows of :func:`avsal_deploy.windows.plan` at ``stride``; at stride
+1 that is every frame of every video (causal windows, reversed for the first frames, exactly as
+inference runs), at stride k every k-th frame plus the last one (used for quick validation).
+
+Averaging (stated because peers differ, reference-facts §2): a video's value is the mean over its
+scored frames, NaN frames omitted (frames without fixations, constant predictions); a data set's
+or a condition's value is the mean over its videos (every video weighs the same, the STAViS /
+ViNet convention; :func:`avsal_deploy.metrics.aggregate` with ``mode="per_video"``).
+
+sAUC negatives come from fixations of OTHER videos of the evaluated set with the same frame size
+(10 frames drawn per scored frame): frames of the same video share its particular bias.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avsal_deploy.config import Config
+from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
+from avsal_deploy.errors import ConfigError
+from avsal_deploy.metrics import METRIC_NAMES, aggregate, evaluate_frames
+from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.training.data import AudioMode, VideoInputs, check_audio_mode
+from avsal_deploy.windows import Window, plan
+
+#: Metrics computed unless asked otherwise (all the MIT metrics the field reports).
+DEFAULT_METRICS: tuple[str, ...] = METRIC_NAMES
+#: Cheap metrics for validation during training (batched, no per-frame ROC).
+VALIDATION_METRICS: tuple[str, ...] = ("cc", "nss", "kld", "sim")
+#: Candidate widths of the centre-bias Gaussian (fractions of frame height / width).
+CENTER_SIGMAS: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+DEFAULT_CENTER_SIGMA = 0.25
+_SAUC_OTHERS = 10
+
+#: ``predict(video, windows) -> maps [len(windows), h, w]`` (any size; scored at the GT size).
+Predictor = Callable[[VideoInputs, Sequence[Window]], np.ndarray]
+#: ``progress(done, total, video_name)`` after each video.
+EvalProgress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EvalResult:
+    """Per-frame metric values of every scored video, and the summaries derived from them."""
+
+    metrics: tuple[str, ...]
+    per_frame: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # video -> metric -> [n]
+    conditions: dict[str, str | None] = field(default_factory=dict)  # video -> condition
+    frames: dict[str, list[int]] = field(default_factory=dict)  # video -> scored frame indices
+
+    def per_video(self) -> dict[str, dict[str, float]]:
+        """``{video: {metric: mean over its scored frames}}`` (NaN frames omitted)."""
+        return {v: aggregate({v: values}, mode="per_frame") for v, values in self.per_frame.items()}
+
+    def summary(self, videos: Sequence[str] | None = None) -> dict[str, float]:
+        """Data-set means over videos (each video weighs the same)."""
+        names = list(self.per_frame) if videos is None else list(videos)
+        if not names:
+            return {m: math.nan for m in self.metrics}
+        return aggregate({v: self.per_frame[v] for v in names}, mode="per_video")
+
+    def by_condition(self) -> dict[str, dict[str, float]]:
+        """``{condition: summary over its videos}`` for videos that have a condition."""
+        groups: dict[str, list[str]] = {}
+        for video, cond in self.conditions.items():
+            if cond is not None:
+                groups.setdefault(cond, []).append(video)
+        return {cond: self.summary(videos) for cond, videos in sorted(groups.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: per-video means (with condition and frame count), per condition, overall."""
+        per_video = self.per_video()
+        return {
+            "metrics": list(self.metrics),
+            "averaging": "per-video mean of per-frame values (NaN frames omitted), then mean over videos",
+            "videos": {
+                v: {
+                    "condition": self.conditions.get(v),
+                    "frames": len(self.frames.get(v, [])),
+                    **per_video[v],
+                }
+                for v in self.per_frame
+            },
+            "conditions": self.by_condition(),
+            "dataset": self.summary(),
+        }
+
+
+# --------------------------------------------------------------------------- predictors
+def model_predictor(
+    model: AVSaliencyModel,
+    steps: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Predictor:
+    """A predictor running ``model`` (eval mode, no grad) on batches of windows.
+
+    DDIM noise is drawn from a generator seeded by ``seed`` and the video name, so every video's
+    maps are reproducible whatever order videos are scored in. ``steps=None`` uses the config's
+    ``diffusion.sampling_steps``; 0 gives the one-shot map on ``hybrid``.
+    """
+    n_steps = model.resolve_steps(steps)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+
+    def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
+        name_seed = int.from_bytes(video.name.encode()[-8:].rjust(8, b"\0"), "little")
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence((seed, name_seed)).generate_state(1)[0])
+        )
+        out = []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for first in range(0, len(windows), batch_size):
+                chunk = windows[first : first + batch_size]
+                frames = torch.from_numpy(np.stack([video.clip(w) for w in chunk])).to(device)
+                audio = torch.from_numpy(np.stack([video.audio_input(w) for w in chunk])).to(device)
+                noise = None
+                if n_steps > 0:
+                    noise = torch.randn((len(chunk), *model.config.map_shape()), generator=generator)
+                    noise = noise.to(device)
+                maps = model(frames, audio, steps=n_steps, noise=noise)
+                out.append(maps[:, 0].float().cpu().numpy())
+        model.train(was_training)
+        return np.concatenate(out)
+
+    return predict
+
+
+def center_bias_map(shape: tuple[int, int], sigma: float = DEFAULT_CENTER_SIGMA) -> np.ndarray:
+    """A Gaussian centred in a ``shape`` frame, std ``sigma`` times the height / width; max 1."""
+    if sigma <= 0:
+        raise ConfigError(f"centre-bias sigma={sigma}: must be > 0")
+    h, w = shape
+    y = (np.arange(h) - (h - 1) / 2) / (sigma * h)
+    x = (np.arange(w) - (w - 1) / 2) / (sigma * w)
+    return np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).astype(np.float32)
+
+
+def center_predictor(sigma: float = DEFAULT_CENTER_SIGMA) -> Predictor:
+    """The centre-bias baseline: the same centred Gaussian for every frame (at the model size)."""
+
+    def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
+        return np.broadcast_to(center_bias_map(video.size, sigma), (len(windows), *video.size)).copy()
+
+    return predict
+
+
+def fit_center_sigma(
+    videos: Sequence[VideoInputs], sigmas: Sequence[float] = CENTER_SIGMAS, stride: int = 4
+) -> float:
+    """The centre-bias width with the best mean CC on ``videos`` (pass TRAINING videos)."""
+    if not videos:
+        raise ConfigError("fit_center_sigma: no videos")
+    scores = []
+    for sigma in sigmas:
+        result = evaluate_predictor(center_predictor(sigma), videos, metrics=("cc",), stride=stride)
+        scores.append(result.summary()["cc"])
+    return float(sigmas[int(np.nanargmax(scores))])
+
+
+# --------------------------------------------------------------------------- scoring
+def _sauc_pool(videos: Sequence[VideoInputs]) -> dict[str, np.ndarray]:
+    return {v.name: v.native_annotations()[1] for v in videos}
+
+
+def _other_fixations(
+    pool: dict[str, np.ndarray], video: str, frames: Sequence[int], seed: int
+) -> Callable[[int], np.ndarray]:
+    shape = pool[video].shape[1:]
+    others = [
+        (name, k)
+        for name, fix in pool.items()
+        if name != video and fix.shape[1:] == shape
+        for k in range(len(fix))
+    ]
+
+    def other(i: int) -> np.ndarray:
+        if not others:  # a single video: fall back to its other frames
+            own = pool[video]
+            idx = [k for k in range(len(own)) if k != frames[i]] or [frames[i]]
+            picks = np.random.default_rng((seed, i)).choice(
+                idx, size=min(_SAUC_OTHERS, len(idx)), replace=False
+            )
+            return own[picks].any(axis=0)
+        rng = np.random.default_rng((seed, i))
+        picks = rng.choice(len(others), size=min(_SAUC_OTHERS, len(others)), replace=False)
+        return np.any([pool[others[j][0]][others[j][1]] for j in picks], axis=0)
+
+    return other
+
+
+def evaluate_predictor(
+    predict: Predictor,
+    videos: Sequence[VideoInputs],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    stride: int = 1,
+    seed: int = 0,
+    progress: EvalProgress | None = None,
+) -> EvalResult:
+    """Score ``predict`` on ``videos`` (see the module docstring for frames and averaging)."""
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown or not metrics:
+        raise ConfigError(f"unknown metric(s) {unknown}: choose from {', '.join(METRIC_NAMES)}")
+    result = EvalResult(metrics=metrics)
+    pool = _sauc_pool(videos) if "sauc" in metrics else {}
+    for n, video in enumerate(videos, start=1):
+        windows = plan(video.n_frames, video.config, video.variant, stride=stride).windows
+        targets = [w.target for w in windows]
+        preds = np.asarray(predict(video, windows), dtype=np.float32)
+        maps, fixations = video.native_annotations()
+        other = _other_fixations(pool, video.name, targets, seed) if pool else None
+        result.per_frame[video.name] = evaluate_frames(
+            preds, maps[targets], fixations[targets], metrics, other, seed=seed
+        )
+        result.conditions[video.name] = video.condition
+        result.frames[video.name] = targets
+        if progress is not None:
+            progress(n, len(videos), video.name)
+    return result
+
+
+def dataset_inputs(
+    dataset: SaliencyDataset,
+    config: Config,
+    variant: str,
+    audio: AudioMode = "real",
+    max_videos: int = 0,
+    cache: bool = True,
+) -> list[VideoInputs]:
+    """:class:`VideoInputs` for the videos of ``dataset`` (the first ``max_videos`` if > 0)."""
+    records = list(dataset)[: max_videos or None]
+    return [VideoInputs(r, config, variant, audio, cache) for r in records]
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """What :func:`evaluate_checkpoint` measured and how."""
+
+    checkpoint: str
+    dataset: str
+    split: str
+    variant: str
+    profile: str
+    steps: int
+    stride: int
+    audio: str
+    result: EvalResult
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {k: getattr(self, k) for k in ("checkpoint", "dataset", "split", "variant", "profile")}
+        return {
+            **head,
+            "steps": self.steps,
+            "stride": self.stride,
+            "audio": self.audio,
+            **self.result.to_dict(),
+        }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    root: str | Path,
+    name: str = "synthetic",
+    split: str = "test",
+    *,
+    fold: int = 1,
+    steps: int | None = None,
+    stride: int = 1,
+    audio: str | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: EvalProgress | None = None,
+) -> CheckpointEvaluation:
+    """Load a trained checkpoint and score it on one split of a data set.
+
+    ``audio=None`` uses the audio mode the checkpoint was trained with (its ``audio`` metadata:
+    a visual-only twin is tested on silence), ``"real"`` or ``"silent"`` force one.
+    """
+    from avsal_deploy.training.checkpoints import load_trained_model
+
+    model, config, variant, meta = load_trained_model(checkpoint, device)
+    mode = check_audio_mode(audio if audio is not None else str(meta.get("audio", "real")))
+    dataset = open_dataset(root, name, split, fold)
+    videos = dataset_inputs(dataset, config, variant, mode)  # type: ignore[arg-type]
+    n_steps = model.resolve_steps(steps)
+    predictor = model_predictor(model, n_steps, batch_size, seed, device)
+    result = evaluate_predictor(
+        predictor, videos, metrics=metrics, stride=stride, seed=seed, progress=progress
+    )
+    return CheckpointEvaluation(
+        checkpoint=str(checkpoint),
+        dataset=dataset.name,
+        split=split,
+        variant=variant,
+        profile=config.profile,
+        steps=n_steps,
+        stride=stride,
+        audio=mode,
+        result=result,
+    )

@@ -1,0 +1,271 @@
+"""The audio-relevance experiment: does the audio-visual model use the sound where it matters?
+
+On a data set in the STAViS layout whose videos carry a condition (``conditions.json``: the
+synthetic benchmark's ``relevant``, ``music`` and ``silent``), for each seed:
+
+- ``av``: the audio-visual model trained on the train split with its soundtrack;
+- ``v``: its visual-only twin -- the same architecture, recipe, seed and step budget, with the
+  audio input replaced by digital silence in training AND test;
+- ``center``: the centre-bias baseline, a centred Gaussian whose width is fitted (best CC) on
+  the TRAIN split's maps; it does not depend on the seed.
+
+Both networks are scored with the final weights of their fixed budget (no checkpoint selection:
+the experiment's recipe has no validation split, so the test split is never looked at during
+training) on every frame of every test video (causal windows, stride 1), with CC and NSS per
+video averaged over the videos of each condition (:mod:`avsal_deploy.training.evaluate`).
+
+``results.json`` holds, per condition and model, the mean, the sample standard deviation
+(ddof = 1; 0 for a single seed) and the per-seed values of CC and NSS, the recipe, timings and
+the verdict on the three claims, with the criteria written next to them:
+
+1. with relevant sound, AV beats V by a clear margin: AV > V in every seed and the mean
+   difference is at least :data:`CLEAR_MARGIN` (CC 0.05, NSS 0.25);
+2. with unrelated music, AV is no worse than V: mean difference at least ``-NO_WORSE_TOLERANCE``
+   (CC 0.02, NSS 0.1);
+3. both beat the centre bias in every condition (means).
+
+Runs are resumable: a seed's model that already finished in ``out`` is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avsal_deploy.data.datasets import open_dataset
+from avsal_deploy.errors import ConfigError, DatasetError
+from avsal_deploy.training.checkpoints import load_trained_model
+from avsal_deploy.training.evaluate import (
+    center_predictor,
+    dataset_inputs,
+    evaluate_predictor,
+    fit_center_sigma,
+    model_predictor,
+)
+from avsal_deploy.training.recipe import DataSection, ModelSection, TrainConfig, TrainSection, load_recipe
+from avsal_deploy.training.trainer import Trainer, TrainEvent
+
+CONDITIONS: tuple[str, ...] = ("relevant", "music", "silent")
+MODELS: dict[str, str] = {
+    "av": "audio-visual",
+    "v": "visual-only twin (silence in training and test)",
+    "center": "centre bias (Gaussian fitted on train)",
+}
+METRICS: tuple[str, ...] = ("cc", "nss")
+CLEAR_MARGIN: dict[str, float] = {"cc": 0.05, "nss": 0.25}
+NO_WORSE_TOLERANCE: dict[str, float] = {"cc": 0.02, "nss": 0.1}
+SET_NAME = "synthetic"
+
+#: ``progress(message, event)``: a status line (event None) or a training event.
+ExperimentProgress = Callable[[str, TrainEvent | None], None]
+
+
+def audio_relevance_recipe() -> TrainConfig:
+    """The experiment's recipe (``training/audio_relevance.toml`` holds the same values).
+
+    Tiny profile with 16-frame windows (0.64 s at 25 fps: 1.3 to 3.8 periods of the 2-6 Hz object
+    rhythms, and 2 SoundNet frames), the hybrid variant with a one-shot + diffusion loss, AdamW
+    with a cosine decay, flip + channel-shuffle augmentation, a fixed step budget and no
+    validation split (see the module docstring).
+    """
+    return TrainConfig(
+        model=ModelSection(profile="tiny", variant="hybrid", overrides={"video.clip_len": 16}),
+        data=DataSection(name=SET_NAME, val_split="", windows_per_video=8),
+        train=TrainSection(
+            epochs=1000,
+            max_steps=900,
+            batch_size=8,
+            lr=1e-3,
+            weight_decay=1e-2,
+            scheduler="cosine",
+            warmup_steps=50,
+            grad_clip=1.0,
+            diffusion_weight=1.0,
+            log_every=25,
+        ),
+    )
+
+
+def quick_overrides() -> dict[str, Any]:
+    """A smoke-test budget: a few steps, small batches (shows the pipeline, not the claim)."""
+    return {"train.max_steps": 3, "train.batch_size": 2, "train.warmup_steps": 0, "data.windows_per_video": 2}
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "per_seed": [float(v) for v in arr],
+    }
+
+
+def _claims(per_seed: dict[str, dict[str, dict[str, list[float]]]]) -> list[dict[str, Any]]:
+    """Verdicts on the three claims from per-seed values ``[condition][model][metric]``."""
+    out = []
+    for metric in METRICS:
+        if "relevant" in per_seed:
+            av, v = (np.asarray(per_seed["relevant"][k][metric]) for k in ("av", "v"))
+            diff = av - v
+            holds = bool(np.all(diff > 0) and diff.mean() >= CLEAR_MARGIN[metric])
+            out.append(
+                {
+                    "text": f"relevant sound: AV beats V on {metric.upper()} by >= {CLEAR_MARGIN[metric]} "
+                    "(mean) and in every seed",
+                    "holds": holds,
+                    "mean_difference": float(diff.mean()),
+                }
+            )
+    for metric in METRICS:
+        if "music" in per_seed:
+            av, v = (np.asarray(per_seed["music"][k][metric]) for k in ("av", "v"))
+            diff = float((av - v).mean())
+            out.append(
+                {
+                    "text": f"music: AV no worse than V on {metric.upper()} "
+                    f"(mean difference >= -{NO_WORSE_TOLERANCE[metric]})",
+                    "holds": bool(diff >= -NO_WORSE_TOLERANCE[metric]),
+                    "mean_difference": diff,
+                }
+            )
+    beats = []
+    for by_model in per_seed.values():
+        centre = {m: float(np.mean(by_model["center"][m])) for m in METRICS}
+        for key in ("av", "v"):
+            beats.append(all(float(np.mean(by_model[key][m])) > centre[m] for m in METRICS))
+    out.append(
+        {"text": "AV and V beat the centre bias on CC and NSS in every condition", "holds": all(beats)}
+    )
+    return out
+
+
+def _train(
+    recipe: TrainConfig, out: Path, device: str | None, progress: ExperimentProgress | None
+) -> tuple[Path, float]:
+    """Train one model unless ``out`` already holds a finished run; return its weights and seconds."""
+    done = out / "done.json"
+    if done.is_file():
+        return out / "checkpoints" / "last.safetensors", float(json.loads(done.read_text())["seconds"])
+    resume = (out / "checkpoints" / "last.safetensors").is_file()
+    hook = None if progress is None else (lambda event: progress("", event))
+    result = Trainer(recipe, out, resume=resume, device=device, progress=hook).fit()
+    done.write_text(json.dumps({"seconds": result.seconds, "steps": result.steps, "stopped": result.stopped}))
+    return result.last_checkpoint, result.seconds
+
+
+def run_audio_relevance(
+    data: str | Path,
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    recipe_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    progress: ExperimentProgress | None = None,
+) -> dict[str, Any]:
+    """Run the experiment (see the module docstring); write and return ``results.json``'s content."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: need at least one seed")
+    root = Path(data)
+    out_dir = Path(out)
+    test_set = open_dataset(root, SET_NAME, "test")
+    train_set = open_dataset(root, SET_NAME, "train")
+    missing = [v.name for v in test_set if v.condition is None]
+    if missing:
+        raise DatasetError(
+            f"{root}: no condition for test video(s) {', '.join(missing[:5])} (conditions.json)"
+        )
+    conditions = [c for c in CONDITIONS if any(v.condition == c for v in test_set)]
+    if not conditions:
+        raise DatasetError(f"{root}: the test split has none of the conditions {', '.join(CONDITIONS)}")
+
+    base = load_recipe(recipe_path) if recipe_path else audio_relevance_recipe()
+    changes: dict[str, Any] = {"data.root": str(root.resolve()), "data.name": SET_NAME, "data.val_split": ""}
+    if quick:
+        changes.update(quick_overrides())
+    changes.update(overrides or {})
+    base = base.replace(changes)
+    config = base.model_config()
+    variant = base.model.variant
+    stride = 8 if quick else 1
+    say = (lambda msg: progress(msg, None)) if progress is not None else (lambda msg: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    # centre bias: fitted on train, scored on test (seed independent)
+    train_inputs = dataset_inputs(train_set, config, variant, "real")
+    sigma = fit_center_sigma(train_inputs, stride=4 if not quick else 16)
+    say(f"centre bias: sigma {sigma} (fitted on train)")
+    test_real = dataset_inputs(test_set, config, variant, "real")
+    centre = evaluate_predictor(
+        center_predictor(sigma), test_real, metrics=METRICS, stride=stride
+    ).by_condition()
+
+    per_seed: dict[str, dict[str, dict[str, list[float]]]] = {
+        c: {k: {m: [] for m in METRICS} for k in MODELS} for c in conditions
+    }
+    timings: dict[str, float] = {}
+    for seed in range(seeds):
+        for key, audio in (("av", "real"), ("v", "silent")):
+            recipe = base.replace({"train.seed": seed, "train.audio": audio})
+            run_dir = out_dir / f"seed{seed}" / key
+            say(f"seed {seed}: training {key} ({MODELS[key]}) -> {run_dir}")
+            weights, seconds = _train(recipe, run_dir, device, progress)
+            timings[f"seed{seed}/{key}"] = round(seconds, 1)
+            model, _, _, _ = load_trained_model(weights, device or "cpu")
+            test_inputs = dataset_inputs(test_set, config, variant, audio)  # type: ignore[arg-type]
+            predictor = model_predictor(model, None, base.train.val_batch_size, seed, device or "cpu")
+            by_cond = evaluate_predictor(
+                predictor, test_inputs, metrics=METRICS, stride=stride
+            ).by_condition()
+            say(
+                f"seed {seed} {key}: "
+                + "  ".join(f"{c} CC {by_cond[c]['cc']:.3f} NSS {by_cond[c]['nss']:.3f}" for c in conditions)
+            )
+            for c in conditions:
+                for m in METRICS:
+                    per_seed[c][key][m].append(by_cond[c][m])
+        for c in conditions:
+            for m in METRICS:
+                per_seed[c]["center"][m].append(centre[c][m])
+
+    results: dict[str, Any] = {
+        "experiment": "audio-relevance",
+        "data": str(root.resolve()),
+        "set": SET_NAME,
+        "split": "test",
+        "variant": variant,
+        "profile": config.profile,
+        "ddim_steps": model.resolve_steps(None),
+        "quick": quick,
+        "seeds": list(range(seeds)),
+        "models": MODELS,
+        "metrics": list(METRICS),
+        "averaging": "per video over its frames (stride "
+        f"{stride}), then over the videos of a condition; spread = sample std over seeds (ddof=1)",
+        "test_videos": {c: sum(1 for v in test_set if v.condition == c) for c in conditions},
+        "train_videos": len(train_set),
+        "center_sigma": sigma,
+        "conditions": {
+            c: {k: {m: _stats(per_seed[c][k][m]) for m in METRICS} for k in MODELS} for c in conditions
+        },
+        "claims": _claims(per_seed),
+        "criteria": {"clear_margin": CLEAR_MARGIN, "no_worse_tolerance": NO_WORSE_TOLERANCE},
+        "recipe": replace(base, source=str(recipe_path or "built-in audio_relevance_recipe()")).to_dict(),
+        "seconds": {"training": timings, "total": round(time.monotonic() - t_start, 1)},
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    try:
+        from avsal_deploy.training.plots import plot_experiment
+
+        plot_experiment(results, out_dir / "results.png")
+    except ImportError:  # matplotlib missing: the JSON is the contract, the figure is a bonus
+        pass
+    return results

@@ -1,0 +1,74 @@
+"""Latency of each component and of whole windows, PyTorch eager vs ONNX Runtime, side by side.
+
+Run with ``make bench`` (or ``pytest benchmarks --benchmark-enable``). Compare the groups'
+rows: the ratio between engines is measured in one run on one machine, which is what matters;
+absolute numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avsal_deploy import engine as engines
+from avsal_deploy.engine.eager import TorchEngine
+
+COMPONENTS = ("video_encoder", "audio_encoder", "fusion", "unet_step")
+
+
+@pytest.fixture(scope="module")
+def pair(small_model, small_export):
+    ort = engines.open(small_export, "onnxruntime")
+    return {"torch": TorchEngine(small_model, ort.specs), "onnxruntime": ort}
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_latency(benchmark, pair, component, backend) -> None:
+    eng = pair[backend]
+    spec = eng.specs[component]
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, spec.sample_inputs(1), strict=True)}
+    benchmark.group = f"component {component} (small, batch 1)"
+    benchmark.extra_info["backend"] = backend
+    out = benchmark(eng.run, component, feeds)
+    assert set(out) == set(spec.output_names)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_window_latency(benchmark, pair, steps, backend) -> None:
+    """One window end to end (encoders + fusion once, ``steps`` UNet calls): the per-frame cost
+    at stride 1."""
+    eng = pair[backend]
+    c = eng.config
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((1, *c.frames_shape())).astype(np.float32)
+    audio = rng.standard_normal((1, *c.audio_input_shape())).astype(np.float32)
+    noise = eng.make_noise(1, 0)
+    benchmark.group = f"window (small, {steps} DDIM steps)"
+    benchmark.extra_info["backend"] = backend
+    out = benchmark(eng.predict_window, frames, audio, steps, noise)
+    assert out.shape == (1, 1, c.video.height, c.video.width)
+
+
+def test_fused_ddim_graph_vs_loop(benchmark, pair) -> None:
+    """4 DDIM steps as one unrolled graph (one engine call) on ONNX Runtime; compare with the
+    'window (small, 4 DDIM steps)' loop row minus the encoders."""
+    eng = pair["onnxruntime"]
+    rng = np.random.default_rng(0)
+    c = eng.config
+    frames = rng.standard_normal((1, *c.frames_shape())).astype(np.float32)
+    audio = rng.standard_normal((1, *c.audio_input_shape())).astype(np.float32)
+    cond = eng.condition(frames, audio)
+    noise = eng.make_noise(1, 0)
+    benchmark.group = "sampler only (small, 4 steps, onnxruntime)"
+    benchmark.extra_info["form"] = "fused graph"
+    fused = benchmark(eng.sample, cond, 4, noise)
+    loop_specs = dict(eng.specs)
+    loop_specs.pop("ddim")
+    looped = engines.Engine.sample.__get__(eng)  # same engine, loop path below
+    eng.specs, saved = loop_specs, eng.specs
+    try:
+        assert np.abs(looped(cond, 4, noise) - fused).max() < 1e-4
+    finally:
+        eng.specs = saved

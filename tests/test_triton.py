@@ -1,0 +1,307 @@
+"""Triton serving against a REAL tritonserver (the nvidia-pytriton wheel's binary), tiny profile.
+
+One server serves the module; the export is made once per session (~60 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from avsal_deploy.cli import main
+from avsal_deploy.engine import open as open_engine
+from avsal_deploy.engine import read_manifest
+from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
+from avsal_deploy.serving.client import TritonEngine, TritonRequestError, open_triton
+from avsal_deploy.serving.repository import build_repository, pipeline_manifest
+from avsal_deploy.serving.server import TritonServer, TritonServerError, find_tritonserver
+from avsal_deploy.serving.triton_models import PIPELINE_MODEL, model_name
+
+pytestmark = pytest.mark.triton
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tiny_export, tmp_path_factory.mktemp("triton") / "repo")
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    with TritonServer(repo) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ort(tiny_export: Path):
+    with open_engine(tiny_export, "onnxruntime") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def triton(server: TritonServer, tiny_export: Path):
+    with open_triton(server.http_url, tiny_export) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def window(ort) -> tuple[np.ndarray, np.ndarray]:
+    """Two random windows (frames, audio) of the export's shapes."""
+    rng = np.random.default_rng(11)
+    frames = rng.standard_normal((2, *ort.specs["video_encoder"].inputs[0].shape)).astype(np.float32)
+    audio = rng.standard_normal((2, *ort.specs["audio_encoder"].inputs[0].shape)).astype(np.float32)
+    return frames, audio
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+# ----------------------------------------------------------------------------- repository
+def test_repository_configs_follow_manifest(repo: Path, tiny_export: Path) -> None:
+    manifest, config, specs = read_manifest(tiny_export)
+    for name, spec in specs.items():
+        model = repo / model_name(name)
+        cfg = parse_config(model / "config.pbtxt")
+        assert cfg.name == model_name(name) and cfg.backend == "python"
+        assert cfg.max_batch_size == spec.batch_profile[2]
+        assert cfg.HasField("dynamic_batching")
+        assert [i.name for i in cfg.input] == spec.input_names
+        assert [o.name for o in cfg.output] == spec.output_names
+        for entry, t in [
+            *zip(cfg.input, spec.inputs, strict=True),
+            *zip(cfg.output, spec.outputs, strict=True),
+        ]:
+            assert entry.data_type == model_config_pb2.TYPE_FP32
+            assert list(entry.dims) == (list(t.shape) or [1])
+            assert entry.HasField("reshape") == (t.shape == ())
+        assert (model / "1" / "model.onnx").read_bytes() == (tiny_export / spec.onnx_file).read_bytes()
+        assert "ComponentModel" in (model / "1" / "model.py").read_text()
+    pipe = parse_config(repo / PIPELINE_MODEL / "config.pbtxt")
+    assert pipe.max_batch_size == 0
+    dims = {i.name: (list(i.dims), i.optional) for i in pipe.input}
+    assert dims == {
+        "frames": ([-1, *config.frames_shape("hybrid")], False),
+        "audio": ([-1, *config.audio_input_shape("hybrid")], False),
+        "steps": ([1], True),
+        "seed": ([1], True),
+        "noise": ([-1, *config.map_shape()], True),
+    }
+    assert [(o.name, list(o.dims)) for o in pipe.output] == [("saliency", [-1, *config.map_shape()])]
+    params = {k: {"string_value": v.string_value} for k, v in pipe.parameters.items()}
+    carried, carried_config, carried_specs = pipeline_manifest({"parameters": params})
+    assert carried == manifest and carried_config == config and carried_specs == specs
+    assert int(params["max_batch"]["string_value"]) == min(s.batch_profile[2] for s in specs.values())
+
+
+def test_repository_platforms_and_options(tiny_export: Path, tmp_path: Path) -> None:
+    onnx_repo = build_repository(
+        tiny_export, tmp_path / "ort", platform="onnxruntime", max_batch=2, instances=2
+    )
+    cfg = parse_config(onnx_repo / "avsal_unet_step" / "config.pbtxt")
+    assert cfg.platform == "onnxruntime_onnx" and cfg.backend == "" and cfg.max_batch_size == 2
+    assert cfg.instance_group[0].count == 2
+    assert not (onnx_repo / "avsal_unet_step" / "1" / "model.py").exists()
+
+    with pytest.raises(BackendUnavailableError, match="build-engines"):
+        build_repository(tiny_export, tmp_path / "trt", platform="tensorrt")
+    with_plans = tmp_path / "export_with_plans"
+    with_plans.mkdir()
+    for item in tiny_export.iterdir():
+        (with_plans / item.name).symlink_to(item)
+    for name in read_manifest(tiny_export)[2]:
+        (with_plans / f"{name}.plan").write_bytes(b"plan " + name.encode())
+    trt_repo = build_repository(with_plans, tmp_path / "trt", platform="tensorrt")
+    cfg = parse_config(trt_repo / "avsal_fusion" / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan"
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert (trt_repo / "avsal_fusion" / "1" / "model.plan").read_bytes() == b"plan fusion"
+
+    with pytest.raises(AvsalError, match="already has model"):
+        build_repository(tiny_export, tmp_path / "ort")
+    build_repository(tiny_export, tmp_path / "ort", overwrite=True)
+    assert parse_config(tmp_path / "ort" / "avsal_unet_step" / "config.pbtxt").max_batch_size == 8
+    with pytest.raises(ConfigError, match="max_batch=99"):
+        build_repository(tiny_export, tmp_path / "x", max_batch=99)
+    with pytest.raises(ConfigError, match="platform"):
+        build_repository(tiny_export, tmp_path / "x", platform="tensorflow")
+
+
+def test_cli_triton_repo(tiny_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["triton-repo", "--export", str(tiny_export), "--out", str(tmp_path / "r"), "--instances", "2"])
+        == 0
+    )
+    assert "wrote 5 models" in capsys.readouterr().out
+    assert parse_config(tmp_path / "r" / PIPELINE_MODEL / "config.pbtxt").instance_group[0].count == 2
+    assert main(["triton-repo", "--export", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no manifest" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- server
+def test_server_ready_on_loopback(server: TritonServer) -> None:
+    assert server.is_running()
+    assert server.http_url.startswith("http://127.0.0.1:") and server.grpc_url.startswith("127.0.0.1:")
+    with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+        assert b"nv_inference_count" in r.read()
+    with urllib.request.urlopen(f"{server.http_url}/v2/models/{PIPELINE_MODEL}/ready", timeout=5) as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_components_match_onnxruntime(triton: TritonEngine, ort, batch: int) -> None:
+    for name, spec in ort.specs.items():
+        feeds = dict(
+            zip(spec.input_names, (x.numpy() for x in spec.sample_inputs(batch, seed=batch)), strict=True)
+        )
+        got, want = triton.run(name, feeds), ort.run(name, feeds)
+        for out in spec.output_names:
+            assert (
+                got[out].shape
+                == want[out].shape
+                == (batch, *spec.outputs[spec.output_names.index(out)].shape)
+            )
+            np.testing.assert_allclose(got[out], want[out], atol=TOL, err_msg=f"{name}.{out}")
+
+
+def test_concurrent_requests_are_batched_and_split_back(
+    server: TritonServer, triton: TritonEngine, ort
+) -> None:
+    spec = ort.specs["unet_step"]
+    model = model_name("unet_step")
+
+    def counts() -> tuple[int, int]:
+        with urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/stats", timeout=5) as r:
+            stats = json.loads(r.read())["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+
+    feeds = [
+        dict(
+            zip(
+                spec.input_names,
+                (x.numpy() for x in spec.sample_inputs(1 + i % 2, seed=100 + i)),
+                strict=True,
+            )
+        )
+        for i in range(16)
+    ]
+
+    def call(i: int) -> np.ndarray:
+        with TritonEngine(server.http_url, triton.config, triton.variant, triton.specs) as client:
+            return client.run("unet_step", feeds[i])["x0"]
+
+    before = counts()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(len(feeds))))
+    for got, f in zip(results, feeds, strict=True):
+        np.testing.assert_allclose(got, ort.run("unet_step", f)["x0"], atol=TOL)
+    inferences, executions = (a - b for a, b in zip(counts(), before, strict=True))
+    assert inferences == sum(f["x_t"].shape[0] for f in feeds)
+    assert executions < len(feeds)  # the dynamic batcher merged queued requests into one run
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+def test_pipeline_matches_onnxruntime(triton: TritonEngine, ort, window, steps: int) -> None:
+    frames, audio = window
+    got = triton.predict_window(frames, audio, steps=steps, seed=5)
+    want = ort.predict_window(frames, audio, steps=steps, seed=5)
+    assert got.shape == (2, *ort.config.map_shape())
+    np.testing.assert_allclose(got, want, atol=TOL)
+
+
+def test_client_loop_equals_server_loop(server: TritonServer, triton: TritonEngine, ort, window) -> None:
+    frames, audio = window
+    noise = ort.make_noise(2, seed=123)
+    with open_triton(server.grpc_url, protocol="grpc", server_loop=False) as client_loop:
+        assert client_loop.specs == triton.specs and client_loop.config == triton.config
+        for steps in (None, 2):
+            local = client_loop.predict_window(frames, audio, steps=steps, seed=9)
+            remote = triton.predict_window(frames, audio, steps=steps, seed=9)
+            np.testing.assert_allclose(local, remote, atol=TOL)
+        np.testing.assert_allclose(
+            triton.predict_window(frames, audio, steps=1, noise=noise),
+            client_loop.predict_window(frames, audio, steps=1, noise=noise),
+            atol=TOL,
+        )
+    assert not np.allclose(
+        triton.predict_window(frames, audio, seed=1), triton.predict_window(frames, audio, seed=2)
+    )
+
+
+def test_bad_requests_give_clear_errors(triton: TritonEngine, window) -> None:
+    frames, audio = window
+    with pytest.raises(TritonRequestError, match="steps=-1: must be >= 0"):
+        triton.predict_window(frames, audio, steps=-1)
+    with pytest.raises(TritonRequestError, match="unexpected shape for input 'frames'"):
+        triton.predict_window(frames[:, :, :2], audio)
+    with pytest.raises(TritonRequestError, match="frames has 2 windows but audio has 1"):
+        triton.predict_window(frames, audio[:1])
+    with pytest.raises(TritonRequestError, match="seed=-3 must be >= 0"):
+        triton.predict_window(frames, audio, seed=-3)
+    with pytest.raises(TritonRequestError, match=r"batch of 9 windows outside \[1, 8\]"):
+        triton.predict_window(np.repeat(frames[:1], 9, 0), np.repeat(audio[:1], 9, 0), steps=0)
+    feeds = {"audio": np.zeros((9, *triton.specs["audio_encoder"].inputs[0].shape), np.float32)}
+    with pytest.raises(TritonRequestError, match="batch-size must be <= 8"):
+        triton.run("audio_encoder", feeds)
+    dead = TritonEngine(f"127.0.0.1:{_closed_port()}", triton.config, triton.variant, triton.specs)
+    with pytest.raises(BackendUnavailableError, match="no Triton server"), dead:
+        dead.run("audio_encoder", {"audio": feeds["audio"][:1]})
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_server_stops_cleanly(repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with TritonServer(repo, log_path=log, models=[model_name("audio_encoder")]) as srv:
+        port = srv.ports.http
+        with urllib.request.urlopen(f"{srv.http_url}/v2/models/{model_name('audio_encoder')}/ready") as r:
+            assert r.status == 200
+    assert not srv.is_running() and srv.returncode == 0
+    assert "successfully unloaded 'avsal_audio_encoder'" in log.read_text()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def test_server_reports_broken_repository(repo: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(repo / model_name("audio_encoder"), broken / "avsal_broken")
+    config = broken / "avsal_broken" / "config.pbtxt"
+    config.write_text(
+        config.read_text().replace('name: "avsal_audio_encoder"', 'name: "avsal_broken"\nbogus: 1')
+    )
+    with pytest.raises(TritonServerError, match=r"exited with code \d+ during start-up(.|\n)*avsal_broken"):
+        TritonServer(broken, startup_timeout=30).start()
+    with pytest.raises(AvsalError, match="model repository not found"):
+        TritonServer(tmp_path / "missing")
+
+
+def test_missing_wheel_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert find_tritonserver().binary.exists()
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    with pytest.raises(
+        BackendUnavailableError, match=r"nvidia-pytriton is not installed.*avsal-deploy\[serve\]"
+    ):
+        find_tritonserver()
+
+
+def test_manifest_served_by_pipeline(triton: TritonEngine, server: TritonServer) -> None:
+    with urllib.request.urlopen(f"{server.http_url}/v2/models/{PIPELINE_MODEL}/config", timeout=5) as r:
+        config = json.loads(r.read())
+    manifest, cfg, specs = pipeline_manifest(config)
+    assert cfg == triton.config and specs == triton.specs and manifest["variant"] == triton.variant
