@@ -150,7 +150,15 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
         int8=args.int8,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
     )
-    plans = build_engines(Path(args.export), Path(args.out) if args.out else None, opts)
+    calibration = None
+    if args.int8:
+        from avsal_deploy.engine.trt import import_tensorrt, calibration_batches
+
+        import_tensorrt()  # fail before the calibration pass where TensorRT is missing
+        if not args.calib_clips:
+            raise AvsalError("--int8 needs --calib-clips VIDEO [VIDEO ...] to calibrate on")
+        calibration = calibration_batches(Path(args.export), [Path(c) for c in args.calib_clips])
+    plans = build_engines(Path(args.export), Path(args.out) if args.out else None, opts, calibration)
     for name, plan in plans.items():
         print(f"  {name:<15} {plan}")
     return 0
@@ -233,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", required=True, help="directory written by `avsal export`")
     p.add_argument("--out", default=None, help="where the .plan files go (default: the export directory)")
     p.add_argument("--fp32", action="store_true", help="no FP16 kernels")
+    p.add_argument("--int8", action="store_true", help="INT8 kernels, calibrated on --calib-clips")
     p.add_argument(
-        "--int8", action="store_true", help="INT8 with calibration (library API: calibration clips)"
+        "--calib-clips", nargs="+", default=None, metavar="VIDEO", help="clips for INT8 calibration"
     )
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, read and updated")
     p.set_defaults(handler=cmd_build_engines)

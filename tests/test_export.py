@@ -191,3 +191,30 @@ def test_export_cli_refuses_checkpoint_of_another_profile(tmp_path, tiny_checkpo
     assert main(args) == 2
     assert "profile tiny, not small" in capsys.readouterr().err
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
+    """The calibration pass (runs on ONNX Runtime) gives every component real inputs of its spec."""
+    from media_utils import write_video
+
+    from avsal_deploy.engine.trt import calibration_batches
+
+    clips = [write_video(tmp_path / f"c{i}.mp4", n=9, size=(64, 96), audio="aac") for i in range(2)]
+    feeds = calibration_batches(exports["hybrid"], clips, max_windows=4)
+    specs = engines.read_manifest(exports["hybrid"])[2]
+    assert set(feeds) == set(specs)
+    for name, batches in feeds.items():
+        assert len(batches) == 4, name
+        for feed in batches:
+            for t in specs[name].inputs:
+                assert feed[t.name].shape == t.full_shape(1) and feed[t.name].dtype == np.float32
+    from avsal_deploy.diffusion import DDIMScheduler
+
+    steps = load_config("tiny").diffusion.sampling_steps
+    allowed = set(DDIMScheduler.from_config(load_config("tiny").diffusion).timesteps_for(steps))
+    assert {int(f["t"][0]) for f in feeds["unet_step"]} <= allowed
+
+
+def test_int8_build_needs_tensorrt(tmp_path, exports, capsys) -> None:
+    assert main(["build-engines", "--export", str(exports["avrsp"]), "--int8", "--calib-clips", "x.mp4"]) == 2
+    assert "NVIDIA GPU" in capsys.readouterr().err

@@ -305,3 +305,23 @@ def test_manifest_served_by_pipeline(triton: TritonEngine, server: TritonServer)
         config = json.loads(r.read())
     manifest, cfg, specs = pipeline_manifest(config)
     assert cfg == triton.config and specs == triton.specs and manifest["variant"] == triton.variant
+
+
+def test_predict_cli_on_triton_matches_embedded_engine(
+    server: TritonServer, tiny_export: Path, tmp_path: Path
+) -> None:
+    """`avsal predict --engine triton` gives the maps the embedded ONNX Runtime engine gives."""
+    from media_utils import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", n=6, fps=25, size=(64, 96), audio="aac")
+    common = ["predict", str(clip), "--quiet", "--no-overlay", "--no-png", "--export-dir", str(tiny_export)]
+    assert main([*common, "--out", str(tmp_path / "ort")]) == 0
+    assert (
+        main([*common, "--out", str(tmp_path / "tri"), "--engine", "triton", "--triton-url", server.http_url])
+        == 0
+    )
+    with np.load(tmp_path / "ort" / "maps.npz") as a, np.load(tmp_path / "tri" / "maps.npz") as b:
+        assert a["maps"].shape == b["maps"].shape == (6, 64, 96)
+        assert np.abs(a["maps"] - b["maps"]).max() <= 1e-4
+    summary = json.loads((tmp_path / "tri" / "summary.json").read_text())
+    assert summary["engine"] == "triton"

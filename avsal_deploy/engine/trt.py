@@ -24,7 +24,7 @@ from avsal_deploy.export.components import ComponentSpec
 GPU_HINT = "needs an NVIDIA GPU with TensorRT 10 (pip install 'avsal-deploy[gpu]' from NVIDIA's index)"
 
 
-def _import_tensorrt() -> Any:
+def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -88,7 +88,7 @@ class EntropyCalibrator:
 def make_calibrator(
     spec: ComponentSpec, batches: Iterable[Mapping[str, np.ndarray]], cache: Path | None
 ) -> Any:
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
 
     class _Calibrator(EntropyCalibrator, trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
@@ -96,6 +96,55 @@ def make_calibrator(
             EntropyCalibrator.__init__(self, spec, batches, cache)
 
     return _Calibrator()
+
+
+def calibration_batches(
+    export_dir: Path, clips: Iterable[Path], max_windows: int = 64, seed: int = 0
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """INT8 calibration inputs for every component, computed from real clips on ONNX Runtime.
+
+    Each window of each clip (at most ``max_windows`` in all, spread over the clips) gives one
+    feed per component: the encoders see the preprocessed clip and audio, the fusion decoder the
+    encoders' outputs, and the UNet step noisy maps ``x_t`` at the DDIM time steps of the
+    profile's default schedule, made by forward-noising the model's own one-shot (or first-step)
+    estimate, so activation ranges match what the sampler feeds it.
+    """
+    import torch
+
+    from avsal_deploy import engine as engines
+    from avsal_deploy.data.preprocess import audio_inputs, gather_clips, preprocess_frames
+    from avsal_deploy.pipeline import Predictor
+    from avsal_deploy.windows import plan
+
+    ort = engines.open(export_dir, backend="onnxruntime")
+    reader = Predictor(ort)
+    clips = list(clips)
+    per_clip = max(1, max_windows // max(1, len(clips)))
+    rng = np.random.default_rng(seed)
+    steps = max(1, ort.config.diffusion.sampling_steps)
+    timesteps = ort.scheduler.timesteps_for(steps)
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in ort.specs}
+    for clip in clips:
+        video = reader.read(clip)
+        pre = preprocess_frames(video.frames, ort.config)
+        windows = plan(video.n_frames, ort.config, ort.variant).windows
+        picks = sorted(rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False))
+        for i in picks:
+            frames = gather_clips(pre, [windows[i]])
+            audio = audio_inputs(video, [windows[i]], ort.config, ort.variant)
+            cond = ort.condition(frames, audio)
+            values = {"frames": frames, "audio": audio, **cond}
+            if "unet_step" in ort.specs:
+                noise = ort.make_noise(1, int(rng.integers(1 << 31)))
+                x0 = cond["one_shot"] if "one_shot" in cond else ort.sample(cond, 1, noise)
+                t = torch.tensor([int(rng.choice(timesteps))])
+                x_t = ort.scheduler.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), t)
+                values.update(x_t=x_t.numpy().astype(np.float32), t=t.numpy().astype(np.float32))
+            for name, spec in ort.specs.items():
+                if name != "ddim":  # the unrolled loop is calibrated through its unet_step twin
+                    feeds[name].append({n: values[n] for n in spec.input_names})
+    ort.close()
+    return feeds
 
 
 def build_engine(
@@ -106,7 +155,7 @@ def build_engine(
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> Path:
     """Parse ``onnx_path``, build a serialized engine with the spec's min/opt/max profile."""
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     _require_cuda()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -173,7 +222,7 @@ class TensorRTEngine(Engine):
     def __init__(
         self, directory: Path, config: Config, variant: str, specs: Mapping[str, ComponentSpec]
     ) -> None:
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         torch = _require_cuda()
         super().__init__(config, variant, specs)
         self._torch = torch
