@@ -51,24 +51,21 @@ def test_window_latency(benchmark, pair, steps, backend) -> None:
     assert out.shape == (1, 1, c.video.height, c.video.width)
 
 
-def test_fused_ddim_graph_vs_loop(benchmark, pair) -> None:
-    """4 DDIM steps as one unrolled graph (one engine call) on ONNX Runtime; compare with the
-    'window (small, 4 DDIM steps)' loop row minus the encoders."""
-    eng = pair["onnxruntime"]
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("form", ["fused", "loop"])
+def test_fused_ddim_graph_vs_loop(benchmark, small_export, form) -> None:
+    """4 DDIM steps as one unrolled graph (one engine call) vs the loop over the UNet step."""
+    eng = engines.open(small_export, "onnxruntime")
+    if form == "loop":
+        eng.specs.pop("ddim")
     c = eng.config
+    rng = np.random.default_rng(0)
     frames = rng.standard_normal((1, *c.frames_shape())).astype(np.float32)
     audio = rng.standard_normal((1, *c.audio_input_shape())).astype(np.float32)
     cond = eng.condition(frames, audio)
     noise = eng.make_noise(1, 0)
     benchmark.group = "sampler only (small, 4 steps, onnxruntime)"
-    benchmark.extra_info["form"] = "fused graph"
-    fused = benchmark(eng.sample, cond, 4, noise)
-    loop_specs = dict(eng.specs)
-    loop_specs.pop("ddim")
-    looped = engines.Engine.sample.__get__(eng)  # same engine, loop path below
-    eng.specs, saved = loop_specs, eng.specs
-    try:
-        assert np.abs(looped(cond, 4, noise) - fused).max() < 1e-4
-    finally:
-        eng.specs = saved
+    benchmark.extra_info["form"] = form
+    out = benchmark(eng.sample, cond, 4, noise)
+    reference = engines.open(small_export, "onnxruntime")
+    reference.specs.pop("ddim")
+    assert np.abs(out - reference.sample(cond, 4, noise)).max() < 1e-4
