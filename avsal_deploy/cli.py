@@ -13,29 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config
+from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config, parse_overrides
 from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
 AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli")
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``section.field=value`` pairs; values parsed as JSON where they parse, else kept as text."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise AvsalError(f"override {item!r}: expected section.field=value")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.profile, _parse_overrides(getattr(args, "set", None) or []))
+    return load_config(args.profile, parse_overrides(getattr(args, "set", None) or []))
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_profile: str = "paper") -> None:
@@ -112,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.checkpoint:
         model = load_pretrained(args.checkpoint, variant=args.variant)
-        wanted = load_config(args.profile, _parse_overrides(args.set or [])) if args.profile else None
+        wanted = load_config(args.profile, parse_overrides(args.set or [])) if args.profile else None
         if (
             wanted is not None
             and wanted.architecture_fingerprint() != model.config.architecture_fingerprint()
@@ -122,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "(drop --profile to export it as trained)"
             )
     else:
-        config = load_config(args.profile or "paper", _parse_overrides(args.set or []))
+        config = load_config(args.profile or "paper", parse_overrides(args.set or []))
         torch.manual_seed(args.seed)
         model = build_model(config, args.variant or "hybrid")
         print("avsal: no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
@@ -152,7 +138,7 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     )
     calibration = None
     if args.int8:
-        from avsal_deploy.engine.trt import import_tensorrt, calibration_batches
+        from avsal_deploy.engine.trt import calibration_batches, import_tensorrt
 
         import_tensorrt()  # fail before the calibration pass where TensorRT is missing
         if not args.calib_clips:

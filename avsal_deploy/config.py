@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -318,6 +319,23 @@ def load_config(
     if overrides or kwargs:
         base = base.replace(overrides, **kwargs)
     return base
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``section.field=value`` strings (the CLI's ``--set``) as an override dict.
+
+    Values are parsed as JSON where they parse (numbers, booleans, lists), else kept as text.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 # --------------------------------------------------------------------- helpers

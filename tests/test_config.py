@@ -106,3 +106,13 @@ def test_config_is_frozen() -> None:
     c = Config()
     with pytest.raises(AttributeError):
         c.profile = "x"  # type: ignore[misc]
+
+
+def test_cli_overrides_parse_json_values() -> None:
+    from avsal_deploy.config import parse_overrides
+
+    got = parse_overrides(["video.height=128", "window.mode=centre", "fusion.channels=[8,16,24,32]"])
+    assert got == {"video.height": 128, "window.mode": "centre", "fusion.channels": [8, 16, 24, 32]}
+    assert load_config("tiny", got).fusion.channels == (8, 16, 24, 32)
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        parse_overrides(["video.height"])
