@@ -20,9 +20,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_quick_experiment_writes_the_contract(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_experiment_writes_the_contract(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "exp"
-    code = main(["experiment", "audio-relevance", "--data", str(data), "--out", str(out), "--seeds", "2", "--quick"])
+    code = main(
+        ["experiment", "audio-relevance", "--data", str(data), "--out", str(out), "--seeds", "2", "--quick"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "claims:" in printed and "relevant" in printed

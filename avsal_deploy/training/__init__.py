@@ -1,1 +1,38 @@
-"""training."""
+"""Training, evaluation and the audio-relevance experiment.
+
+- :mod:`~avsal_deploy.training.recipe`: typed TOML recipes (``training/*.toml``).
+- :mod:`~avsal_deploy.training.data`: windows of a data set as model inputs, with augmentation.
+- :mod:`~avsal_deploy.training.trainer`: the loop (stages, DDP, AMP, checkpoints, resumption).
+- :mod:`~avsal_deploy.training.evaluate`: MIT metrics per video / condition / data set.
+- :mod:`~avsal_deploy.training.checkpoints`: :func:`load_trained_model` and the trainer's state.
+- :mod:`~avsal_deploy.training.experiment`: AV model vs visual-only twin vs centre bias.
+- :mod:`~avsal_deploy.training.plots`: training curves and experiment figures (matplotlib).
+
+Names are resolved lazily so that ``import avsal_deploy.training`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "avsal_deploy.training.recipe",
+    "load_recipe": "avsal_deploy.training.recipe",
+    "Trainer": "avsal_deploy.training.trainer",
+    "TrainResult": "avsal_deploy.training.trainer",
+    "WindowDataset": "avsal_deploy.training.data",
+    "VideoInputs": "avsal_deploy.training.data",
+    "evaluate_checkpoint": "avsal_deploy.training.evaluate",
+    "load_trained_model": "avsal_deploy.training.checkpoints",
+    "shipped_checkpoint": "avsal_deploy.training.checkpoints",
+    "run_audio_relevance": "avsal_deploy.training.experiment",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

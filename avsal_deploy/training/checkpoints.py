@@ -79,6 +79,7 @@ def save_weights(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_checkpoint(model, tmp, config, variant, metadata)
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; checkpoints are shared artefacts
     os.replace(tmp, path)
     return path
 

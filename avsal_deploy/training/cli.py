@@ -31,6 +31,16 @@ def _overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch intra-op threads (1 is fastest when other jobs share the cores)."""
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.{digits}f}"
@@ -66,7 +76,8 @@ class _TrainBars:
         from tqdm import tqdm
 
         if event.kind == "stage":
-            tqdm.write(f"stage {event.stage}: epochs {event.done}..{event.total}")
+            budget = f", at most {event.values['max_steps']} steps" if event.values.get("max_steps") else ""
+            tqdm.write(f"stage {event.stage}: from epoch {event.done} of {event.total}{budget}")
         elif event.kind == "epoch":
             self.close()
             self.bar = tqdm(
@@ -98,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from avsal_deploy.training.recipe import load_recipe
     from avsal_deploy.training.trainer import Trainer
 
+    _set_threads(args)
     recipe = load_recipe(args.config, _overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -133,6 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from avsal_deploy.training.evaluate import DEFAULT_METRICS, evaluate_checkpoint
 
+    _set_threads(args)
     metrics = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
     bar = tqdm(desc="videos", unit="video", disable=args.quiet)
 
@@ -184,6 +197,7 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
 
     from avsal_deploy.training.experiment import run_audio_relevance
 
+    _set_threads(args)
     bars = _TrainBars()
 
     def progress(message: str, event: Any = None) -> None:
@@ -201,6 +215,7 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
         recipe_path=args.recipe,
         overrides=_overrides(args.set),
         device=args.device,
+        jobs=args.jobs,
         progress=progress,
     )
     bars.close()
@@ -245,6 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("eval", help="score a checkpoint on a data set with the MIT metrics")
@@ -262,6 +278,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the per-video / per-condition / data-set report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("experiment", help="reproducible experiments")
@@ -280,6 +297,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--recipe", default=None, help="recipe (default: training/audio_relevance.toml)")
     q.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe value")
     q.add_argument("--device", default=None)
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (split between jobs)")
+    q.add_argument("--jobs", type=int, default=1, help="train the models in N parallel processes")
     q.set_defaults(handler=cmd_audio_relevance)
 
 

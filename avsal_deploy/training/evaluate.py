@@ -44,7 +44,7 @@ DEFAULT_METRICS: tuple[str, ...] = METRIC_NAMES
 #: Cheap metrics for validation during training (batched, no per-frame ROC).
 VALIDATION_METRICS: tuple[str, ...] = ("cc", "nss", "kld", "sim")
 #: Candidate widths of the centre-bias Gaussian (fractions of frame height / width).
-CENTER_SIGMAS: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+CENTER_SIGMAS: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
 DEFAULT_CENTER_SIGMA = 0.25
 _SAUC_OTHERS = 10
 
@@ -120,10 +120,8 @@ def model_predictor(
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
 
     def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
-        name_seed = int.from_bytes(video.name.encode()[-8:].rjust(8, b"\0"), "little")
-        generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence((seed, name_seed)).generate_state(1)[0])
-        )
+        entropy = (seed, *video.name.encode())  # the whole name: no collisions between videos
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
         out = []
         was_training = model.training
         model.eval()

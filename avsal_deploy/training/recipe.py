@@ -104,6 +104,9 @@ class TrainSection:
     oneshot_weight: float = 1.0
     diffusion_weight: float = 1.0
     init_checkpoint: str = ""  # start from these weights (same architecture and variant)
+    # Modules whose convolutions are re-initialised He-normal before training from scratch (see
+    # trainer.he_initialise): ["audio_encoder"] for a VGGish trained without its public weights.
+    he_init: tuple[str, ...] = ()
     # Validation metric for the LR plateau, the best checkpoint and early stopping: cc, nss, sim,
     # kld, or loss (the AVRSP objective kl*KL + cc*CC + sim*SIM of the validation maps, as the
     # paper's "validation loss"). Without a validation split the training loss is monitored.
@@ -181,6 +184,11 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"stage names must be unique, got {names}")
+        unknown_init = [m for m in t.he_init if m not in MODULE_NAMES]
+        if unknown_init:
+            raise ConfigError(
+                f"train.he_init: unknown module(s) {unknown_init}; choose from {', '.join(MODULE_NAMES)}"
+            )
         for stage in self.resolved_stages():
             check_audio_mode(stage.audio)
             unknown = [m for m in stage.freeze if m not in MODULE_NAMES]

@@ -262,6 +262,28 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 # ------------------------------------------------------------------------------ trainer
+def he_initialise(model: AVSaliencyModel, modules: tuple[str, ...]) -> None:
+    """Re-initialise every convolution of ``modules`` He-normal (fan-in, ReLU gain; zero bias).
+
+    Why: the VGGish trunk (DiffSal's audio encoder, the public torchvggish layout) is six 3x3
+    convolutions with ReLU and no normalisation. Under PyTorch's default init (Kaiming-uniform with
+    a = sqrt(5), i.e. a variance gain of 1/3) each layer shrinks the signal, and from scratch its
+    output is almost independent of the log-mel input (measured at the tiny profile: features of a
+    soundtrack and of silence differ by a few percent, the map by 0.1 %), so the audio branch gets
+    no useful gradient. He et al. 2015's init keeps the activation variance through ReLU layers.
+    Public VGGish weights, when loaded afterwards, overwrite it.
+    """
+    for name in modules:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+
 def _apply_freeze(model: AVSaliencyModel, frozen: tuple[str, ...]) -> list[nn.Parameter]:
     """Set ``requires_grad`` per module; return the trainable parameters."""
     for name in MODULE_NAMES:
@@ -394,7 +416,10 @@ class Trainer:
                 patience=t.plateau_patience,
                 min_lr=t.min_lr,
             )
-        total = max(1, stage.epochs * steps_per_epoch)
+        total = stage.epochs * steps_per_epoch
+        if t.max_steps:  # a step budget ends the stage earlier: decay over what it allows
+            total = min(total, t.max_steps - self.stage_start_step)
+        total = max(1, total)
         floor = t.min_lr / stage.lr
         cosine = t.scheduler == "cosine"
 
@@ -445,7 +470,9 @@ class Trainer:
         self.ctx = setup_distributed(self.device_name)
         r, t = self.recipe, self.recipe.train
         torch.manual_seed(t.seed)
-        self.model = build_model(self.config, self.variant).to(self.ctx.device)
+        self.model = build_model(self.config, self.variant)
+        he_initialise(self.model, t.he_init)
+        self.model.to(self.ctx.device)
         self.precision = resolve_precision(t.amp, self.ctx.device)
         self.step = self.epoch = self.stage_epoch = 0
         self.best: float | None = None
@@ -547,6 +574,8 @@ class Trainer:
                 f"({t.batch_size} x {ctx.world_size} processes); raise data.windows_per_video"
             )
 
+        # the global step at which this stage started (also when resuming inside it)
+        self.stage_start_step = self.step - self.stage_epoch * steps_per_epoch - start_batch
         params = _apply_freeze(self.model, stage.freeze)
         objective = SaliencyObjective(self.model, self.precision, t.kl_weight, t.cc_weight, t.sim_weight)
         objective.oneshot_weight = stage.oneshot_weight
@@ -567,7 +596,17 @@ class Trainer:
             if state.get("stopped") == "early_stop":
                 self.stopped = "early_stop"
                 return
-        self._emit(TrainEvent("stage", stage.name, self.epoch, self.step, self.stage_epoch, stage.epochs))
+        self._emit(
+            TrainEvent(
+                "stage",
+                stage.name,
+                self.epoch,
+                self.step,
+                self.stage_epoch,
+                stage.epochs,
+                {"max_steps": t.max_steps},
+            )
+        )
         monitor = self._monitor()
         higher = MONITOR_METRICS[monitor]
         generator = torch.Generator(device=ctx.device)
@@ -594,6 +633,9 @@ class Trainer:
             epoch_sum, epoch_n = 0.0, 0
             batch_in_epoch = start_batch
             for batch in loader:
+                if t.max_steps and self.step >= t.max_steps:  # resumed at or beyond the budget
+                    self.stopped = "max_steps"
+                    break
                 self._warmup(stage, self.stage_epoch * steps_per_epoch + batch_in_epoch)
                 losses = self._train_step(runner, batch, generator)
                 self.step += 1
