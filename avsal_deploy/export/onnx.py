@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,25 +97,35 @@ def export_component(
     args = spec.sample_inputs(batch=2)
     batch = torch.export.Dim("batch", min=1, max=max(2, spec.batch_profile[2]))
     dynamic = {name: {0: batch} for name in spec.input_names}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_shapes=dynamic,
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-        )
+    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notices
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = _export(module, args, spec, dynamic, opset)
+    finally:
+        exporter_log.setLevel(level)
     proto = program.model_proto
     _name_batch_axes(proto)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
     return proto
+
+
+def _export(module: torch.nn.Module, args: tuple, spec: ComponentSpec, dynamic: dict, opset: int) -> Any:
+    return torch.onnx.export(
+        module,
+        args,
+        dynamo=True,
+        input_names=spec.input_names,
+        output_names=spec.output_names,
+        dynamic_shapes=dynamic,
+        opset_version=opset,
+        optimize=True,
+        verbose=False,
+    )
 
 
 def export_model(
