@@ -4,14 +4,25 @@ the real run shows; see avsal_deploy/assets/README.md and the closing note of is
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import generate
 from avsal_deploy.errors import DatasetError
 from avsal_deploy.training.experiment import CONDITIONS, METRICS, MODELS, run_audio_relevance
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one torch thread is as fast, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +52,8 @@ def test_quick_experiment_writes_the_contract(
                 assert set(entry) == {"mean", "std", "per_seed"} and len(entry["per_seed"]) == 2
                 assert entry["mean"] == pytest.approx(sum(entry["per_seed"]) / 2)
     assert results["conditions"]["relevant"]["center"]["cc"]["std"] == 0.0  # seed independent
+    control = results["controls"]["av_mismatched_audio"]
+    assert set(control) == set(CONDITIONS) and len(control["relevant"]["cc"]["per_seed"]) == 2
     assert len(results["claims"]) == 5 and all(isinstance(c["holds"], bool) for c in results["claims"])
     for seed in (0, 1):
         for key in ("av", "v"):

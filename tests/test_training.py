@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,24 @@ from avsal_deploy.training.checkpoints import (
     load_training_state,
     state_path,
 )
-from avsal_deploy.training.data import WindowDataset, channel_shuffle, resize_fixations
+from avsal_deploy.training.data import VideoInputs, WindowDataset, channel_shuffle, resize_fixations
 from avsal_deploy.training.evaluate import center_bias_map
-from avsal_deploy.training.experiment import audio_relevance_recipe
+from avsal_deploy.training.experiment import audio_relevance_recipe, mismatched_inputs
 from avsal_deploy.training.recipe import TrainConfig, from_dict, load_recipe
-from avsal_deploy.training.trainer import Trainer
+from avsal_deploy.training.trainer import Trainer, resolve_precision
+from avsal_deploy.windows import window_for
 
 REPO = Path(__file__).resolve().parents[1]
 N_FRAMES = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one torch thread is as fast, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +369,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from avsal_deploy.training.recipe import from_dict
-    from avsal_deploy.training.trainer import Trainer
+    from avsal_deploy.training.trainer import Trainer, resolve_precision
     recipe = from_dict(json.loads(sys.argv[1]))
     trainer = Trainer(recipe, sys.argv[2])
     result = trainer.fit()
@@ -401,3 +412,33 @@ def test_ddp_two_gloo_processes(data: Path, tmp_path: Path) -> None:
     steps = [r["step"] for r in _log(out, "train")]
     assert steps == list(range(1, 7))  # one writer: no duplicated records
     assert [r["epoch"] for r in _log(out, "val")] == [1, 2]
+
+
+# --------------------------------------------------------------------------- precision
+def test_precision_settings_and_bf16_step(data: Path, tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    assert not resolve_precision("auto", cpu).enabled and not resolve_precision("off", cpu).enabled
+    bf16 = resolve_precision("bf16", cpu)
+    assert bf16.enabled and bf16.dtype == torch.bfloat16 and not bf16.scaler
+    with pytest.raises(ConfigError, match="CUDA"):
+        resolve_precision("fp16", cpu)
+    recipe = _recipe(data, **{"data.val_split": "", "train.max_steps": 2, "train.amp": "bf16"})
+    result = Trainer(recipe, tmp_path / "run").fit()
+    losses = [r["loss"] for r in _log(tmp_path / "run", "train")]
+    assert result.steps == 2 and all(np.isfinite(losses))
+    weights = load_trained_model(result.last_checkpoint)[0].state_dict()
+    assert all(v.dtype != torch.bfloat16 for v in weights.values())  # autocast keeps fp32 weights
+
+
+def test_mismatched_soundtrack_control(data: Path) -> None:
+    config = load_config("tiny")
+    test = open_dataset(data, "synthetic", "test")
+    swapped = mismatched_inputs(test, config, "hybrid")
+    assert [v.name for v in swapped] == [v.name for v in test]
+    for video in swapped:  # one video per condition here: each keeps its own soundtrack
+        assert video.audio_record is video.record
+    videos = list(open_dataset(data, "synthetic", "train")) + list(test)
+    a, b = videos[0], videos[1]
+    borrowed = VideoInputs(a, config, "hybrid", audio_record=b)
+    np.testing.assert_array_equal(borrowed.track()[0], b.audio()[0])
+    assert borrowed.clip(window_for(5, a.n_frames, config)).shape == (3, 8, 64, 96)

@@ -294,7 +294,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     q.add_argument("--quick", action="store_true", help="a few steps only (smoke test, not the claim)")
-    q.add_argument("--recipe", default=None, help="recipe (default: training/audio_relevance.toml)")
+    q.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe (default: the built-in one, equal to training/audio_relevance.toml)",
+    )
     q.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe value")
     q.add_argument("--device", default=None)
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (split between jobs)")

@@ -88,6 +88,9 @@ class VideoInputs:
     With ``cache=True`` every decoded and preprocessed array is kept in memory after its first
     use (about ``n_frames * 3 * h * w * 4`` bytes for the frames: 7 MB for 96 frames at 64 x 96);
     with ``cache=False`` frames and annotations are read from disk for each window.
+    ``audio_record`` takes the soundtrack from another video (a control: the audio-relevance
+    experiment scores the audio-visual model with a mismatched soundtrack); past its end the
+    excerpts are silence.
     """
 
     def __init__(
@@ -97,8 +100,10 @@ class VideoInputs:
         variant: str,
         audio: AudioMode = "real",
         cache: bool = True,
+        audio_record: VideoRecord | None = None,
     ) -> None:
         self.record = record
+        self.audio_record = audio_record or record
         self.config = config
         self.variant = check_variant(variant)
         self.audio_mode = check_audio_mode(audio)
@@ -147,7 +152,7 @@ class VideoInputs:
         """The soundtrack (float32 mono, rate); digital silence of its length in ``"silent"`` mode."""
         if self._audio is not None:
             return self._audio
-        audio, rate = self.record.audio()
+        audio, rate = self.audio_record.audio()
         if self.audio_mode == "silent":
             audio = np.zeros_like(audio)
         if self.cache:

@@ -14,6 +14,10 @@ the experiment's recipe has no validation split, so the test split is never look
 training) on every frame of every test video (causal windows, stride 1), with CC and NSS per
 video averaged over the videos of each condition (:mod:`avsal_deploy.training.evaluate`).
 
+A control scores the ``av`` model with a MISMATCHED soundtrack (another test video's of the same
+condition, :func:`mismatched_inputs`): it tells whether the model uses what the sound says (which
+object it belongs to) or only that there is sound.
+
 ``results.json`` holds, per condition and model, the mean, the sample standard deviation
 (ddof = 1; 0 for a single seed) and the per-seed values of CC and NSS, the recipe, timings and
 the verdict on the three claims, with the criteria written next to them:
@@ -41,10 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from avsal_deploy.data.datasets import open_dataset
+from avsal_deploy.config import Config
+from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
 from avsal_deploy.models.build import resolve_steps
 from avsal_deploy.training.checkpoints import load_trained_model
+from avsal_deploy.training.data import VideoInputs
 from avsal_deploy.training.evaluate import (
     center_predictor,
     dataset_inputs,
@@ -154,6 +160,23 @@ def _claims(per_seed: dict[str, dict[str, dict[str, list[float]]]]) -> list[dict
     return out
 
 
+def mismatched_inputs(dataset: SaliencyDataset, config: Config, variant: str) -> list[VideoInputs]:
+    """Each test video with the soundtrack of the next test video of the same condition.
+
+    Scored with the audio-visual model, this separates the use of the sound's content (which object
+    it belongs to) from the use of its mere presence: a model that binds sound to objects loses
+    accuracy on ``relevant`` videos with a mismatched soundtrack, one that ignores the content
+    scores the same. A condition with a single test video keeps its own soundtrack.
+    """
+    records = list(dataset)
+    out = []
+    for record in records:
+        same = [r for r in records if r.condition == record.condition]
+        partner = same[(same.index(record) + 1) % len(same)]
+        out.append(VideoInputs(record, config, variant, "real", audio_record=partner))
+    return out
+
+
 def _train_and_score(
     recipe: TrainConfig,
     run_dir: Path,
@@ -172,7 +195,7 @@ def _train_and_score(
     done = run_dir / "done.json"
     if done.is_file():
         record = json.loads(done.read_text())
-        if record.get("stride") == stride:
+        if record.get("stride") == stride and (audio != "real" or "mismatched_scores" in record):
             return dict(record)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -191,6 +214,11 @@ def _train_and_score(
         "stride": stride,
         "scores": scores,
     }
+    if audio == "real":  # control: does the model use WHAT it hears, or only THAT it hears?
+        swapped = mismatched_inputs(test_set, config, variant)
+        record["mismatched_scores"] = evaluate_predictor(
+            predictor, swapped, metrics=METRICS, stride=stride
+        ).by_condition()
     done.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -292,6 +320,13 @@ def run_audio_relevance(
     for c in conditions:
         for m in METRICS:
             per_seed[c]["center"][m] = [centre[c][m]] * seeds
+    mismatched = {
+        c: {
+            m: _stats([records[seed, "av"]["mismatched_scores"][c][m] for seed in range(seeds)])
+            for m in METRICS
+        }
+        for c in conditions
+    }
 
     results: dict[str, Any] = {
         "experiment": "audio-relevance",
@@ -314,6 +349,10 @@ def run_audio_relevance(
             c: {k: {m: _stats(per_seed[c][k][m]) for m in METRICS} for k in MODELS} for c in conditions
         },
         "claims": _claims(per_seed),
+        "controls": {
+            "av_mismatched_audio": mismatched,
+            "note": "the av model scored with the soundtrack of another test video of the same condition",
+        },
         "criteria": {"clear_margin": CLEAR_MARGIN, "no_worse_tolerance": NO_WORSE_TOLERANCE},
         "recipe": replace(base, source=str(recipe_path or "built-in audio_relevance_recipe()")).to_dict(),
         "seconds": {"training_per_model": timings, "total": round(time.monotonic() - t_start, 1)},

@@ -518,8 +518,6 @@ class Trainer:
             state = None
             if self.stopped == "max_steps":
                 break
-            if self.stage_epoch >= stage.epochs and self.stopped != "early_stop":
-                self.stopped = "completed"
 
         if self.ctx.is_main:
             from avsal_deploy.training.plots import plot_metrics
