@@ -14,21 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avsal_deploy.config import parse_overrides
 from avsal_deploy.errors import ConfigError
-
-
-def _overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``section.field=value`` pairs; values parsed as JSON where they parse, else kept as text."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected section.field=value")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -110,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from avsal_deploy.training.trainer import Trainer
 
     _set_threads(args)
-    recipe = load_recipe(args.config, _overrides(args.set))
+    recipe = load_recipe(args.config, parse_overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     main_rank = int(os.environ.get("RANK", "0")) == 0
     bars = _TrainBars() if main_rank else None
@@ -213,7 +200,7 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         quick=args.quick,
         recipe_path=args.recipe,
-        overrides=_overrides(args.set),
+        overrides=parse_overrides(args.set),
         device=args.device,
         jobs=args.jobs,
         progress=progress,
