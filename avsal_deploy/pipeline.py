@@ -10,7 +10,6 @@ nothing written before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -122,14 +121,6 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- engines
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_root() -> Path:
     """Where exported ONNX components are cached (``$AVSAL_CACHE``, else ~/.cache/avsal)."""
     return Path(os.environ.get("AVSAL_CACHE") or Path.home() / ".cache" / "avsal")
@@ -137,10 +128,10 @@ def cache_root() -> Path:
 
 def cached_export(checkpoint: Path, on_export: Callable[[Path], None] | None = None) -> Path:
     """The export directory of ``checkpoint``, exporting it once (keyed by content and version)."""
-    from avsal_deploy.export.onnx import export_model
+    from avsal_deploy.export.onnx import export_model, sha256_file
     from avsal_deploy.models.build import load_pretrained
 
-    digest = _sha256(checkpoint)
+    digest = sha256_file(checkpoint)
     directory = cache_root() / "exports" / f"{digest[:16]}-{__version__}"
     manifest = directory / "manifest.json"
     if manifest.exists():

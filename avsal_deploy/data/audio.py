@@ -295,16 +295,11 @@ def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cp
 def _dali_log_mel_pipeline(config: Config, win: int, hop: int, nfft: int, device: str) -> Any:
     from nvidia.dali import fn, math, pipeline_def, types  # noqa: PLC0415
 
+    from avsal_deploy.data.video import dali_pipeline_options  # noqa: PLC0415
+
     a = config.audio
 
-    @pipeline_def(
-        batch_size=1,
-        num_threads=1,
-        device_id=0 if device == "gpu" else None,
-        prefetch_queue_depth=1,
-        exec_async=False,
-        exec_pipelined=False,
-    )
+    @pipeline_def(**dali_pipeline_options(device))
     def pipeline() -> Any:
         wave = fn.external_source(name="waveform", dtype=types.FLOAT, ndim=1)
         if device == "gpu":

@@ -295,6 +295,18 @@ def _pyav_frames(
 
 
 # ----------------------------------------------------------------------------- DALI frames
+def dali_pipeline_options(device: str) -> dict[str, Any]:
+    """``pipeline_def`` settings of our one-sample, synchronous DALI pipelines (video and audio)."""
+    return {
+        "batch_size": 1,
+        "num_threads": 1,
+        "device_id": 0 if device == "gpu" else None,
+        "prefetch_queue_depth": 1,
+        "exec_async": False,
+        "exec_pipelined": False,
+    }
+
+
 def require_dali() -> Any:
     """The ``nvidia.dali`` module, or BackendUnavailableError when it is not installed."""
     try:
@@ -353,14 +365,7 @@ def _dali_pipeline(device: str, out: tuple[int, int] | None) -> Any:
     require_dali()
     from nvidia.dali import fn, pipeline_def, types  # noqa: PLC0415
 
-    @pipeline_def(
-        batch_size=1,
-        num_threads=1,
-        device_id=0 if device == "gpu" else None,
-        prefetch_queue_depth=1,
-        exec_async=False,
-        exec_pipelined=False,
-    )
+    @pipeline_def(**dali_pipeline_options(device))
     def pipeline() -> Any:
         video = fn.experimental.inputs.video(
             name="encoded",
