@@ -4,25 +4,16 @@ the real run shows; see avsal_deploy/assets/README.md and the closing note of is
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import generate
 from avsal_deploy.errors import DatasetError
 from avsal_deploy.training.experiment import CONDITIONS, METRICS, MODELS, run_audio_relevance
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one torch thread is as fast, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
