@@ -118,7 +118,7 @@ class TrainResult:
     steps: int
     epochs: int
     stopped: str  # "completed", "max_steps" or "early_stop" (of the last stage)
-    seconds: float
+    seconds: float  # wall time of the whole run, summed over resumed sessions
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -388,6 +388,7 @@ class Trainer:
             "best": self.best,
             "bad_epochs": self.bad_epochs,
             "stopped": self.stopped,
+            "seconds": self._seconds(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
@@ -464,9 +465,14 @@ class Trainer:
         return {**summary, "by_condition": result.by_condition()}
 
     # ------------------------------------------------------------------ main loop
+    def _seconds(self) -> float:
+        """Training wall time over every session of this run (resumed ones included)."""
+        return self.seconds_before + time.monotonic() - self.t0
+
     def fit(self) -> TrainResult:
         """Train every stage (from the checkpoint when resuming) and return where it ended."""
-        t0 = time.monotonic()
+        self.t0 = time.monotonic()
+        self.seconds_before = 0.0
         self.ctx = setup_distributed(self.device_name)
         r, t = self.recipe, self.recipe.train
         torch.manual_seed(t.seed)
@@ -491,6 +497,7 @@ class Trainer:
             start_stage, start_batch = int(state["stage"]), int(state["batch_in_epoch"])
             self.best = state["best"]
             self.bad_epochs = int(state["bad_epochs"])
+            self.seconds_before = float(state.get("seconds", 0.0))
             _restore_rng(state["rng"])
             self._truncate_log(self.step, self.epoch)
         else:
@@ -535,7 +542,7 @@ class Trainer:
             steps=self.step,
             epochs=self.epoch,
             stopped=self.stopped,
-            seconds=time.monotonic() - t0,
+            seconds=self._seconds(),
         )
 
     def _run_stage(self, stage: Stage, state: dict[str, Any] | None, start_batch: int) -> None:
