@@ -65,6 +65,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             "inputs": {
                 "frames": [None, *config.frames_shape(variant)],
                 "audio": [None, *config.audio_input_shape(variant)],
+                **(
+                    {"envelope": [None, *config.envelope_shape(variant)]}
+                    if config.uses_envelope(variant)
+                    else {}
+                ),
             },
             "architecture_fingerprint": config.architecture_fingerprint(),
         }
@@ -74,7 +79,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"profile {config.profile}: frames {config.video.height}x{config.video.width}")
     for variant, rep in report["variants"].items():
         f = rep["flops"]
-        print(f"\n{variant}: frames {rep['inputs']['frames'][1:]}, audio {rep['inputs']['audio'][1:]}")
+        ins = ", ".join(f"{k} {v[1:]}" for k, v in rep["inputs"].items())
+        print(f"\n{variant}: {ins}")
         print(f"  {'component':<15}{'params':>12}{'FLOPs':>14}")
         for comp in ("video_encoder", "audio_encoder", "fusion", "unet"):
             if comp in rep["parameters"]:

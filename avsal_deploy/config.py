@@ -84,6 +84,11 @@ class AudioConfig:
     vggish_width: float = 1.0  # 1.0 loads the public torchvggish port
     transformer_layers: int = 1
     transformer_heads: int = 8
+    # Per-frame audio envelope (the input of the fusion decoder's audio-visual synchrony module,
+    # fusion.av_sync): for every frame of a window, the log energies of its own audio span (1/fps
+    # seconds, resampled to vggish_rate) in envelope_bands mel bands between fmin and fmax, plus
+    # its log loudness. Digital silence gives exactly zero.
+    envelope_bands: int = 8
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,14 @@ class FusionConfig:
     ravf_heads: int = 8
     ffn_mult: int = 2
     aspp_rates: tuple[int, ...] = (1, 2, 3)
+    # Audio-visual synchrony (our extension, off in the paper profile): a time-aligned, softmax-free
+    # relevance gate at scale ``sync_scale`` that retains the per-frame audio envelope where the
+    # visual features vary in step with it (models.fusion.AudioVisualSync). RAVF meets the audio
+    # only at the coarsest scale (T/8 frames), too coarse in time to tell which of several objects
+    # pulses with the sound when the encoders are trained from scratch.
+    av_sync: bool = False
+    sync_scale: int = 1
+    sync_heads: int = 2
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,18 @@ class Config:
             raise ConfigError(f"window.mode={self.window.mode!r}: must be 'causal' or 'centre'")
         if self.diffusion.sampling_steps < 0:
             raise ConfigError("diffusion.sampling_steps must be >= 0")
+        if self.audio.envelope_bands < 1:
+            raise ConfigError(f"audio.envelope_bands={self.audio.envelope_bands}: must be >= 1")
+        f = self.fusion
+        if not 0 <= f.sync_scale < len(f.channels):
+            raise ConfigError(
+                f"fusion.sync_scale={f.sync_scale}: must index one of the {len(f.channels)} scales"
+            )
+        if f.sync_heads < 1 or f.channels[f.sync_scale] % f.sync_heads:
+            raise ConfigError(
+                f"fusion.sync_heads={f.sync_heads}: must divide fusion.channels[{f.sync_scale}]="
+                f"{f.channels[f.sync_scale]}"
+            )
 
     # ----------------------------------------------------------------- derived shapes
     def clip_len(self, variant: str = "hybrid") -> int:
@@ -210,6 +235,14 @@ class Config:
             return (a.vggish_slices, 1, a.vggish_slice_height, a.vggish_slice_width)
         return (1, self.soundnet_samples(), 1)
 
+    def uses_envelope(self, variant: str = "hybrid") -> bool:
+        """Whether ``variant`` takes the per-frame audio envelope (its fusion decoder has AV sync)."""
+        return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.av_sync
+
+    def envelope_shape(self, variant: str = "hybrid") -> tuple[int, int]:
+        """Per-frame audio envelope of a window, batch excluded: [envelope_bands + 1, T]."""
+        return (self.audio.envelope_bands + 1, self.clip_len(variant))
+
     def map_shape(self) -> tuple[int, int, int]:
         """Saliency map at model size, batch excluded: [1, H, W]."""
         return (1, self.video.height, self.video.width)
@@ -232,7 +265,7 @@ class Config:
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
         d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
-        keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width")
+        keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -267,7 +300,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "vggish_slice_width": 96,
             "transformer_heads": 4,
         },
-        "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4},
+        "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4, "av_sync": True},
         "unet": {"channels": (32, 64, 96, 128), "heads": 2, "time_dim": 128},
     },
     "tiny": {
@@ -280,7 +313,13 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "vggish_slice_width": 32,
             "transformer_heads": 2,
         },
-        "fusion": {"channels": (8, 16, 24, 32), "ravf_blocks": 1, "ravf_heads": 2, "aspp_rates": (1, 2)},
+        "fusion": {
+            "channels": (8, 16, 24, 32),
+            "ravf_blocks": 1,
+            "ravf_heads": 2,
+            "aspp_rates": (1, 2),
+            "av_sync": True,
+        },
         "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
         "diffusion": {"sampling_steps": 2},
     },

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy import __version__
-from avsal_deploy.data.preprocess import audio_inputs, gather_clips, postprocess_maps, preprocess_frames
+from avsal_deploy.data.preprocess import (
+    audio_inputs,
+    envelope_inputs,
+    gather_clips,
+    postprocess_maps,
+    preprocess_frames,
+)
 from avsal_deploy.data.video import VideoData, iter_frames, read_video
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import AvsalError, MediaError
@@ -108,9 +114,10 @@ class Predictor:
             t0 = time.perf_counter()
             frames = gather_clips(pre, batch)
             audio = audio_inputs(video, batch, self.config, self.variant)
+            envelope = envelope_inputs(video, batch, self.config, self.variant)
             t1 = time.perf_counter()
             noise = np.repeat(noise1, len(batch), axis=0)
-            maps = self.engine.predict_window(frames, audio, self.steps, noise)
+            maps = self.engine.predict_window(frames, audio, self.steps, noise, envelope=envelope)
             t2 = time.perf_counter()
             out[first : first + len(batch)] = maps[:, 0]
             timings["preprocess"] += t1 - t0

@@ -12,6 +12,7 @@ import pytest
 
 from avsal_deploy import engine as engines
 from avsal_deploy.engine.eager import TorchEngine
+from avsal_deploy.export.components import sample_window
 
 COMPONENTS = ("video_encoder", "audio_encoder", "fusion", "unet_step")
 
@@ -41,13 +42,11 @@ def test_window_latency(benchmark, pair, steps, backend) -> None:
     at stride 1."""
     eng = pair[backend]
     c = eng.config
-    rng = np.random.default_rng(0)
-    frames = rng.standard_normal((1, *c.frames_shape())).astype(np.float32)
-    audio = rng.standard_normal((1, *c.audio_input_shape())).astype(np.float32)
+    w = sample_window(eng.specs, batch=1, seed=0)
     noise = eng.make_noise(1, 0)
     benchmark.group = f"window (small, {steps} DDIM steps)"
     benchmark.extra_info["backend"] = backend
-    out = benchmark(eng.predict_window, frames, audio, steps, noise)
+    out = benchmark(eng.predict_window, w["frames"], w["audio"], steps, noise, envelope=w.get("envelope"))
     assert out.shape == (1, 1, c.video.height, c.video.width)
 
 
@@ -57,11 +56,8 @@ def test_fused_ddim_graph_vs_loop(benchmark, small_export, form) -> None:
     eng = engines.open(small_export, "onnxruntime")
     if form == "loop":
         eng.specs.pop("ddim")
-    c = eng.config
-    rng = np.random.default_rng(0)
-    frames = rng.standard_normal((1, *c.frames_shape())).astype(np.float32)
-    audio = rng.standard_normal((1, *c.audio_input_shape())).astype(np.float32)
-    cond = eng.condition(frames, audio)
+    w = sample_window(eng.specs, batch=1, seed=0)
+    cond = eng.condition(w["frames"], w["audio"], w.get("envelope"))
     noise = eng.make_noise(1, 0)
     benchmark.group = "sampler only (small, 4 steps, onnxruntime)"
     benchmark.extra_info["form"] = form

@@ -7,6 +7,7 @@ import pytest
 
 from avsal_deploy.config import load_config
 from avsal_deploy.data.audio import (
+    envelope_frames,
     excerpt,
     frame_span,
     hertz_to_mel,
@@ -18,7 +19,7 @@ from avsal_deploy.data.audio import (
     soundnet_excerpt,
     vggish_slices,
 )
-from avsal_deploy.data.preprocess import audio_input, audio_inputs
+from avsal_deploy.data.preprocess import audio_input, audio_inputs, envelope_input, envelope_inputs
 from avsal_deploy.data.video import VideoData, dali_available
 from avsal_deploy.errors import BackendUnavailableError, ConfigError
 from avsal_deploy.windows import plan
@@ -204,3 +205,71 @@ def test_audio_input_dispatches_per_variant_and_uses_windows() -> None:
     w0 = p.windows[0]  # reversed: frames 7..0, so the Window's flag and the indices agree
     assert w0.reversed and w0.frames == tuple(range(7, -1, -1))
     np.testing.assert_allclose(batch[0], audio_input(video, list(w0.frames), TINY, "hybrid"))
+
+
+# ----------------------------------------------------------------------------- frame envelope
+def _video(n: int, audio: np.ndarray, rate: int, timestamps: np.ndarray) -> VideoData:
+    return VideoData(
+        frames=np.zeros((n, 8, 8, 3), np.uint8),
+        fps=25.0,
+        timestamps=timestamps,
+        audio=audio,
+        audio_rate=rate,
+        has_audio=True,
+        path="synthetic",
+        source_size=(8, 8),
+    )
+
+
+def _pulsed(rate: int, seconds: float, hz: float, carrier: float = 440.0) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(int(rate * seconds)) / rate
+    env = (0.5 * (1 + np.cos(2 * np.pi * hz * t))) ** 2
+    return (0.5 * np.sin(2 * np.pi * carrier * t) * env).astype(np.float32), env
+
+
+def test_envelope_follows_the_loudness_of_each_frame() -> None:
+    rate, fps = 22050, 25.0
+    audio, env = _pulsed(rate, 2.0, hz=3.0)
+    frames = list(range(5, 37))
+    e = envelope_frames(audio, rate, frames, fps, TINY)
+    assert e.shape == (TINY.audio.envelope_bands + 1, len(frames)) and e.dtype == np.float32
+    # The loudness row rises and falls with the pulse: high correlation with the per-frame
+    # mean square of the source envelope, and much higher than with a shifted copy.
+    ms = np.array(
+        [np.mean(env[int((f / fps - 0.02) * rate) : int((f / fps + 0.02) * rate)] ** 2) for f in frames]
+    )
+    assert np.corrcoef(e[-1], np.log1p(ms / 1e-6))[0, 1] > 0.95
+    assert 0.0 <= float(e.min()) and float(e.max()) <= 1.0
+    # Silence is exactly zero; a frame's column does not depend on the window it is in.
+    assert not envelope_frames(np.zeros(rate, np.float32), rate, frames, fps, TINY).any()
+    np.testing.assert_allclose(envelope_frames(audio, rate, [9, 12], fps, TINY), e[:, [4, 7]], atol=1e-6)
+
+
+def test_envelope_bands_separate_pitches_and_ignore_the_input_rate() -> None:
+    low = envelope_frames(_tone(300.0, 44100, 1.0), 44100, [10], 25.0, TINY)[:, 0]
+    high = envelope_frames(_tone(4000.0, 44100, 1.0), 44100, [10], 25.0, TINY)[:, 0]
+    assert np.argmax(low[:-1]) < np.argmax(high[:-1])
+    assert low[-1] == pytest.approx(high[-1], abs=0.02)  # same loudness, different bands
+    same = envelope_frames(_tone(300.0, 16000, 1.0), 16000, [10], 25.0, TINY)[:, 0]
+    np.testing.assert_allclose(same, low, atol=0.02)
+
+
+def test_envelope_of_windows_reverses_with_them_and_follows_timestamps() -> None:
+    rate = 22050
+    audio, _ = _pulsed(rate, 2.0, hz=4.0)
+    video = _video(40, audio, rate, np.arange(40) / 25.0)
+    windows = plan(40, TINY, "hybrid").windows
+    batch = envelope_inputs(video, windows[:2], TINY, "hybrid")
+    assert batch.shape == (2, *TINY.envelope_shape("hybrid"))
+    first = windows[0]
+    assert first.reversed
+    np.testing.assert_allclose(batch[0], envelope_frames(audio, rate, first.frames, 25.0, TINY), atol=1e-6)
+    forward = envelope_frames(audio, rate, sorted(first.frames), 25.0, TINY)
+    np.testing.assert_allclose(batch[0], forward[:, ::-1], atol=1e-6)
+    assert envelope_inputs(video, windows[:2], TINY, "diffsal") is None
+    assert envelope_inputs(video, windows[:2], PAPER, "hybrid") is None  # no AV sync in the paper profile
+    # Variable frame rate: the timestamps, not index / fps, say where each frame's audio is.
+    stamps = np.arange(40) / 25.0 * 1.5
+    vfr = _video(40, audio, rate, stamps)
+    got = envelope_input(vfr, [10], TINY)
+    np.testing.assert_allclose(got, envelope_frames(audio, rate, [15], 25.0, TINY), atol=1e-5)

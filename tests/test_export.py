@@ -16,7 +16,7 @@ from avsal_deploy.cli import main
 from avsal_deploy.config import load_config
 from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
-from avsal_deploy.export.components import component_specs
+from avsal_deploy.export.components import component_specs, sample_window
 from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
 
 TOL = 1e-4
@@ -106,17 +106,21 @@ def test_components_match_torch(exports, tiny_models, variant, batch) -> None:
 def test_windows_with_ddim_match_torch_model(exports, tiny_models, variant, batch) -> None:
     """The whole window (encoders, fusion, DDIM loop) on ONNX Runtime equals model.forward."""
     config = load_config("tiny")
-    rng = np.random.default_rng(batch)
-    frames = rng.standard_normal((batch, *config.frames_shape(variant))).astype(np.float32)
-    audio = rng.standard_normal((batch, *config.audio_input_shape(variant))).astype(np.float32)
     ort = engines.open(exports[variant], "onnxruntime")
+    window = sample_window(ort.specs, batch, seed=batch)
+    frames, audio, envelope = window["frames"], window["audio"], window.get("envelope")
+    assert (envelope is not None) == (variant != "diffsal")  # the tiny profile has AV sync
     steps_list = {"avrsp": [None], "diffsal": [1, 2, 3], "hybrid": [0, 1, 2]}[variant]
     for steps in steps_list:
         noise = ort.make_noise(batch, seed=7)
-        got = ort.predict_window(frames, audio, steps, noise)
+        got = ort.predict_window(frames, audio, steps, noise, envelope=envelope)
         with torch.no_grad():
             want = tiny_models[variant](
-                torch.from_numpy(frames), torch.from_numpy(audio), steps=steps, noise=torch.from_numpy(noise)
+                torch.from_numpy(frames),
+                torch.from_numpy(audio),
+                steps=steps,
+                noise=torch.from_numpy(noise),
+                envelope=None if envelope is None else torch.from_numpy(envelope),
             ).numpy()
         assert got.shape == (batch, 1, config.video.height, config.video.width)
         assert np.abs(got - want).max() <= TOL, (variant, steps)

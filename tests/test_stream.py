@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avsal_deploy.config import load_config
-from avsal_deploy.data.preprocess import audio_input, gather_clip, preprocess_frames
+from avsal_deploy.data.preprocess import audio_input, envelope_input, gather_clip, preprocess_frames
 from avsal_deploy.data.stream import StreamWindow, StreamWindower
 from avsal_deploy.data.video import VideoData
 from avsal_deploy.errors import ConfigError
@@ -72,6 +72,10 @@ def test_stream_equals_offline_plan(variant: str, mode: str, stride: int) -> Non
         for w in got:
             np.testing.assert_array_equal(w.clip, gather_clip(pre, w.window))
             np.testing.assert_allclose(w.audio, audio_input(video, w.window, TINY, variant), atol=1e-5)
+            if variant == "hybrid":  # the tiny profile's fusion decoder takes the envelope
+                np.testing.assert_allclose(w.envelope, envelope_input(video, w.window, TINY), atol=1e-5)
+            else:
+                assert w.envelope is None
             assert w.timestamp == pytest.approx(w.window.target / FPS)
         final = [int(expected.targets[i]) for i in expected.assignment]
         assert [streamer.source_of(f) for f in range(n)] == final

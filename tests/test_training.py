@@ -120,6 +120,8 @@ def test_window_dataset_items(data: Path) -> None:
     item = ds[5]
     assert item["frames"].shape == (3, *config.frames_shape("hybrid")[1:])
     assert item["audio"].shape == config.audio_input_shape("hybrid")
+    assert item["envelope"].shape == config.envelope_shape("hybrid")  # tiny has AV sync
+    assert max(float(ds[i]["envelope"].max()) for i in range(len(ds))) > 0.0  # silent videos give 0
     assert item["map"].shape == (1, 64, 96) and item["fixations"].shape == (1, 64, 96)
     assert 0.0 <= float(item["map"].min()) and float(item["map"].max()) <= 1.0
     again = ds[5]
@@ -130,6 +132,7 @@ def test_window_dataset_items(data: Path) -> None:
         open_dataset(data, "synthetic", "train"), config, "hybrid", windows_per_video=3, audio="silent"
     )
     assert float(silent[0]["audio"].abs().max()) == 0.0
+    assert float(silent[0]["envelope"].abs().max()) == 0.0
 
 
 def test_flip_moves_maps_with_frames(data: Path) -> None:
@@ -185,7 +188,8 @@ def test_training_reduces_the_loss(data: Path, tmp_path: Path) -> None:
 
     def loss_of(model: torch.nn.Module) -> float:
         with torch.no_grad():
-            return float(avrsp_loss(model(batch["frames"], batch["audio"]), batch["map"]))
+            maps = model(batch["frames"], batch["audio"], envelope=batch["envelope"])
+            return float(avrsp_loss(maps, batch["map"]))
 
     torch.manual_seed(recipe.train.seed)  # the trainer initialises the model the same way
     before = loss_of(build_model(config, "avrsp"))
@@ -273,7 +277,9 @@ def test_trained_model_rebuilds_from_its_metadata(data: Path, tmp_path: Path) ->
     assert meta["recipe"]["model"]["overrides"] == {"video.clip_len": 16}
     frames = torch.randn(1, *config.frames_shape(variant))
     audio = torch.randn(1, *config.audio_input_shape(variant))
-    assert model(frames, audio, steps=1, noise=torch.zeros(1, 1, 64, 96)).shape == (1, 1, 64, 96)
+    envelope = torch.rand(1, *config.envelope_shape(variant))
+    out = model(frames, audio, steps=1, noise=torch.zeros(1, 1, 64, 96), envelope=envelope)
+    assert out.shape == (1, 1, 64, 96)
 
 
 def test_bad_inputs_give_clear_errors(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -351,7 +357,8 @@ def test_shipped_checkpoint() -> None:
     assert (SHIPPED_CHECKPOINT.parent / "README.md").read_text().count("SYNTHETIC") >= 1
     frames = torch.zeros(1, *config.frames_shape(variant))
     audio = torch.zeros(1, *config.audio_input_shape(variant))
-    out = model(frames, audio, steps=0)
+    envelope = torch.zeros(1, *config.envelope_shape(variant))
+    out = model(frames, audio, steps=0, envelope=envelope)
     assert out.shape == (1, *config.map_shape()) and torch.isfinite(out).all()
 
 

@@ -22,6 +22,7 @@ from avsal_deploy.cli import main
 from avsal_deploy.engine import open as open_engine
 from avsal_deploy.engine import read_manifest
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
+from avsal_deploy.export.components import sample_window
 from avsal_deploy.serving.client import TritonEngine, TritonRequestError, open_triton
 from avsal_deploy.serving.repository import build_repository, pipeline_manifest
 from avsal_deploy.serving.server import TritonServer, TritonServerError, find_tritonserver
@@ -55,12 +56,10 @@ def triton(server: TritonServer, tiny_export: Path):
 
 
 @pytest.fixture(scope="module")
-def window(ort) -> tuple[np.ndarray, np.ndarray]:
-    """Two random windows (frames, audio) of the export's shapes."""
-    rng = np.random.default_rng(11)
-    frames = rng.standard_normal((2, *ort.specs["video_encoder"].inputs[0].shape)).astype(np.float32)
-    audio = rng.standard_normal((2, *ort.specs["audio_encoder"].inputs[0].shape)).astype(np.float32)
-    return frames, audio
+def window(ort) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two random windows (frames, audio, envelope) of the export's shapes."""
+    w = sample_window(ort.specs, batch=2, seed=11)
+    return w["frames"], w["audio"], w["envelope"]
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -93,6 +92,7 @@ def test_repository_configs_follow_manifest(repo: Path, tiny_export: Path) -> No
     assert dims == {
         "frames": ([-1, *config.frames_shape("hybrid")], False),
         "audio": ([-1, *config.audio_input_shape("hybrid")], False),
+        "envelope": ([-1, *config.envelope_shape("hybrid")], False),
         "steps": ([1], True),
         "seed": ([1], True),
         "noise": ([-1, *config.map_shape()], True),
@@ -214,44 +214,54 @@ def test_concurrent_requests_are_batched_and_split_back(
 
 @pytest.mark.parametrize("steps", [0, 1, 2])
 def test_pipeline_matches_onnxruntime(triton: TritonEngine, ort, window, steps: int) -> None:
-    frames, audio = window
-    got = triton.predict_window(frames, audio, steps=steps, seed=5)
-    want = ort.predict_window(frames, audio, steps=steps, seed=5)
+    frames, audio, env = window
+    got = triton.predict_window(frames, audio, envelope=env, steps=steps, seed=5)
+    want = ort.predict_window(frames, audio, envelope=env, steps=steps, seed=5)
     assert got.shape == (2, *ort.config.map_shape())
     np.testing.assert_allclose(got, want, atol=TOL)
 
 
 def test_client_loop_equals_server_loop(server: TritonServer, triton: TritonEngine, ort, window) -> None:
-    frames, audio = window
+    frames, audio, env = window
     noise = ort.make_noise(2, seed=123)
     with open_triton(server.grpc_url, protocol="grpc", server_loop=False) as client_loop:
         assert client_loop.specs == triton.specs and client_loop.config == triton.config
         for steps in (None, 2):
-            local = client_loop.predict_window(frames, audio, steps=steps, seed=9)
-            remote = triton.predict_window(frames, audio, steps=steps, seed=9)
+            local = client_loop.predict_window(frames, audio, envelope=env, steps=steps, seed=9)
+            remote = triton.predict_window(frames, audio, envelope=env, steps=steps, seed=9)
             np.testing.assert_allclose(local, remote, atol=TOL)
         np.testing.assert_allclose(
-            triton.predict_window(frames, audio, steps=1, noise=noise),
-            client_loop.predict_window(frames, audio, steps=1, noise=noise),
+            triton.predict_window(frames, audio, envelope=env, steps=1, noise=noise),
+            client_loop.predict_window(frames, audio, envelope=env, steps=1, noise=noise),
             atol=TOL,
         )
     assert not np.allclose(
-        triton.predict_window(frames, audio, seed=1), triton.predict_window(frames, audio, seed=2)
+        triton.predict_window(frames, audio, envelope=env, seed=1),
+        triton.predict_window(frames, audio, envelope=env, seed=2),
     )
 
 
 def test_bad_requests_give_clear_errors(triton: TritonEngine, window) -> None:
-    frames, audio = window
+    frames, audio, env = window
     with pytest.raises(TritonRequestError, match="steps=-1: must be >= 0"):
-        triton.predict_window(frames, audio, steps=-1)
+        triton.predict_window(frames, audio, envelope=env, steps=-1)
     with pytest.raises(TritonRequestError, match="unexpected shape for input 'frames'"):
-        triton.predict_window(frames[:, :, :2], audio)
+        triton.predict_window(frames[:, :, :2], audio, envelope=env)
     with pytest.raises(TritonRequestError, match="frames has 2 windows but audio has 1"):
-        triton.predict_window(frames, audio[:1])
+        triton.predict_window(frames, audio[:1], envelope=env)
+    with pytest.raises(TritonRequestError, match="envelope has 1 windows for 2"):
+        triton.predict_window(frames, audio, envelope=env[:1])
+    with pytest.raises(AvsalError, match="needs the per-frame audio envelope"):
+        triton.predict_window(frames, audio)
     with pytest.raises(TritonRequestError, match="seed=-3 must be >= 0"):
-        triton.predict_window(frames, audio, seed=-3)
+        triton.predict_window(frames, audio, envelope=env, seed=-3)
     with pytest.raises(TritonRequestError, match=r"batch of 9 windows outside \[1, 8\]"):
-        triton.predict_window(np.repeat(frames[:1], 9, 0), np.repeat(audio[:1], 9, 0), steps=0)
+        triton.predict_window(
+            np.repeat(frames[:1], 9, 0),
+            np.repeat(audio[:1], 9, 0),
+            steps=0,
+            envelope=np.repeat(env[:1], 9, 0),
+        )
     feeds = {"audio": np.zeros((9, *triton.specs["audio_encoder"].inputs[0].shape), np.float32)}
     with pytest.raises(TritonRequestError, match="batch-size must be <= 8"):
         triton.run("audio_encoder", feeds)

@@ -262,6 +262,62 @@ def vggish_slices(
     return np.stack(out)[:, None].astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- frame envelope
+#: Energy floor of the envelope's log scale: ``log(1 + power / ENVELOPE_FLOOR) / log(1 / ENVELOPE_FLOOR)``
+#: maps silence to 0, the -40 dBFS noise floor to about 0.33 and a full-scale sine to about 0.95.
+ENVELOPE_FLOOR = 1e-6
+
+
+@functools.lru_cache(maxsize=16)
+def _envelope_bank(n_bands: int, span: int, rate: int, fmin: float, fmax: float) -> tuple[np.ndarray, int]:
+    """(mel weights ``[nfft/2 + 1, n_bands]`` with peak-1 triangles, nfft) for frame spans of ``span`` samples."""
+    nfft = 1 << max(span - 1, 1).bit_length()
+    return _mel_matrix_cached(n_bands, nfft // 2 + 1, rate, fmin, fmax), nfft
+
+
+def envelope_frames(
+    audio: np.ndarray,
+    audio_rate: int,
+    frame_indices: Sequence[int],
+    fps: float,
+    config: Config,
+    *,
+    timestamps: Timestamps | None = None,
+    audio_offset: int = 0,
+) -> np.ndarray:
+    """Per-frame audio envelope of ``frame_indices`` (in that order): float32 ``[bands + 1, len]``.
+
+    Frame ``k`` owns the samples ``[t_k * Fs - n/2, t_k * Fs + n/2]`` (``n = Fs / fps``, the same
+    span as the SoundNet / VGGish excerpts) at ``audio.vggish_rate``. Its column holds the power in
+    ``audio.envelope_bands`` mel bands (``fmin``..``fmax``; Hann-windowed periodogram scaled so the
+    bands of a broadband signal sum to about its mean square) and its loudness (mean square of the
+    span), each on the log scale ``log(1 + p / 1e-6) / log(1e6)`` (0 for digital silence, about 1
+    for a full-scale tone). A frame's energies do not depend on the direction of time, so a
+    time-reversed window's envelope is its frames' columns in window order. Audio the track does
+    not have (before its start, past its end) is silence.
+    """
+    a = config.audio
+    rate = a.vggish_rate
+    frames = [int(i) for i in frame_indices]
+    if not frames:
+        raise ConfigError("an envelope needs at least one frame index")
+    spans = [frame_span([i], fps, rate, timestamps) for i in frames]
+    lo = min(s for s, _ in spans)
+    hi = max(e for _, e in spans)
+    x = excerpt(audio, audio_rate, lo, hi, rate, audio_offset).astype(np.float64)
+    n = max(e - s for s, e in spans)
+    weights, nfft = _envelope_bank(a.envelope_bands, n, rate, float(a.fmin), float(a.fmax))
+    out = np.zeros((a.envelope_bands + 1, len(frames)), np.float64)
+    scale = 1.0 / math.log(1.0 / ENVELOPE_FLOOR)
+    for col, (s, e) in enumerate(spans):
+        seg = x[s - lo : e - lo]
+        win = periodic_hann(seg.shape[0])
+        power = np.abs(np.fft.rfft(seg * win, nfft)) ** 2 * (2.0 / (seg.shape[0] * np.sum(win**2) + 1e-12))
+        out[:-1, col] = power @ weights
+        out[-1, col] = np.mean(seg**2)
+    return (np.log1p(np.maximum(out, 0.0) / ENVELOPE_FLOOR) * scale).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- DALI log-mel
 def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cpu") -> np.ndarray:
     """The VGGish log-mel computed by DALI (``fn.spectrogram`` + ``fn.mel_filter_bank`` + log).

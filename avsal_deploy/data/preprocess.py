@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import soundnet_excerpt, vggish_slices
+from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
 from avsal_deploy.data.video import VideoData
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window
@@ -160,3 +160,27 @@ def audio_inputs(
 ) -> np.ndarray:
     """A batch of audio inputs ``[B, *config.audio_input_shape(variant)]``."""
     return np.stack([audio_input(video, w, config, variant) for w in windows])
+
+
+def envelope_input(video: VideoData, frame_indices: Sequence[int] | Window, config: Config) -> np.ndarray:
+    """The per-frame audio envelope of one window, ``config.envelope_shape()`` (frames in window
+    order, so a reversed window's envelope is reversed too); frame times from ``video.timestamps``."""
+    indices = (
+        frame_indices.frames if isinstance(frame_indices, Window) else tuple(int(i) for i in frame_indices)
+    )
+    return envelope_frames(
+        video.audio, video.audio_rate, indices, video.fps, config, timestamps=video.timestamps
+    )
+
+
+def envelope_inputs(
+    video: VideoData,
+    windows: Sequence[Window] | Sequence[Sequence[int]],
+    config: Config,
+    variant: str = "hybrid",
+) -> np.ndarray | None:
+    """A batch of envelopes ``[B, *config.envelope_shape(variant)]``, or None when ``variant``
+    takes none (``config.uses_envelope(variant)``)."""
+    if not config.uses_envelope(variant):
+        return None
+    return np.stack([envelope_input(video, w, config) for w in windows])

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import soundnet_excerpt, vggish_slices
+from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
 from avsal_deploy.data.preprocess import preprocess_frames
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window, computed_targets, nearest_assignment, window_for, window_settings
@@ -50,6 +50,7 @@ class StreamWindow:
     clip: np.ndarray  # float32 [3, T, h, w], normalised (preprocess_frames)
     audio: np.ndarray  # config.audio_input_shape(variant)
     timestamp: float  # the target frame's time, seconds from the first frame
+    envelope: np.ndarray | None = None  # config.envelope_shape(variant), when the variant takes it
 
 
 class StreamWindower:
@@ -187,17 +188,15 @@ class StreamWindower:
                 raise RuntimeError(f"stream buffer lost frames {missing} needed by the window of {target}")
             clip = np.stack([self._frames[i] for i in window.frames], axis=1)
             feature = vggish_slices if self.variant == "diffsal" else soundnet_excerpt
-            audio_in = feature(
-                audio,
-                self.audio_rate,
-                window.frames,
-                self.fps,
-                self.config,
-                timestamps=self._times,
-                reverse=window.reversed,
-                audio_offset=self._audio_offset,
+            where = (audio, self.audio_rate, window.frames, self.fps, self.config)
+            aligned = {"timestamps": self._times, "audio_offset": self._audio_offset}
+            audio_in = feature(*where, reverse=window.reversed, **aligned)
+            envelope = envelope_frames(*where, **aligned) if self.config.uses_envelope(self.variant) else None
+            out.append(
+                StreamWindow(
+                    window=window, clip=clip, audio=audio_in, timestamp=self._times[target], envelope=envelope
+                )
             )
-            out.append(StreamWindow(window=window, clip=clip, audio=audio_in, timestamp=self._times[target]))
             self._pending.remove(target)
         return out
 

@@ -16,6 +16,7 @@ import torch
 
 from avsal_deploy.config import Config
 from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
+from avsal_deploy.errors import ConfigError
 from avsal_deploy.export.components import CONDS, SCALES, ComponentSpec
 from avsal_deploy.models.build import normalize_maps, resolve_steps
 
@@ -51,11 +52,26 @@ class Engine(ABC):
         spec = self.specs[component]
         return self.run(component, {n: np.ascontiguousarray(values[n], np.float32) for n in spec.input_names})
 
-    def condition(self, frames: np.ndarray, audio: np.ndarray) -> Arrays:
-        """Encoders and fusion decoder, once per window: features, conditions, one-shot map."""
+    @property
+    def uses_envelope(self) -> bool:
+        """Whether the components take the per-frame audio envelope (a fusion decoder with AV sync)."""
+        return any("envelope" in spec.input_names for spec in self.specs.values())
+
+    def condition(self, frames: np.ndarray, audio: np.ndarray, envelope: np.ndarray | None = None) -> Arrays:
+        """Encoders and fusion decoder, once per window: features, conditions, one-shot map.
+
+        ``envelope`` [B, *config.envelope_shape(variant)] is required when :attr:`uses_envelope`.
+        """
         feats = dict(self._call("video_encoder", {"frames": frames}))
         feats.update(self._call("audio_encoder", {"audio": audio}))
         if "fusion" in self.specs:
+            if self.uses_envelope:
+                if envelope is None:
+                    raise ConfigError(
+                        f"{self.backend} engine ({self.variant}, fusion.av_sync): the fusion decoder needs "
+                        "the per-frame audio envelope (avsal_deploy.data.preprocess.envelope_inputs)"
+                    )
+                feats["envelope"] = envelope
             feats.update(self._call("fusion", feats))
         else:  # diffsal: the UNet is conditioned on the video features themselves
             feats.update({c: feats[v] for c, v in zip(CONDS, SCALES, strict=True)})
@@ -86,14 +102,17 @@ class Engine(ABC):
         steps: int | None = None,
         noise: np.ndarray | None = None,
         seed: int = 0,
+        *,
+        envelope: np.ndarray | None = None,
     ) -> np.ndarray:
         """Saliency maps [B,1,H,W] in [0,1] for a batch of windows (frames [B,3,T,H,W]).
 
         ``steps`` DDIM steps (default from the config; 0 = one-shot map on hybrid/avrsp).
-        ``noise`` is x_T; when omitted it is drawn from ``seed``.
+        ``noise`` is x_T; when omitted it is drawn from ``seed``. ``envelope``: the windows'
+        per-frame audio envelopes, required when :attr:`uses_envelope`.
         """
         n = resolve_steps(self.config, self.variant, steps)
-        cond = self.condition(frames, audio)
+        cond = self.condition(frames, audio, envelope)
         if n == 0:
             return cond["one_shot"]
         if noise is None:

@@ -112,7 +112,7 @@ def calibration_batches(
     import torch
 
     from avsal_deploy import engine as engines
-    from avsal_deploy.data.preprocess import audio_inputs, gather_clips, preprocess_frames
+    from avsal_deploy.data.preprocess import audio_inputs, envelope_inputs, gather_clips, preprocess_frames
     from avsal_deploy.pipeline import Predictor
     from avsal_deploy.windows import plan
 
@@ -132,7 +132,8 @@ def calibration_batches(
         for i in picks:
             frames = gather_clips(pre, [windows[i]])
             audio = audio_inputs(video, [windows[i]], ort.config, ort.variant)
-            cond = ort.condition(frames, audio)
+            envelope = envelope_inputs(video, [windows[i]], ort.config, ort.variant)
+            cond = ort.condition(frames, audio, envelope)
             values = {"frames": frames, "audio": audio, **cond}
             if "unet_step" in ort.specs:
                 noise = ort.make_noise(1, int(rng.integers(1 << 31)))

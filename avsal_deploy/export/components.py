@@ -13,11 +13,14 @@ component       inputs                                outputs
 video_encoder   frames                                v0, v1, v2, v3
 audio_encoder   audio                                 audio_feat
 fusion          v0..v3, audio_feat   (avrsp, hybrid) one_shot, c0..c3
+                [, envelope]
 unet_step       x_t, t, c0..c3, audio_feat            x0
 ddim            noise, c0..c3, audio_feat             x0   (all DDIM steps unrolled, optional)
 ==============  ====================================  =====================================
 
 For ``diffsal`` the UNet conditions ``c0..c3`` are the video features ``v0..v3`` themselves.
+``envelope`` (the per-frame audio envelope, :func:`avsal_deploy.data.audio.envelope_frames`) is a
+fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +39,7 @@ from avsal_deploy.models.build import AVSaliencyModel, build_model, normalize_ma
 BATCH = "batch"
 SCALES = ("v0", "v1", "v2", "v3")
 CONDS = ("c0", "c1", "c2", "c3")
+ENVELOPE = "envelope"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class ComponentSpec:
             if spec.name == "t":
                 steps = self.attributes["timesteps"]
                 out.append(torch.randint(0, steps, (batch,), generator=g).to(torch.float32))
+            elif spec.name == ENVELOPE:  # log energies: non-negative, about [0, 1]
+                out.append(torch.rand(spec.full_shape(batch), generator=g))
             else:
                 out.append(torch.randn(spec.full_shape(batch), generator=g))
         return tuple(out)
@@ -145,6 +152,14 @@ class FusionComponent(nn.Module):
         return one_shot, c0, c1, c2, c3
 
 
+class SyncFusionComponent(FusionComponent):
+    """The fusion decoder with AV sync: one more input, the per-frame audio envelope."""
+
+    def forward(self, v0: Tensor, v1: Tensor, v2: Tensor, v3: Tensor, audio_feat: Tensor, envelope: Tensor):  # type: ignore[override]
+        one_shot, c0, c1, c2, c3 = self.fusion(v0, v1, v2, v3, audio_feat, envelope)
+        return one_shot, c0, c1, c2, c3
+
+
 class UNetStepComponent(nn.Module):
     def __init__(self, model: AVSaliencyModel) -> None:
         super().__init__()
@@ -189,13 +204,14 @@ def _infer_shapes(config: Config, variant: str) -> dict[str, tuple[int, ...]]:
         model = build_model(config, variant)
         frames = torch.empty(1, *config.frames_shape(variant))
         audio = torch.empty(1, *config.audio_input_shape(variant))
+        envelope = torch.empty(1, *config.envelope_shape(variant)) if config.uses_envelope(variant) else None
         with torch.no_grad():
             v = model.video_encoder(frames)
             a = model.audio_encoder(audio)
             shapes = {n: tuple(x.shape[1:]) for n, x in zip(SCALES, v, strict=True)}
             shapes["audio_feat"] = tuple(a.shape[1:])
             if model.fusion is not None:
-                one_shot, *conds = model.fusion(*v, a)
+                one_shot, *conds = model.fusion(*v, a, envelope)
                 shapes["one_shot"] = tuple(one_shot.shape[1:])
                 shapes.update({n: tuple(c.shape[1:]) for n, c in zip(CONDS, conds, strict=True)})
             else:
@@ -227,9 +243,10 @@ def component_specs(
         ),
     }
     if variant in ("avrsp", "hybrid"):
+        envelope = (T(ENVELOPE, config.envelope_shape(variant)),) if config.uses_envelope(variant) else ()
         specs["fusion"] = ComponentSpec(
             "fusion",
-            (*(T(n, s[n]) for n in SCALES), T("audio_feat", s["audio_feat"])),
+            (*(T(n, s[n]) for n in SCALES), T("audio_feat", s["audio_feat"]), *envelope),
             (T("one_shot", s["one_shot"]), *(T(c, s[c]) for c in CONDS)),
             prof,
         )
@@ -250,6 +267,28 @@ def component_specs(
     return specs
 
 
+def window_inputs(specs: dict[str, ComponentSpec]) -> tuple[TensorSpec, ...]:
+    """What one whole-window request carries per window: the encoders' inputs and, when the fusion
+    decoder takes it, the per-frame audio envelope (the Triton pipeline model's inputs)."""
+    out = [*specs["video_encoder"].inputs, *specs["audio_encoder"].inputs]
+    fusion = specs.get("fusion")
+    if fusion is not None:
+        out += [t for t in fusion.inputs if t.name == ENVELOPE]
+    return tuple(out)
+
+
+def sample_window(specs: dict[str, ComponentSpec], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random whole-window inputs by name (:func:`window_inputs`): ``frames`` and ``audio`` from a
+    standard normal, ``envelope`` (when taken) uniform in [0, 1) like its log energies; float32."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in window_inputs(specs):
+        shape = t.full_shape(batch)
+        x = rng.random(shape) if t.name == ENVELOPE else rng.standard_normal(shape)
+        out[t.name] = x.astype(np.float32)
+    return out
+
+
 def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
     """The nn.Module whose forward takes ``spec.inputs`` and returns ``spec.outputs`` in order."""
     if spec.name == "video_encoder":
@@ -257,7 +296,7 @@ def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
     if spec.name == "audio_encoder":
         return AudioEncoderComponent(model)
     if spec.name == "fusion":
-        return FusionComponent(model)
+        return SyncFusionComponent(model) if ENVELOPE in spec.input_names else FusionComponent(model)
     if spec.name == "unet_step":
         return UNetStepComponent(model)
     if spec.name == "ddim":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,12 +71,16 @@ class AVSaliencyModel(nn.Module):
         """Video features at the four scales and the audio features of a batch of windows."""
         return tuple(self.video_encoder(frames)), self.audio_encoder(audio)
 
-    def condition(self, frames: Tensor, audio: Tensor) -> Conditioning:
-        """Encoders + fusion decoder: everything that runs once per window."""
+    def condition(self, frames: Tensor, audio: Tensor, envelope: Tensor | None = None) -> Conditioning:
+        """Encoders + fusion decoder: everything that runs once per window.
+
+        ``envelope`` [B, *config.envelope_shape(variant)] is required when
+        ``config.uses_envelope(variant)`` and ignored otherwise.
+        """
         video, audio_feat = self.encode(frames, audio)
         if self.fusion is None:
             return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
-        one_shot, *conds = self.fusion(*video, audio_feat)
+        one_shot, *conds = self.fusion(*video, audio_feat, envelope)
         return Conditioning(one_shot, tuple(conds), audio_feat)  # type: ignore[arg-type]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -94,15 +99,18 @@ class AVSaliencyModel(nn.Module):
         steps: int | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        envelope: Tensor | None = None,
     ) -> Tensor:
         """The saliency map [B,1,H,W] in [0,1] of each window's target frame.
 
         ``steps`` DDIM steps (default: ``config.diffusion.sampling_steps``); 0 on ``hybrid`` returns
         the one-shot AVRSP map, ``avrsp`` always returns it. ``noise`` (x_T) or ``generator`` make
-        the sampling reproducible; engines pass the same ``noise`` for parity.
+        the sampling reproducible; engines pass the same ``noise`` for parity. ``envelope``: the
+        per-frame audio envelope (see :meth:`condition`).
         """
         steps = self.resolve_steps(steps)
-        cond = self.condition(frames, audio)
+        cond = self.condition(frames, audio, envelope)
         if steps == 0:
             assert cond.one_shot is not None
             return cond.one_shot
@@ -131,20 +139,43 @@ def build_model(config: Config, variant: str = "hybrid") -> AVSaliencyModel:
     return AVSaliencyModel(config, variant)
 
 
-def load_pretrained(path: str | Path, variant: str | None = None) -> AVSaliencyModel:
-    """The model a checkpoint was trained as: config and variant read from its metadata.
-
-    ``variant`` (optional) must agree with the checkpoint's; weights load strictly.
-    """
-    from avsal_deploy.models.weights import load_checkpoint, read_checkpoint_metadata
+def checkpoint_config(path: str | Path) -> tuple[Config, str, dict[str, Any]]:
+    """The config, variant and full metadata recorded in an avsal checkpoint, validated: the stored
+    config must parse under this version and reproduce the stored architecture fingerprint."""
+    from avsal_deploy.models.weights import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(path)
-    config = Config.from_dict(meta["config"])
-    if variant is not None and variant != meta["variant"]:
-        raise WeightsError(f"{path}: checkpoint is variant {meta['variant']!r}, not {variant!r}")
-    model = build_model(config, meta["variant"])
-    load_checkpoint(model, path, config, meta["variant"])
-    return model.eval()
+    try:
+        config = Config.from_dict(meta["config"])
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: checkpoint config is not valid for this version ({exc})") from exc
+    if config.architecture_fingerprint() != meta.get("fingerprint"):
+        raise WeightsError(
+            f"{path}: checkpoint config does not reproduce its architecture fingerprint "
+            f"{meta.get('fingerprint')} (written by an incompatible avsal version?)"
+        )
+    return config, str(meta["variant"]), meta
+
+
+def load_trained(path: str | Path, variant: str | None = None) -> tuple[AVSaliencyModel, dict[str, Any]]:
+    """The model a checkpoint was trained as (config and variant from its metadata) and the
+    checkpoint's user metadata (e.g. ``audio``, ``step``, ``metrics``). The one checkpoint loader.
+
+    ``variant`` (optional) must agree with the checkpoint's; weights load strictly; eval mode.
+    """
+    from avsal_deploy.models.weights import load_checkpoint
+
+    config, stored_variant, _ = checkpoint_config(path)
+    if variant is not None and variant != stored_variant:
+        raise WeightsError(f"{path}: checkpoint is variant {stored_variant!r}, not {variant!r}")
+    model = build_model(config, stored_variant)
+    meta = load_checkpoint(model, path, config, stored_variant)
+    return model.eval(), meta
+
+
+def load_pretrained(path: str | Path, variant: str | None = None) -> AVSaliencyModel:
+    """The model of an avsal checkpoint, ready for inference (see :func:`load_trained`)."""
+    return load_trained(path, variant)[0]
 
 
 # ---------------------------------------------------------------------- accounting
@@ -161,11 +192,14 @@ def count_parameters(model: AVSaliencyModel) -> dict[str, int]:
 
 def example_inputs(
     config: Config, variant: str, batch: int = 1, device: str | torch.device = "cpu"
-) -> tuple[Tensor, Tensor]:
-    """Random frames and audio of the shapes the variant takes (derived from the config)."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Random frames, audio and envelope (None when the variant takes none) of the variant's shapes."""
     frames = torch.randn(batch, *config.frames_shape(variant), device=device)
     audio = torch.randn(batch, *config.audio_input_shape(variant), device=device)
-    return frames, audio
+    envelope = None
+    if config.uses_envelope(variant):
+        envelope = torch.rand(batch, *config.envelope_shape(variant), device=device)
+    return frames, audio, envelope
 
 
 def count_flops(
@@ -181,7 +215,7 @@ def count_flops(
     variant = model.variant
     with torch.device("meta"):  # a twin with the same shapes; the real weights stay untouched
         meta = build_model(config, variant)
-    frames, audio = example_inputs(config, variant, 1, device="meta")
+    frames, audio, envelope = example_inputs(config, variant, 1, device="meta")
     out: dict[str, int] = {}
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
@@ -193,7 +227,7 @@ def count_flops(
         conds: tuple[Tensor, ...] = tuple(video)
         if meta.fusion is not None:
             with FlopCounterMode(display=False) as fc:
-                _, *conds = meta.fusion(*video, audio_feat)
+                _, *conds = meta.fusion(*video, audio_feat, envelope)
             out["fusion"] = fc.get_total_flops()
         n_steps = meta.resolve_steps(steps)
         if meta.unet is not None:

@@ -10,6 +10,10 @@ and the SoundNet features into a saliency map in five stages, one class each her
 4. :class:`MultiScaleRegulator` -- the multi-scale regulator gate cascade (MRG, eq. 13-15),
 5. :class:`SaliencyDecoder` -- four blocks of convolution + up-sampling (Sec. III-D).
 
+With ``config.fusion.av_sync`` (our extension; on in the small and tiny profiles, off in the
+paper profile), :class:`AudioVisualSync` also lets one MS scale keep the per-frame audio envelope
+where the visual features move in step with it, before RAVF and MRG (see its docstring for why).
+
 :class:`FusionDecoder` composes them and also returns the MRG-gated per-scale features, which the
 hybrid variant feeds to the Saliency-UNet as conditions.
 
@@ -436,6 +440,94 @@ class RAVF(nn.Module):
         return x_v.transpose(1, 2).reshape(visual.shape)
 
 
+# ------------------------------------------------------------------------------------ AV sync
+class EnvelopeEncoder(nn.Module):
+    """Per-frame audio envelope [B, E, T] -> per-frame audio tokens [B, D, T_s] on a visual time grid.
+
+    Two bias-free temporal convs (kernel 3, zero padding) with ReLU, then an exact mean over the
+    ``T / T_s`` frames each visual time step covers (S3D halves time with stride-2 steps, so
+    ``T_s`` divides ``T``). Bias-free with ReLU: an all-zero envelope (digital silence) gives
+    all-zero tokens.
+    """
+
+    def __init__(self, env_channels: int, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(env_channels, dim, 3, padding=1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(dim, dim, 3, padding=1, bias=False),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, envelope: Tensor, frames: int) -> Tensor:
+        """envelope [B, E, T] -> [B, D, frames] (``frames`` must divide T)."""
+        x = self.net(envelope)
+        b, d, t = x.shape
+        if t % frames:
+            raise ValueError(f"envelope has {t} frames, not a multiple of the visual grid's {frames}")
+        return x.reshape(b, d, frames, t // frames).mean(dim=-1)
+
+
+class AudioVisualSync(nn.Module):
+    """Time-aligned relevance gate between one visual scale and the per-frame audio envelope.
+
+    Our extension to AVRSP (``config.fusion.av_sync``), in the spirit of RAVF: softmax-free
+    retention decides how much audio each visual location keeps. RAVF compares every visual token
+    with every audio token at the coarsest scale (T/8 frames); which of several moving, pulsing
+    objects makes the sound shows only in *when* each one changes, so here the comparison is made
+    frame by frame at scale ``sync_scale`` (T/2 frames for scales 0-1, 12.5 Hz at 25 fps):
+
+    - per head h, visual queries ``q(t, x) = W_q E(t, x)`` and audio keys ``k(t) = W_k a(t)``, both
+      centred over the window's time steps;
+    - the synchrony ``s_h(x) = mean_t <q~(t, x), k~(t)> / sqrt(d_h)``: a covariance over time, large
+      where the visual features vary in step with the sound, zero for a constant soundtrack
+      (silence, or music of flat loudness) whatever the visual content;
+    - retention ``r_h(x) = sigmoid(s_h(x) + b_h)`` in [0, 1] (no softmax: locations do not compete
+      for the audio, and all may ignore it);
+    - output ``E(t, x) + W_o[r(x) * v(t)]`` with audio values ``v(t) = W_v a(t)``.
+
+    Every audio-side map is bias-free, so silence (all-zero tokens) returns ``E`` exactly. All
+    shapes are static: the module exports as MatMul/ReduceMean/Sigmoid.
+    """
+
+    def __init__(self, channels: int, env_channels: int, heads: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"AV sync width {channels} is not divisible by its {heads} heads")
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.envelope = EnvelopeEncoder(env_channels, channels)
+        self.q = nn.Conv3d(channels, channels, 1, bias=False)
+        self.k = nn.Conv1d(channels, channels, 1, bias=False)
+        self.v = nn.Conv1d(channels, channels, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(heads))
+        self.out = nn.Conv3d(channels, channels, 1, bias=False)
+
+    def _synchrony(self, visual: Tensor, tokens: Tensor) -> Tensor:
+        """s_h(x) [B, heads, H, W] of ``visual`` [B, C, T_s, H, W] with audio tokens [B, C, T_s]."""
+        b, c, t, h, w = visual.shape
+        q = self.q(visual)
+        q = (q - q.mean(dim=2, keepdim=True)).reshape(b, self.heads, self.head_dim, t, h * w)
+        k = self.k(tokens)
+        k = (k - k.mean(dim=2, keepdim=True)).reshape(b, self.heads, self.head_dim, t)
+        s = torch.einsum("bndtp,bndt->bnp", q, k) * (self.head_dim**-0.5 / t)
+        return s.reshape(b, self.heads, h, w)
+
+    def retention(self, visual: Tensor, envelope: Tensor) -> Tensor:
+        """Retention r_h(x) = sigmoid(s_h(x) + b_h), [B, heads, H, W] (inspection and tests)."""
+        tokens = self.envelope(envelope, int(visual.shape[2]))
+        return torch.sigmoid(self._synchrony(visual, tokens) + self.bias[None, :, None, None])
+
+    def forward(self, visual: Tensor, envelope: Tensor) -> Tensor:
+        """visual [B, C, T_s, H, W], envelope [B, E, T] -> [B, C, T_s, H, W]."""
+        b, c, t, h, w = visual.shape
+        tokens = self.envelope(envelope, int(t))
+        r = torch.sigmoid(self._synchrony(visual, tokens) + self.bias[None, :, None, None])
+        v = self.v(tokens).reshape(b, self.heads, self.head_dim, t)
+        kept = r[:, :, None, None, :, :] * v[:, :, :, :, None, None]  # [B, heads, d_h, T, H, W]
+        return visual + self.out(kept.reshape(b, c, t, h, w))
+
+
 # ----------------------------------------------------------------------------------------- MRG
 class RegulatorGate(nn.Module):
     """One multi-scale regulator gate (MRG, AVRSP Sec. III-C, eq. 13-15).
@@ -528,13 +620,14 @@ class SaliencyDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------- fusion decoder
 class FusionDecoder(nn.Module):
-    """The AVRSP fusion decoder: ASPP + LIP, MS, RAVF, MRG and the saliency decoder.
+    """The AVRSP fusion decoder: ASPP + LIP, MS, (AV sync,) RAVF, MRG and the saliency decoder.
 
-    ``forward(v0, v1, v2, v3, audio) -> (saliency, c0, c1, c2, c3)`` where ``v_i`` are the S3D
-    scales [B, video_channels[i], T_i, H_i, W_i], ``audio`` the SoundNet features
-    [B, audio_channels, T_a, h_a, w_a] (any T_a, h_a, w_a >= 1), ``saliency`` [B, 1, H, W] in [0, 1]
-    at ``config.video`` size, and ``c_i`` the MRG-gated audio-visual features
-    [B, config.fusion.channels[i], T_i, H_i, W_i] (c3 is the RAVF output).
+    ``forward(v0, v1, v2, v3, audio[, envelope]) -> (saliency, c0, c1, c2, c3)`` where ``v_i`` are
+    the S3D scales [B, video_channels[i], T_i, H_i, W_i], ``audio`` the SoundNet features
+    [B, audio_channels, T_a, h_a, w_a] (any T_a, h_a, w_a >= 1), ``envelope`` the per-frame audio
+    envelope [B, *config.envelope_shape()] (required with ``fusion.av_sync``, ignored otherwise),
+    ``saliency`` [B, 1, H, W] in [0, 1] at ``config.video`` size, and ``c_i`` the MRG-gated
+    audio-visual features [B, config.fusion.channels[i], T_i, H_i, W_i] (c3 is the RAVF output).
     """
 
     def __init__(
@@ -557,16 +650,29 @@ class FusionDecoder(nn.Module):
             ]
         )
         self.synergy = MultiScaleSynergy(channels)
+        self.sync_scale = int(fc.sync_scale)
+        self.sync: AudioVisualSync | None = None
+        if fc.av_sync:
+            env_channels = config.envelope_shape()[0]
+            self.sync = AudioVisualSync(channels[self.sync_scale], env_channels, fc.sync_heads)
         self.ravf = RAVF(channels[-1], audio_channels, fc.ravf_heads, fc.ravf_blocks, fc.ffn_mult)
         self.regulator = MultiScaleRegulator(channels)
         self.decoder = SaliencyDecoder(channels, (config.video.height, config.video.width))
 
     def forward(
-        self, v0: Tensor, v1: Tensor, v2: Tensor, v3: Tensor, audio: Tensor
+        self, v0: Tensor, v1: Tensor, v2: Tensor, v3: Tensor, audio: Tensor, envelope: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """S3D scales + audio features -> (saliency [B,1,H,W], c0, c1, c2, c3)."""
+        """S3D scales + audio features (+ envelope) -> (saliency [B,1,H,W], c0, c1, c2, c3)."""
         feats = [adapter(v) for adapter, v in zip(self.adapters, (v0, v1, v2, v3), strict=True)]
         enhanced = self.synergy(feats)
+        if self.sync is not None:
+            if envelope is None:
+                raise ConfigError(
+                    "this fusion decoder has AV sync (fusion.av_sync): it needs the per-frame audio "
+                    "envelope (avsal_deploy.data.audio.envelope_frames)"
+                )
+            i = self.sync_scale
+            enhanced = [*enhanced[:i], self.sync(enhanced[i], envelope), *enhanced[i + 1 :]]
         fused = self.ravf(enhanced[-1], audio)
         c0, c1, c2, c3 = self.regulator(enhanced, fused)
         return self.decoder([c0, c1, c2, c3]), c0, c1, c2, c3

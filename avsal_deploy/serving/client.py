@@ -19,7 +19,7 @@ from avsal_deploy.config import Config
 from avsal_deploy.engine import read_manifest
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
-from avsal_deploy.export.components import ComponentSpec
+from avsal_deploy.export.components import ENVELOPE, ComponentSpec
 from avsal_deploy.serving.repository import pipeline_manifest
 from avsal_deploy.serving.server import SERVE_HINT
 from avsal_deploy.serving.triton_models import (
@@ -157,6 +157,8 @@ class TritonEngine(Engine):
         steps: int | None = None,
         noise: np.ndarray | None = None,
         seed: int = 0,
+        *,
+        envelope: np.ndarray | None = None,
     ) -> np.ndarray:
         """Maps [B,1,H,W] for a batch of windows; see :meth:`Engine.predict_window`.
 
@@ -164,12 +166,20 @@ class TritonEngine(Engine):
         draws the noise from ``seed`` (unless ``noise`` is given) exactly as the base class does.
         """
         if not self.server_loop:
-            return super().predict_window(frames, audio, steps=steps, noise=noise, seed=seed)
+            return super().predict_window(
+                frames, audio, steps=steps, noise=noise, seed=seed, envelope=envelope
+            )
         feeds = {
             self.specs["video_encoder"].input_names[0]: np.ascontiguousarray(frames, np.float32),
             self.specs["audio_encoder"].input_names[0]: np.ascontiguousarray(audio, np.float32),
             SEED_INPUT: np.array([seed], np.int64),
         }
+        if self.uses_envelope:
+            if envelope is None:
+                raise AvsalError(
+                    f"{PIPELINE_MODEL} ({self.variant}, fusion.av_sync) needs the per-frame audio envelope"
+                )
+            feeds[ENVELOPE] = np.ascontiguousarray(envelope, np.float32)
         if steps is not None:
             feeds[STEPS_INPUT] = np.array([steps], np.int32)
         if noise is not None:

@@ -6,7 +6,7 @@ Every name, shape and batch limit comes from the component specs recorded by ``a
     REPO/avsal_<component>/config.pbtxt     one model per exported component, dynamic batching,
     REPO/avsal_<component>/1/model.onnx     max_batch_size = the spec's batch profile maximum
     REPO/avsal_<component>/1/model.py       (python-onnxruntime only: the thin template)
-    REPO/avsal_pipeline/config.pbtxt        frames + audio (+ steps, seed, noise) -> saliency
+    REPO/avsal_pipeline/config.pbtxt        frames + audio [+ envelope] (+ steps, seed, noise) -> saliency
     REPO/avsal_pipeline/1/model.py          BLS model running Engine.predict_window server-side
 
 Platforms:
@@ -36,7 +36,7 @@ from typing import Any
 from avsal_deploy.config import Config
 from avsal_deploy.engine import parse_manifest, read_manifest
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
-from avsal_deploy.export.components import ComponentSpec, TensorSpec
+from avsal_deploy.export.components import ComponentSpec, TensorSpec, window_inputs
 from avsal_deploy.serving.triton_models import (
     MANIFEST_PARAMETER,
     MAX_BATCH_PARAMETER,
@@ -151,8 +151,7 @@ def pipeline_config(
     dynamic batchers merge concurrent windows. The export manifest rides along as a parameter.
     """
     inputs = [
-        *(_tensor(t, batch_in_dims=True) for t in specs["video_encoder"].inputs),
-        *(_tensor(t, batch_in_dims=True) for t in specs["audio_encoder"].inputs),
+        *(_tensor(t, batch_in_dims=True) for t in window_inputs(specs)),
         # steps and seed: one value per request, not per window
         _tensor(TensorSpec(STEPS_INPUT, (1,), "int32"), optional=True),
         _tensor(TensorSpec(SEED_INPUT, (1,), "int64"), optional=True),

@@ -150,6 +150,7 @@ class PipelineModel:
         import triton_python_backend_utils as pb_utils
 
         from avsal_deploy.errors import AvsalError
+        from avsal_deploy.export.components import ENVELOPE
 
         def tensor(name: str) -> np.ndarray | None:
             found = pb_utils.get_input_tensor_by_name(request, name)
@@ -164,6 +165,9 @@ class PipelineModel:
                 f"{PIPELINE_MODEL}: {self.frames_input} has {batch} windows but {self.audio_input} "
                 f"has {audio.shape[0]}"
             )
+        envelope = tensor(ENVELOPE) if self.engine.uses_envelope else None
+        if envelope is not None and envelope.shape[0] != batch:
+            raise AvsalError(f"{PIPELINE_MODEL}: {ENVELOPE} has {envelope.shape[0]} windows for {batch}")
         if not 1 <= batch <= self.max_batch:
             raise AvsalError(f"{PIPELINE_MODEL}: batch of {batch} windows outside [1, {self.max_batch}]")
         steps = tensor(STEPS_INPUT)
@@ -179,6 +183,7 @@ class PipelineModel:
             steps=None if steps is None else int(steps.reshape(-1)[0]),
             noise=noise,
             seed=0 if seed is None else int(seed.reshape(-1)[0]),
+            envelope=envelope,
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:

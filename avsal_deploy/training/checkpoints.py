@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from avsal_deploy.config import Config
-from avsal_deploy.errors import ConfigError, WeightsError
-from avsal_deploy.models.build import AVSaliencyModel, build_model
-from avsal_deploy.models.weights import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from avsal_deploy.errors import WeightsError
+from avsal_deploy.models.build import AVSaliencyModel, load_trained
+from avsal_deploy.models.weights import save_checkpoint
 
 #: The small hybrid model shipped with the package (trained on SYNTHETIC data only, see its README).
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "hybrid-synthetic.safetensors"
@@ -37,33 +37,17 @@ def shipped_checkpoint() -> Path:
     return SHIPPED_CHECKPOINT
 
 
-def checkpoint_config(path: str | Path) -> tuple[Config, str, dict[str, Any]]:
-    """The config, variant and full metadata recorded in an avsal checkpoint."""
-    meta = read_checkpoint_metadata(path)
-    try:
-        config = Config.from_dict(meta["config"])
-    except ConfigError as exc:
-        raise WeightsError(f"{path}: checkpoint config is not valid for this version ({exc})") from exc
-    if config.architecture_fingerprint() != meta.get("fingerprint"):
-        raise WeightsError(
-            f"{path}: checkpoint config does not reproduce its architecture fingerprint "
-            f"{meta.get('fingerprint')} (written by an incompatible avsal version?)"
-        )
-    return config, str(meta["variant"]), meta
-
-
 def load_trained_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[AVSaliencyModel, Config, str, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as and load its weights.
+    """Rebuild the model a checkpoint was trained as and load its weights
+    (:func:`~avsal_deploy.models.build.load_trained`).
 
     Returns ``(model, config, variant, metadata)``; the model is in eval mode on ``device``.
     ``metadata`` holds the checkpoint's user entries (e.g. ``audio``, ``step``, ``metrics``).
     """
-    config, variant, _ = checkpoint_config(path)
-    model = build_model(config, variant)
-    meta = load_checkpoint(model, path, config, variant)
-    return model.to(device).eval(), config, variant, meta
+    model, meta = load_trained(path)
+    return model.to(device), model.config, model.variant, meta
 
 
 def state_path(weights_path: str | Path) -> Path:

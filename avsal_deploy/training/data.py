@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import soundnet_excerpt, vggish_slices
+from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
 from avsal_deploy.data.datasets import SaliencyDataset, VideoRecord
 from avsal_deploy.data.preprocess import gather_clip, preprocess_frames
 from avsal_deploy.errors import ConfigError, DatasetError
@@ -115,6 +115,7 @@ class VideoInputs:
         self._native_maps: np.ndarray | None = None
         self._native_fixations: np.ndarray | None = None
         self._audio: tuple[np.ndarray, int] | None = None
+        self._envelope: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -165,6 +166,24 @@ class VideoInputs:
         feature = vggish_slices if self.variant == "diffsal" else soundnet_excerpt
         return feature(audio, rate, window.frames, self.record.fps, self.config, reverse=window.reversed)
 
+    @property
+    def uses_envelope(self) -> bool:
+        return self.config.uses_envelope(self.variant)
+
+    def envelope(self, window: Window) -> np.ndarray | None:
+        """The per-frame audio envelope of ``window`` ``config.envelope_shape(variant)`` (frames in
+        window order), or None when the variant takes none. Every frame's column is computed once
+        per video (a frame's envelope does not depend on the window it is in)."""
+        if not self.uses_envelope:
+            return None
+        if self._envelope is not None:
+            return np.ascontiguousarray(self._envelope[:, list(window.frames)])
+        audio, rate = self.track()
+        if not self.cache:
+            return envelope_frames(audio, rate, window.frames, self.record.fps, self.config)
+        self._envelope = envelope_frames(audio, rate, range(self.n_frames), self.record.fps, self.config)
+        return np.ascontiguousarray(self._envelope[:, list(window.frames)])
+
     # ------------------------------------------------------------------ annotations
     def _load_native(self) -> tuple[np.ndarray, np.ndarray]:
         maps = np.stack([self.record.saliency_map(i) for i in range(self.n_frames)])
@@ -212,7 +231,8 @@ class WindowDataset(Dataset):
     """Random training windows over the videos of a data set (see the module docstring).
 
     Items are dicts of tensors: ``frames`` ``[3, T, h, w]``, ``audio``
-    ``config.audio_input_shape(variant)``, ``map`` ``[1, h, w]`` (continuous, [0, 1]),
+    ``config.audio_input_shape(variant)``, ``envelope`` ``config.envelope_shape(variant)`` (only
+    when the variant takes it), ``map`` ``[1, h, w]`` (continuous, [0, 1]),
     ``fixations`` ``[1, h, w]`` (0/1 float), ``video`` and ``target`` (int64 scalars).
     Call :meth:`set_epoch` before each epoch (the trainer does).
     """
@@ -269,7 +289,7 @@ class WindowDataset(Dataset):
             clip = clip[..., ::-1]
             target_map = target_map[:, ::-1]
             fixations = fixations[:, ::-1]
-        return {
+        item = {
             "frames": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)),
             "audio": torch.from_numpy(np.ascontiguousarray(video.audio_input(window), dtype=np.float32)),
             "map": torch.from_numpy(np.ascontiguousarray(target_map, dtype=np.float32))[None],
@@ -277,3 +297,7 @@ class WindowDataset(Dataset):
             "video": torch.tensor(video_index, dtype=torch.int64),
             "target": torch.tensor(window.target, dtype=torch.int64),
         }
+        envelope = video.envelope(window)
+        if envelope is not None:
+            item["envelope"] = torch.from_numpy(envelope.astype(np.float32))
+        return item

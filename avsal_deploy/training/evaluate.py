@@ -130,11 +130,14 @@ def model_predictor(
                 chunk = windows[first : first + batch_size]
                 frames = torch.from_numpy(np.stack([video.clip(w) for w in chunk])).to(device)
                 audio = torch.from_numpy(np.stack([video.audio_input(w) for w in chunk])).to(device)
+                envelope = None
+                if video.uses_envelope:
+                    envelope = torch.from_numpy(np.stack([video.envelope(w) for w in chunk])).to(device)
                 noise = None
                 if n_steps > 0:
                     noise = torch.randn((len(chunk), *model.config.map_shape()), generator=generator)
                     noise = noise.to(device)
-                maps = model(frames, audio, steps=n_steps, noise=noise)
+                maps = model(frames, audio, steps=n_steps, noise=noise, envelope=envelope)
                 out.append(maps[:, 0].float().cpu().numpy())
         model.train(was_training)
         return np.concatenate(out)

@@ -217,7 +217,7 @@ def resolve_precision(mode: str, device: torch.device) -> Precision:
 class SaliencyObjective(nn.Module):
     """The model and its training loss as one module: the unit DDP wraps.
 
-    ``forward(frames, audio, target, x_t, t)`` returns ``{"loss", "oneshot", "diffusion"}`` (the
+    ``forward(frames, audio, target, x_t, t, envelope)`` returns ``{"loss", "oneshot", "diffusion"}`` (the
     last two detached, 0 where the variant has no such term). The network runs under autocast;
     losses are computed in float32. Both terms are always computed when the variant has them (a
     zero weight multiplies them), so every trainable parameter takes part in every step, as DDP
@@ -240,11 +240,17 @@ class SaliencyObjective(nn.Module):
         self.diffusion_weight = 1.0
 
     def forward(
-        self, frames: Tensor, audio: Tensor, target: Tensor, x_t: Tensor | None, t: Tensor | None
+        self,
+        frames: Tensor,
+        audio: Tensor,
+        target: Tensor,
+        x_t: Tensor | None,
+        t: Tensor | None,
+        envelope: Tensor | None = None,
     ) -> dict[str, Tensor]:
         zero = torch.zeros((), device=target.device)
         with torch.autocast(frames.device.type, self.precision.dtype, enabled=self.precision.enabled):
-            cond = self.model.condition(frames, audio)
+            cond = self.model.condition(frames, audio, envelope)
             x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
         oneshot = zero
         if cond.one_shot is not None:
@@ -747,11 +753,12 @@ class Trainer:
         frames = batch["frames"].to(dev, non_blocking=True)
         audio = batch["audio"].to(dev, non_blocking=True)
         target = batch["map"].to(dev, non_blocking=True)
+        envelope = batch["envelope"].to(dev, non_blocking=True) if "envelope" in batch else None
         x_t = t_idx = None
         if self.model.unet is not None:
             generator.manual_seed(step_seed(self.recipe.train.seed, self.ctx.rank, self.step))
             x_t, t_idx, _ = self.model.scheduler.q_sample_training(target, generator)
-        out = runner(frames, audio, target, x_t, t_idx)
+        out = runner(frames, audio, target, x_t, t_idx, envelope)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
