@@ -46,6 +46,11 @@ def test_quick_experiment_writes_the_contract(
     control = results["controls"]["av_mismatched_audio"]
     assert set(control) == set(CONDITIONS) and len(control["relevant"]["cc"]["per_seed"]) == 2
     assert len(results["claims"]) == 5 and all(isinstance(c["holds"], bool) for c in results["claims"])
+    refs = results["references"]  # the generator's own attention model, seed independent
+    assert set(refs) == {"visual_ceiling", "oracle", "note"} and "visual_ceiling" in printed
+    assert refs["oracle"]["relevant"]["cc"] > refs["visual_ceiling"]["relevant"]["cc"]
+    for cond in ("music", "silent"):  # no source: knowing it changes nothing
+        assert refs["oracle"][cond] == pytest.approx(refs["visual_ceiling"][cond])
     for seed in (0, 1):
         for key in ("av", "v"):
             assert (out / f"seed{seed}" / key / "checkpoints" / "last.safetensors").is_file()

@@ -15,7 +15,7 @@ from avsal_deploy import engine as engines
 from avsal_deploy.cli import main
 from avsal_deploy.config import load_config
 from avsal_deploy.engine.eager import TorchEngine
-from avsal_deploy.errors import AvsalError, BackendUnavailableError
+from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.export.components import component_specs, sample_window
 from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
 
@@ -110,6 +110,10 @@ def test_windows_with_ddim_match_torch_model(exports, tiny_models, variant, batc
     window = sample_window(ort.specs, batch, seed=batch)
     frames, audio, envelope = window["frames"], window["audio"], window.get("envelope")
     assert (envelope is not None) == (variant != "diffsal")  # the tiny profile has AV sync
+    if envelope is not None:
+        assert "envelope" in ort.specs["fusion"].input_names
+        with pytest.raises(ConfigError, match="per-frame audio envelope"):
+            ort.predict_window(frames, audio, 0)
     steps_list = {"avrsp": [None], "diffsal": [1, 2, 3], "hybrid": [0, 1, 2]}[variant]
     for steps in steps_list:
         noise = ort.make_noise(batch, seed=7)

@@ -61,9 +61,11 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -383,6 +385,73 @@ def _fixations(
     maps = gaussian_filter(counts, sigma=(0, sigma, sigma), mode="constant")
     maps /= maps.max(axis=(1, 2), keepdims=True)
     return counts > 0, maps.astype(np.float32)
+
+
+def expected_density(
+    objects: dict[str, Any],
+    attention: AttentionModel,
+    frames: Sequence[int],
+    size: tuple[int, int] | None = None,
+    know_source: bool = True,
+) -> np.ndarray:
+    """The attention model's expected density maps: what infinitely many observers would give.
+
+    ``objects`` is a video's ``objects.json`` content; ``frames`` the frames to render, at ``size``
+    (default: the stored size; positions and widths are scaled). Each frame is the mixture of the
+    centre-bias Gaussian and one Gaussian per object at its centre with the fixation jitter, all
+    convolved with the density-map blur (the sum of the variances), weighted as the observers
+    choose: ``source_prob`` on the sound source of a relevant video when ``know_source``, else all
+    objects alike. Pixel rounding and clipping of the sampled fixations are ignored. Max 1 per frame.
+
+    With ``know_source=False`` this is the best any predictor that ignores the sound can do in
+    expectation (the visual ceiling); with ``know_source=True`` the ideal observer's map (oracle).
+    """
+    h0, w0 = (int(v) for v in objects["size"])
+    h, w = size or (h0, w0)
+    sy, sx = h / h0, w / w0
+    blur = attention.blur_sigma * w0
+    objs = objects["objects"]
+    source = objects.get("source")
+    k = len(objs)
+    if know_source and source is not None and k > 1:
+        weights = np.full(k, (1.0 - attention.source_prob) / (k - 1))
+        weights[int(source)] = attention.source_prob
+    else:
+        weights = np.full(k, 1.0 / k)
+    ys = (np.arange(h) + 0.5) / sy - 0.5  # pixel centres in stored coordinates
+    xs = (np.arange(w) + 0.5) / sx - 0.5
+
+    def gaussian(cx: float, cy: float, sig_x: float, sig_y: float) -> np.ndarray:
+        gy = np.exp(-0.5 * ((ys - cy) / sig_y) ** 2)
+        gx = np.exp(-0.5 * ((xs - cx) / sig_x) ** 2)
+        return np.outer(gy, gx) / (2.0 * np.pi * sig_x * sig_y)
+
+    centre = gaussian(
+        (w0 - 1) / 2,
+        (h0 - 1) / 2,
+        math.hypot(attention.centre_sigma * w0, blur),
+        math.hypot(attention.centre_sigma * h0, blur),
+    )
+    out = np.empty((len(frames), h, w), np.float32)
+    for i, f in enumerate(frames):
+        m = attention.centre_bias * centre
+        for weight, obj in zip(weights, objs, strict=True):
+            cx, cy = obj["centres"][f]
+            sig = math.hypot(attention.jitter * float(obj["radii"][f]), blur)
+            m = m + (1.0 - attention.centre_bias) * weight * gaussian(cx, cy, sig, sig)
+        out[i] = m / m.max()
+    return out
+
+
+def read_annotations(root: str | Path, video: str) -> tuple[dict[str, Any], AttentionModel] | None:
+    """A generated video's ``objects.json`` and the data set's attention model, or None when ``root``
+    was not written by :func:`generate` (no such annotations)."""
+    base = Path(root) / "annotations" / SET_NAME
+    objects, generator = base / video / "objects.json", base / "generator.json"
+    if not (objects.is_file() and generator.is_file()):
+        return None
+    attention = AttentionModel(**json.loads(generator.read_text())["attention"])
+    return json.loads(objects.read_text()), attention
 
 
 # --------------------------------------------------------------------------- scenes

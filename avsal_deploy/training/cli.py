@@ -219,6 +219,10 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
                     f"{m['nss']['mean']:.3f} ± {m['nss']['std']:.3f}",
                 ]
             )
+        for ref in ("visual_ceiling", "oracle"):
+            if ref in results.get("references", {}):
+                r = results["references"][ref][cond]
+                rows.append([cond, ref, f"{r['cc']:.3f}", f"{r['nss']:.3f}"])
     print(f"\naudio-relevance, {len(results['seeds'])} seed(s), {results['variant']} (mean ± std over seeds)")
     print(_table(rows, ["condition", "model", "CC", "NSS"]))
     print("\nclaims:")

@@ -14,6 +14,12 @@ the experiment's recipe has no validation split, so the test split is never look
 training) on every frame of every test video (causal windows, stride 1), with CC and NSS per
 video averaged over the videos of each condition (:mod:`avsal_deploy.training.evaluate`).
 
+When the data set was written by :func:`avsal_deploy.data.synthetic.generate` (its
+``objects.json`` annotations exist), two seed-independent references from the generator's own
+attention model are scored too (:func:`avsal_deploy.data.synthetic.expected_density`):
+``visual_ceiling``, the expected map with every object equally likely -- the best a predictor that
+ignores the sound can do in expectation -- and ``oracle``, the expected map that knows the source.
+
 A control scores the ``av`` model with a MISMATCHED soundtrack (another test video's of the same
 condition, :func:`mismatched_inputs`): it tells whether the model uses what the sound says (which
 object it belongs to) or only that there is sound.
@@ -47,6 +53,7 @@ import torch
 
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
+from avsal_deploy.data.synthetic import AttentionModel, expected_density, read_annotations
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
 from avsal_deploy.models.build import resolve_steps
 from avsal_deploy.training.checkpoints import load_trained_model
@@ -158,6 +165,33 @@ def _claims(per_seed: dict[str, dict[str, dict[str, list[float]]]]) -> list[dict
         {"text": "AV and V beat the centre bias on CC and NSS in every condition", "holds": all(beats)}
     )
     return out
+
+
+REFERENCES: dict[str, str] = {
+    "visual_ceiling": "expected map of the attention model, all objects alike (ignores the sound)",
+    "oracle": "expected map of the attention model, knowing the sound source",
+}
+
+
+def reference_predictor(root: str | Path, know_source: bool) -> Callable[..., np.ndarray] | None:
+    """A predictor rendering the generator's expected density maps of each window's target frame
+    (``know_source``: the oracle, else the visual ceiling); None when ``root`` has no generator
+    annotations."""
+    cache: dict[str, tuple[dict[str, Any], AttentionModel] | None] = {}
+
+    def annotations(name: str) -> tuple[dict[str, Any], AttentionModel]:
+        if name not in cache:
+            cache[name] = read_annotations(root, name)
+        found = cache[name]
+        if found is None:
+            raise DatasetError(f"{root}: no generator annotations (objects.json) for video {name}")
+        return found
+
+    def predict(video: VideoInputs, windows: Any) -> np.ndarray:
+        objects, attention = annotations(video.name)
+        return expected_density(objects, attention, [w.target for w in windows], video.size, know_source)
+
+    return predict
 
 
 def mismatched_inputs(dataset: SaliencyDataset, config: Config, variant: str) -> list[VideoInputs]:
@@ -278,6 +312,15 @@ def run_audio_relevance(
     centre = evaluate_predictor(
         center_predictor(sigma), test_real, metrics=METRICS, stride=stride
     ).by_condition()
+    references: dict[str, Any] = {}
+    if all(read_annotations(root, v.name) is not None for v in test_set):
+        for name, know in (("visual_ceiling", False), ("oracle", True)):
+            predictor = reference_predictor(root, know)
+            references[name] = evaluate_predictor(
+                predictor, test_real, metrics=METRICS, stride=stride
+            ).by_condition()
+        references["note"] = REFERENCES
+        say("references: " + _scores_line(references["visual_ceiling"], conditions) + " (visual ceiling)")
 
     per_seed: dict[str, dict[str, dict[str, list[float]]]] = {
         c: {k: {m: [] for m in METRICS} for k in MODELS} for c in conditions
@@ -353,6 +396,7 @@ def run_audio_relevance(
             "av_mismatched_audio": mismatched,
             "note": "the av model scored with the soundtrack of another test video of the same condition",
         },
+        "references": references,
         "criteria": {"clear_margin": CLEAR_MARGIN, "no_worse_tolerance": NO_WORSE_TOLERANCE},
         "recipe": replace(base, source=str(recipe_path or "built-in audio_relevance_recipe()")).to_dict(),
         "seconds": {"training_per_model": timings, "total": round(time.monotonic() - t_start, 1)},
