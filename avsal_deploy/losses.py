@@ -131,3 +131,20 @@ def diffusion_mse_loss(x0_pred: Tensor, x0: Tensor) -> Tensor:
             f"diffusion_mse_loss: x0_pred shape {tuple(x0_pred.shape)} differs from x0 {tuple(x0.shape)}"
         )
     return F.mse_loss(x0_pred, x0)
+
+
+def sync_loss(synchrony: Tensor, target: Tensor) -> Tensor:
+    """Deep supervision of the AV sync gate: KL(target || softmax over space of the synchrony).
+
+    ``synchrony`` [B, heads, h, w] (:meth:`~avsal_deploy.models.fusion.AudioVisualSync.synchrony`),
+    ``target`` the saliency maps [B, 1, H, W]. The target is area-pooled to the synchrony's grid and
+    normalised to a distribution P; Q is the softmax over the grid of the head-mean synchrony.
+    A soundtrack that does not change over time (silence) gives zero synchrony everywhere, so Q is
+    uniform and the loss passes no gradient to the gate: only sound that varies can be bound.
+    Mean over the batch.
+    """
+    b, _, h, w = synchrony.shape
+    p = F.adaptive_avg_pool2d(target.float(), (h, w)).flatten(1)
+    p = p / p.sum(dim=1, keepdim=True).clamp_min(MATLAB_EPS)
+    log_q = F.log_softmax(synchrony.float().mean(dim=1).flatten(1), dim=1)
+    return (torch.xlogy(p, p) - p * log_q).sum(dim=1).mean()

@@ -144,3 +144,20 @@ def test_diffusion_mse_loss():
     torch.testing.assert_close(a.grad, 2.0 * (a - b).detach() / a.numel())
     with pytest.raises(ValueError, match="x0_pred"):
         L.diffusion_mse_loss(a, b[:1])
+
+
+def test_sync_loss_rewards_synchrony_where_people_look():
+    target = torch.zeros(2, 1, 16, 24)
+    target[:, :, 4:8, 12:16] = 1.0  # people look at one place
+    flat = torch.zeros(2, 2, 4, 6)
+    peaked = flat.clone()
+    peaked[:, :, 1, 3] = 5.0  # the grid cell that holds the fixated place
+    wrong = flat.clone()
+    wrong[:, :, 3, 0] = 5.0
+    uniform = L.sync_loss(flat, target)
+    # Flat synchrony (e.g. silence): KL of the pooled target to the uniform distribution, log(24).
+    assert float(uniform) == pytest.approx(np.log(24), rel=1e-5)
+    assert float(L.sync_loss(peaked, target)) < float(uniform) < float(L.sync_loss(wrong, target))
+    s = flat.clone().requires_grad_(True)
+    L.sync_loss(s, target).backward()
+    assert float(s.grad[:, :, 1, 3].sum()) < 0  # descent raises the synchrony at the fixated cell

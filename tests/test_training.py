@@ -442,3 +442,23 @@ def test_mismatched_soundtrack_control(data: Path) -> None:
     borrowed = VideoInputs(a, config, "hybrid", audio_record=b)
     np.testing.assert_array_equal(borrowed.track()[0], b.audio()[0])
     assert borrowed.clip(window_for(5, a.n_frames, config)).shape == (3, 8, 64, 96)
+
+
+def test_sync_supervision_trains_only_with_sound(data: Path, tmp_path: Path) -> None:
+    """The AV sync gate's deep supervision changes an audio-visual run but leaves the visual-only
+    twin (silence) bit-identical: flat synchrony passes no gradient."""
+    base = {"data.val_split": "", "train.max_steps": 2, "data.flip": False}
+    weights = {}
+    for audio in ("silent", "real"):
+        for w in (0.0, 0.5):
+            recipe = _recipe(data, **base, **{"train.audio": audio, "train.sync_weight": w})
+            result = Trainer(recipe, tmp_path / f"{audio}{w}").fit()
+            weights[audio, w] = load_trained_model(result.last_checkpoint)[0].state_dict()
+            if w:
+                records = _log(tmp_path / f"{audio}{w}", "train")
+                assert all("sync" in r for r in records)
+    for k, v in weights["silent", 0.0].items():
+        assert torch.equal(v, weights["silent", 0.5][k]), k
+    changed = [k for k, v in weights["real", 0.0].items() if not torch.equal(v, weights["real", 0.5][k])]
+    assert any(k.startswith("fusion.sync.") for k in changed)
+    assert any(k.startswith("video_encoder.") for k in changed)  # the visual features learn to pulse

@@ -513,6 +513,10 @@ class AudioVisualSync(nn.Module):
         s = torch.einsum("bndtp,bndt->bnp", q, k) * (self.head_dim**-0.5 / t)
         return s.reshape(b, self.heads, h, w)
 
+    def synchrony(self, visual: Tensor, envelope: Tensor) -> Tensor:
+        """Per-head synchrony s_h(x) [B, heads, H, W] of ``visual`` [B, C, T_s, H, W] with ``envelope``."""
+        return self._synchrony(visual, self.envelope(envelope, int(visual.shape[2])))
+
     def retention(self, visual: Tensor, envelope: Tensor) -> Tensor:
         """Retention r_h(x) = sigmoid(s_h(x) + b_h), [B, heads, H, W] (inspection and tests)."""
         tokens = self.envelope(envelope, int(visual.shape[2]))

@@ -103,6 +103,9 @@ class TrainSection:
     sim_weight: float = -0.1
     oneshot_weight: float = 1.0
     diffusion_weight: float = 1.0
+    # Deep supervision of the fusion decoder's AV sync gate (losses.sync_loss; 0 = off; only models
+    # with fusion.av_sync): the synchrony map is pulled towards the target map.
+    sync_weight: float = 0.0
     init_checkpoint: str = ""  # start from these weights (same architecture and variant)
     # Modules whose convolutions are re-initialised He-normal before training from scratch (see
     # trainer.he_initialise): ["audio_encoder"] for a VGGish trained without its public weights.

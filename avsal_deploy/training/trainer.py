@@ -65,7 +65,7 @@ from torch.utils.data.distributed import DistributedSampler
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import open_dataset
 from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
-from avsal_deploy.losses import avrsp_loss, diffusion_mse_loss
+from avsal_deploy.losses import avrsp_loss, diffusion_mse_loss, sync_loss
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import load_checkpoint
 from avsal_deploy.training.checkpoints import (
@@ -217,8 +217,10 @@ def resolve_precision(mode: str, device: torch.device) -> Precision:
 class SaliencyObjective(nn.Module):
     """The model and its training loss as one module: the unit DDP wraps.
 
-    ``forward(frames, audio, target, x_t, t, envelope)`` returns ``{"loss", "oneshot", "diffusion"}`` (the
-    last two detached, 0 where the variant has no such term). The network runs under autocast;
+    ``forward(frames, audio, target, x_t, t, envelope)`` returns ``{"loss", "oneshot", "diffusion",
+    "sync"}`` (the last three detached, 0 where the variant has no such term). With ``sync_weight``
+    and a fusion decoder with AV sync, the gate's synchrony map is read by a forward hook on the
+    gate (the model's forward is unchanged) and supervised by :func:`~avsal_deploy.losses.sync_loss`. The network runs under autocast;
     losses are computed in float32. Both terms are always computed when the variant has them (a
     zero weight multiplies them), so every trainable parameter takes part in every step, as DDP
     requires.
@@ -238,6 +240,7 @@ class SaliencyObjective(nn.Module):
         self.kl_weight, self.cc_weight, self.sim_weight = kl_weight, cc_weight, sim_weight
         self.oneshot_weight = 1.0
         self.diffusion_weight = 1.0
+        self.sync_weight = 0.0
 
     def forward(
         self,
@@ -249,17 +252,33 @@ class SaliencyObjective(nn.Module):
         envelope: Tensor | None = None,
     ) -> dict[str, Tensor]:
         zero = torch.zeros((), device=target.device)
-        with torch.autocast(frames.device.type, self.precision.dtype, enabled=self.precision.enabled):
-            cond = self.model.condition(frames, audio, envelope)
-            x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
+        gate = self.model.fusion.sync if self.model.fusion is not None else None
+        seen: dict[str, tuple[Tensor, ...]] = {}
+        hook = None
+        if self.sync_weight and gate is not None:
+            hook = gate.register_forward_hook(lambda _m, args, _out: seen.update(args=args))
+        try:
+            with torch.autocast(frames.device.type, self.precision.dtype, enabled=self.precision.enabled):
+                cond = self.model.condition(frames, audio, envelope)
+                x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
+                synchrony = gate.synchrony(*seen["args"]) if "args" in seen and gate is not None else None
+        finally:
+            if hook is not None:
+                hook.remove()
         oneshot = zero
         if cond.one_shot is not None:
             oneshot = avrsp_loss(
                 cond.one_shot.float(), target, self.kl_weight, self.cc_weight, self.sim_weight
             )
         diffusion = zero if x0 is None else diffusion_mse_loss(x0.float(), target)
-        loss = self.oneshot_weight * oneshot + self.diffusion_weight * diffusion
-        return {"loss": loss, "oneshot": oneshot.detach(), "diffusion": diffusion.detach()}
+        sync = zero if synchrony is None else sync_loss(synchrony, target)
+        loss = self.oneshot_weight * oneshot + self.diffusion_weight * diffusion + self.sync_weight * sync
+        return {
+            "loss": loss,
+            "oneshot": oneshot.detach(),
+            "diffusion": diffusion.detach(),
+            "sync": sync.detach(),
+        }
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -591,6 +610,7 @@ class Trainer:
         objective = SaliencyObjective(self.model, self.precision, t.kl_weight, t.cc_weight, t.sim_weight)
         objective.oneshot_weight = stage.oneshot_weight
         objective.diffusion_weight = stage.diffusion_weight
+        objective.sync_weight = t.sync_weight
         runner: nn.Module = objective
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
