@@ -17,7 +17,7 @@ import torch
 from avsal_deploy.config import Config
 from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
 from avsal_deploy.errors import ConfigError
-from avsal_deploy.export.components import CONDS, SCALES, ComponentSpec
+from avsal_deploy.export.components import CONDS, ENVELOPE, SCALES, ComponentSpec
 from avsal_deploy.models.build import normalize_maps, resolve_steps
 
 Arrays = dict[str, np.ndarray]
@@ -55,7 +55,7 @@ class Engine(ABC):
     @property
     def uses_envelope(self) -> bool:
         """Whether the components take the per-frame audio envelope (a fusion decoder with AV sync)."""
-        return any("envelope" in spec.input_names for spec in self.specs.values())
+        return any(ENVELOPE in spec.input_names for spec in self.specs.values())
 
     def condition(self, frames: np.ndarray, audio: np.ndarray, envelope: np.ndarray | None = None) -> Arrays:
         """Encoders and fusion decoder, once per window: features, conditions, one-shot map.
@@ -71,7 +71,7 @@ class Engine(ABC):
                         f"{self.backend} engine ({self.variant}, fusion.av_sync): the fusion decoder needs "
                         "the per-frame audio envelope (avsal_deploy.data.preprocess.envelope_inputs)"
                     )
-                feats["envelope"] = envelope
+                feats[ENVELOPE] = envelope
             feats.update(self._call("fusion", feats))
         else:  # diffsal: the UNet is conditioned on the video features themselves
             feats.update({c: feats[v] for c, v in zip(CONDS, SCALES, strict=True)})
