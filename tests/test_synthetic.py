@@ -15,6 +15,7 @@ from avsal_deploy.data.datasets import StavisVideo, open_dataset
 from avsal_deploy.data.synthetic import (
     CONDITIONS,
     AttentionModel,
+    Scene,
     expected_density,
     generate,
     make_sample_clip,
@@ -30,6 +31,23 @@ N_VIDEOS = 12
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("bench"), N_VIDEOS, profile="tiny", seed=0)
+
+
+def _scene(root: Path, name: str) -> Scene:
+    """Re-render a generated video from the seed and parameters in generator.json (as generate does)."""
+    info = json.loads((root / "annotations" / "synthetic" / "generator.json").read_text())
+    index = int(name.rsplit("_", 1)[1])
+    seed = np.random.SeedSequence(info["seed"]).spawn(info["n_videos"] + 1)[index + 1]
+    condition = json.loads((root / "conditions.json").read_text())[name]
+    return render_scene(
+        np.random.default_rng(seed),
+        condition,
+        tuple(info["size"]),
+        info["n_frames"],
+        info["fps"],
+        info["audio_rate"],
+        AttentionModel(**info["attention"]),
+    )
 
 
 def _all_videos(root: Path) -> list[StavisVideo]:
@@ -89,7 +107,9 @@ def test_shapes_and_value_ranges(bench: Path) -> None:
             assert sal.min() >= 0.0 and 0.95 <= sal.max() <= 1.0
             fix = v.fixations(i)
             assert fix.shape == (h, w) and fix.dtype == np.bool_
-            assert 1 <= fix.sum() <= AttentionModel().n_observers
+            # the stored fixation map is the scene's, bit for bit (MAT round trip): re-render it
+            np.testing.assert_array_equal(fix, _scene(bench, v.name).fixations[i])
+            assert 1 <= fix.sum() <= AttentionModel().n_observers  # 20 observers, some share a pixel
             # the density map is the blurred fixations: high where people looked
             assert sal[fix].mean() > 4 * sal.mean()
         audio, rate = v.audio()

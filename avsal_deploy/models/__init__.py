@@ -12,7 +12,7 @@ Names are resolved lazily so that importing one submodule does not build the who
 
 from __future__ import annotations
 
-from typing import Any
+from avsal_deploy._lazy import lazy_exports
 
 _EXPORTS = {
     "AVSaliencyModel": "avsal_deploy.models.build",
@@ -24,12 +24,4 @@ _EXPORTS = {
     "save_checkpoint": "avsal_deploy.models.weights",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

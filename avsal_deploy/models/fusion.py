@@ -517,16 +517,18 @@ class AudioVisualSync(nn.Module):
         """Per-head synchrony s_h(x) [B, heads, H, W] of ``visual`` [B, C, T_s, H, W] with ``envelope``."""
         return self._synchrony(visual, self.envelope(envelope, int(visual.shape[2])))
 
+    def _retention(self, visual: Tensor, tokens: Tensor) -> Tensor:
+        return torch.sigmoid(self._synchrony(visual, tokens) + self.bias[None, :, None, None])
+
     def retention(self, visual: Tensor, envelope: Tensor) -> Tensor:
         """Retention r_h(x) = sigmoid(s_h(x) + b_h), [B, heads, H, W] (inspection and tests)."""
-        tokens = self.envelope(envelope, int(visual.shape[2]))
-        return torch.sigmoid(self._synchrony(visual, tokens) + self.bias[None, :, None, None])
+        return self._retention(visual, self.envelope(envelope, int(visual.shape[2])))
 
     def forward(self, visual: Tensor, envelope: Tensor) -> Tensor:
         """visual [B, C, T_s, H, W], envelope [B, E, T] -> [B, C, T_s, H, W]."""
         b, c, t, h, w = visual.shape
         tokens = self.envelope(envelope, int(t))
-        r = torch.sigmoid(self._synchrony(visual, tokens) + self.bias[None, :, None, None])
+        r = self._retention(visual, tokens)
         v = self.v(tokens).reshape(b, self.heads, self.head_dim, t)
         kept = r[:, :, None, None, :, :] * v[:, :, :, :, None, None]  # [B, heads, d_h, T, H, W]
         return visual + self.out(kept.reshape(b, c, t, h, w))

@@ -13,8 +13,7 @@ Names are resolved lazily so that ``import avsal_deploy.training`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from avsal_deploy._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "avsal_deploy.training.recipe",
@@ -29,10 +28,4 @@ _EXPORTS = {
     "run_audio_relevance": "avsal_deploy.training.experiment",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
