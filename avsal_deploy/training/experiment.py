@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -177,22 +177,15 @@ REFERENCES: dict[str, str] = {
 }
 
 
-def reference_predictor(root: str | Path, know_source: bool) -> Callable[..., np.ndarray] | None:
+def reference_predictor(
+    annotations: Mapping[str, tuple[dict[str, Any], AttentionModel]], know_source: bool
+) -> Callable[..., np.ndarray]:
     """A predictor rendering the generator's expected density maps of each window's target frame
-    (``know_source``: the oracle, else the visual ceiling); None when ``root`` has no generator
-    annotations."""
-    cache: dict[str, tuple[dict[str, Any], AttentionModel] | None] = {}
-
-    def annotations(name: str) -> tuple[dict[str, Any], AttentionModel]:
-        if name not in cache:
-            cache[name] = read_annotations(root, name)
-        found = cache[name]
-        if found is None:
-            raise DatasetError(f"{root}: no generator annotations (objects.json) for video {name}")
-        return found
+    from the videos' ``annotations`` (:func:`~avsal_deploy.data.synthetic.read_annotations` by
+    video name); ``know_source``: the oracle, else the visual ceiling."""
 
     def predict(video: VideoInputs, windows: Any) -> np.ndarray:
-        objects, attention = annotations(video.name)
+        objects, attention = annotations[video.name]
         return expected_density(objects, attention, [w.target for w in windows], video.size, know_source)
 
     return predict
@@ -317,9 +310,10 @@ def run_audio_relevance(
         center_predictor(sigma), test_real, metrics=METRICS, stride=stride
     ).by_condition()
     references: dict[str, Any] = {}
-    if all(read_annotations(root, v.name) is not None for v in test_set):
+    annotations = {v.name: read_annotations(root, v.name) for v in test_set}
+    if all(a is not None for a in annotations.values()):
         for name, know in (("visual_ceiling", False), ("oracle", True)):
-            predictor = reference_predictor(root, know)
+            predictor = reference_predictor(annotations, know)  # type: ignore[arg-type]
             references[name] = evaluate_predictor(
                 predictor, test_real, metrics=METRICS, stride=stride
             ).by_condition()
