@@ -6,13 +6,20 @@ in memory at once: maps are produced by a callable ``map_at(frame_index) -> [H, 
 
 from __future__ import annotations
 
+import io
+import struct
+import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from avsal_deploy.errors import MediaError
 
 MapFn = Callable[[int], np.ndarray]
 
@@ -48,26 +55,325 @@ def overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55) -> np.
     return np.clip(frame.astype(np.float32) * (1.0 - w) + heat * w, 0, 255).astype(np.uint8)
 
 
-def write_maps_npz(path: Path, n_frames: int, size: tuple[int, int], map_at: MapFn) -> None:
-    """``maps.npz`` with one float32 array ``maps`` [N, H, W], written one frame at a time."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
-    header["shape"] = (n_frames, *size)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open("maps.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
-            for i in range(n_frames):
-                m = np.ascontiguousarray(map_at(i), dtype=np.float32)
-                if m.shape != size:
-                    raise ValueError(f"map {i} has shape {m.shape}, expected {size}")
-                f.write(m.tobytes())
+# ----------------------------------------------------------------------------- maps.npz
+#: Version of the compact map format (``format_version`` in the file).
+MAP_FORMAT_VERSION = 2
+#: deflate level of the map data: 1 is about as small as 9 on smooth maps, and several times faster.
+MAP_DEFLATE_LEVEL = 1
 
 
-def write_map_pngs(directory: Path, n_frames: int, map_at: MapFn) -> None:
-    """8-bit greyscale PNGs ``000001.png`` ... (1-based, as the saliency data sets number frames)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for i in range(n_frames):
-        img = np.clip(np.rint(map_at(i) * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(img, mode="L").save(directory / f"{i + 1:06d}.png", optimize=False)
+def quantize_map(saliency: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as uint8 ``round(255 * m)`` (the format's storage; error <= 1/510)."""
+    return np.clip(np.rint(np.asarray(saliency, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc(A)``, ``crc(B)`` and ``len(B)`` (zlib's ``crc32_combine``).
+
+    CRC-32 is linear over GF(2): appending ``len2`` zero bytes to ``A`` is a 32x32 bit-matrix power
+    applied to ``crc1``, computed by repeated squaring of the one-zero-bit operator.
+    """
+
+    def times(mat: list[int], vec: int) -> int:
+        out, i = 0, 0
+        while vec:
+            if vec & 1:
+                out ^= mat[i]
+            vec >>= 1
+            i += 1
+        return out
+
+    def square(mat: list[int]) -> list[int]:
+        return [times(mat, mat[n]) for n in range(32)]
+
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # operator for one zero bit
+    even = square(odd)  # two zero bits
+    odd = square(even)  # four zero bits
+    while True:
+        even = square(odd)  # first pass: one zero byte
+        if len2 & 1:
+            crc1 = times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = square(even)
+        if len2 & 1:
+            crc1 = times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+class _ZipEntry(NamedTuple):
+    name: str
+    offset: int
+    crc: int
+    size: int  # uncompressed
+    csize: int  # compressed
+
+
+class _ZipWriter:
+    """A minimal ZIP64 writer for deflated entries whose compressed bytes we produce ourselves.
+
+    Python's :mod:`zipfile` compresses what it is given; the map stream is compressed while
+    frames arrive (before the array header, which needs the final frame count, exists), so its
+    entry is assembled here from a header segment and the already-compressed data.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.entries: list[_ZipEntry] = []
+
+    def add(self, name: str, chunks: Iterable[bytes], crc: int, size: int, csize: int) -> None:
+        raw = name.encode()
+        offset = self.f.tell()
+        extra = struct.pack("<HHQQ", 0x0001, 16, size, csize)
+        self.f.write(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                45,
+                0,
+                8,
+                0,
+                0x21,
+                crc,
+                0xFFFFFFFF,
+                0xFFFFFFFF,
+                len(raw),
+                len(extra),
+            )
+        )
+        self.f.write(raw + extra)
+        for chunk in chunks:
+            self.f.write(chunk)
+        self.entries.append(_ZipEntry(name, offset, crc, size, csize))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        comp = zlib.compressobj(MAP_DEFLATE_LEVEL, zlib.DEFLATED, -15)
+        body = comp.compress(data) + comp.flush()
+        self.add(name, [body], zlib.crc32(data), len(data), len(body))
+
+    def close(self) -> None:
+        start = self.f.tell()
+        for e in self.entries:
+            raw = e.name.encode()
+            extra = struct.pack("<HHQQQ", 0x0001, 24, e.size, e.csize, e.offset)
+            self.f.write(
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    0x02014B50,
+                    45,
+                    45,
+                    0,
+                    8,
+                    0,
+                    0x21,
+                    e.crc,
+                    0xFFFFFFFF,
+                    0xFFFFFFFF,
+                    len(raw),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0xFFFFFFFF,
+                )
+            )
+            self.f.write(raw + extra)
+        end = self.f.tell()
+        n = len(self.entries)
+        self.f.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, end - start, start))
+        self.f.write(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
+        self.f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+
+
+class MapWriter:
+    """Writes ``maps.npz`` frame by frame, in constant memory, whatever the video's length.
+
+    The format (version 2, a plain NumPy ``.npz``; :func:`load_maps` reads it):
+
+    - ``maps``: uint8 ``[N, h, w]``, ``round(255 * map)`` (maps are in [0, 1]; the quantisation
+      error is at most 1/510), deflate-compressed. ``(h, w)`` is the video's size by default, or
+      the model's (``avsal predict --map-size model``), a hundred times smaller at 720p;
+    - ``source_size``: int64 ``[2]``, the video's (H, W); ``load_maps`` resizes to it;
+    - ``timestamps``: float64 ``[N]``, seconds from the first frame; ``fps``: float64 ``[1]``;
+    - ``format_version``: int64 ``[1]`` (2).
+
+    ``np.load(path)["maps"] / 255`` gives the stored maps. The frame count is not known while the
+    maps stream in, so the compressed map data is spooled to a temporary file beside ``path`` and
+    the archive is assembled on :meth:`close` (a copy of the compressed bytes, not a re-encode).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        source_size: tuple[int, int],
+        fps: float,
+        map_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.source_size = (int(source_size[0]), int(source_size[1]))
+        self.map_size = tuple(int(s) for s in map_size) if map_size is not None else self.source_size
+        self.fps = float(fps)
+        self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=".maps-")
+        self._comp = zlib.compressobj(MAP_DEFLATE_LEVEL, zlib.DEFLATED, -15)
+        self._crc = 0
+        self._size = 0
+        self._timestamps: list[float] = []
+        self._closed = False
+
+    @property
+    def n_frames(self) -> int:
+        return len(self._timestamps)
+
+    def write(self, saliency: np.ndarray, timestamp: float | None = None) -> None:
+        """Append the next frame's map (float [h, w] in [0, 1] at :attr:`map_size`)."""
+        m = np.asarray(saliency)
+        if m.shape != self.map_size:
+            raise ValueError(f"map {self.n_frames} has shape {m.shape}, expected {self.map_size}")
+        data = quantize_map(m).tobytes()
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        self._spool.write(self._comp.compress(data))
+        self._timestamps.append(self.n_frames / self.fps if timestamp is None else float(timestamp))
+
+    def close(self) -> None:
+        """Write the archive to :attr:`path`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._spool.write(self._comp.flush())
+        csize = self._spool.tell()
+        self._spool.seek(0)
+        header = _npy_header(np.dtype(np.uint8), (self.n_frames, *self.map_size))
+        comp = zlib.compressobj(MAP_DEFLATE_LEVEL, zlib.DEFLATED, -15)
+        head = comp.compress(header) + comp.flush(zlib.Z_SYNC_FLUSH)  # byte-aligned, not final
+        crc = _crc32_combine(zlib.crc32(header), self._crc, self._size)
+        spool = self._spool
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            while block := spool.read(1 << 20):
+                yield block
+
+        try:
+            with open(self.path, "wb") as f:
+                z = _ZipWriter(f)
+                z.add("maps.npy", chunks(), crc, len(header) + self._size, len(head) + csize)
+                z.add_bytes("source_size.npy", _npy_bytes(np.asarray(self.source_size, np.int64)))
+                z.add_bytes("timestamps.npy", _npy_bytes(np.asarray(self._timestamps, np.float64)))
+                z.add_bytes("fps.npy", _npy_bytes(np.asarray([self.fps], np.float64)))
+                z.add_bytes("format_version.npy", _npy_bytes(np.asarray([MAP_FORMAT_VERSION], np.int64)))
+                z.close()
+        finally:
+            self._spool.close()
+
+    def abort(self) -> None:
+        self._closed = True
+        self._spool.close()
+
+    def __enter__(self) -> MapWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def iter_maps(path: str | Path, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """The maps of a ``maps.npz`` one at a time, float32 ``[H, W]`` in [0, 1] (constant memory).
+
+    ``size`` (default: the recorded ``source_size``, else the stored size) is the size returned;
+    stored maps of another size are resized (antialiased bilinear) and clamped to [0, 1]. Reads
+    the compact format (uint8, :class:`MapWriter`) and plain float arrays ``maps`` [N, H, W]
+    (the earlier float32 format, ground truth saved with ``np.savez``).
+    """
+    from avsal_deploy.data.resize import resize
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "maps.npy" not in names:
+                raise MediaError(f"{path}: no 'maps' array (not a maps.npz written by avsal)")
+            target = size
+            if target is None and "source_size.npy" in names:
+                with zf.open("source_size.npy") as f:
+                    target = tuple(int(s) for s in np.lib.format.read_array(f))
+            with zf.open("maps.npy") as f:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+                if len(shape) != 3 or fortran:
+                    raise MediaError(f"{path}: 'maps' must be a C-ordered [N, H, W] array, got {shape}")
+                per_frame = int(np.prod(shape[1:])) * dtype.itemsize
+                target = tuple(target) if target is not None else tuple(shape[1:])
+                for i in range(shape[0]):
+                    raw = f.read(per_frame)
+                    if len(raw) != per_frame:
+                        raise MediaError(f"{path}: truncated map data at frame {i}")
+                    m = np.frombuffer(raw, dtype).reshape(shape[1:])
+                    m = m.astype(np.float32) / 255.0 if dtype == np.uint8 else m.astype(np.float32)
+                    if m.shape != target:
+                        m = np.clip(resize(m, target), 0.0, 1.0)
+                    yield m
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise MediaError(f"{path}: unreadable maps file ({exc})") from exc
+
+
+def load_maps(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """All maps of a ``maps.npz`` as float32 ``[N, H, W]`` in [0, 1] at the video's size
+    (or ``size``); see :func:`iter_maps` for the formats read and a constant-memory reader."""
+    maps = list(iter_maps(path, size))
+    if not maps:
+        raise MediaError(f"{path}: no maps in the file")
+    return np.stack(maps)
+
+
+def read_map_info(path: str | Path) -> dict[str, object]:
+    """The small arrays of a ``maps.npz``: ``source_size``, ``timestamps``, ``fps``, ``format_version``
+    (those present) and ``n_frames``, ``stored_size`` and ``dtype`` of the maps, without reading them."""
+    path = Path(path)
+    info: dict[str, object] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in ("source_size", "timestamps", "fps", "format_version"):
+                if f"{name}.npy" in zf.namelist():
+                    with zf.open(f"{name}.npy") as f:
+                        info[name] = np.lib.format.read_array(f)
+            with zf.open("maps.npy") as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise MediaError(f"{path}: unreadable maps file ({exc})") from exc
+    info.update(n_frames=int(shape[0]), stored_size=tuple(shape[1:]), dtype=str(dtype))
+    return info
+
+
+def write_map_png(directory: Path, index: int, saliency: np.ndarray) -> None:
+    """Frame ``index``'s map as an 8-bit greyscale PNG ``{index + 1:06d}.png`` (1-based, as the
+    saliency data sets number frames); fast zlib level, the maps are smooth."""
+    img = Image.fromarray(quantize_map(saliency), mode="L")
+    img.save(directory / f"{index + 1:06d}.png", optimize=False, compress_level=1)
 
 
 def _even(n: int) -> int:

@@ -235,9 +235,13 @@ def predict_to_directory(
                 last["i"], last["m"] = i, pred.map_at(i)
             return last["m"]
 
-        outputs.write_maps_npz(tmp / "maps.npz", pred.n_frames, (H, W), map_at)
+        with outputs.MapWriter(tmp / "maps.npz", (H, W), video.fps) as writer:
+            for i in range(pred.n_frames):
+                writer.write(map_at(i), pred.timestamps[i])
         if pngs:
-            outputs.write_map_pngs(tmp / "maps", pred.n_frames, map_at)
+            (tmp / "maps").mkdir()
+            for i in range(pred.n_frames):
+                outputs.write_map_png(tmp / "maps", i, map_at(i))
         written = ["maps.npz", *(["maps"] if pngs else [])]
         if overlay:
             size = outputs.overlay_size((H, W), overlay_max_side)

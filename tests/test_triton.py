@@ -23,6 +23,7 @@ from avsal_deploy.engine import open as open_engine
 from avsal_deploy.engine import read_manifest
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.export.components import sample_window
+from avsal_deploy.outputs import load_maps
 from avsal_deploy.serving.client import TritonEngine, TritonRequestError, open_triton
 from avsal_deploy.serving.repository import build_repository, pipeline_manifest
 from avsal_deploy.serving.server import TritonServer, TritonServerError, find_tritonserver
@@ -330,8 +331,9 @@ def test_predict_cli_on_triton_matches_embedded_engine(
         main([*common, "--out", str(tmp_path / "tri"), "--engine", "triton", "--triton-url", server.http_url])
         == 0
     )
-    with np.load(tmp_path / "ort" / "maps.npz") as a, np.load(tmp_path / "tri" / "maps.npz") as b:
-        assert a["maps"].shape == b["maps"].shape == (6, 64, 96)
-        assert np.abs(a["maps"] - b["maps"]).max() <= 1e-4
+    a, b = load_maps(tmp_path / "ort" / "maps.npz"), load_maps(tmp_path / "tri" / "maps.npz")
+    assert a.shape == b.shape == (6, 64, 96)
+    # Stored as uint8: engines within 1e-4 round to the same level or a neighbour.
+    assert np.abs(a - b).max() <= 1 / 255 + 1e-6 and np.abs(a - b).mean() < 1e-3
     summary = json.loads((tmp_path / "tri" / "summary.json").read_text())
     assert summary["engine"] == "triton"
