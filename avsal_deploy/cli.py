@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config, parse_overrides
+from avsal_deploy.engine import BUILTIN_BACKENDS
 from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
 AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli")
+#: ``--engine`` choices: the built-in backends of :func:`avsal_deploy.engine.open`.
+ENGINES = tuple(BUILTIN_BACKENDS)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -160,7 +163,7 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from avsal_deploy.pipeline import Predictor, check_writable, open_engine, predict_to_directory
+    from avsal_deploy.pipeline import Predictor, check_writable, predict_to_directory
 
     out = Path(args.out)
     check_writable(out)
@@ -177,30 +180,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
     def exporting(directory: Path) -> None:
         print(f"exporting ONNX components once into {directory} ...", file=sys.stderr)
 
-    engine = open_engine(args.engine, args.checkpoint, args.export_dir, args.triton_url, exporting)
+    engine = open_cli_engine(args, exporting)
     with engine:
         predictor = Predictor(engine, args.steps, args.stride, args.batch_size, args.seed)
-        bar = tqdm(total=None, unit="window", desc="predict", disable=args.quiet, file=sys.stderr)
+        bar = tqdm(total=None, unit="frame", desc="predict", disable=args.quiet, file=sys.stderr)
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int) -> None:  # frames written, frames expected
             bar.total = total
             bar.update(done - bar.n)
 
         try:
             summary = predict_to_directory(
-                video, out, predictor, overlay=not args.no_overlay, pngs=not args.no_png, progress=progress
+                video,
+                out,
+                predictor,
+                overlay=not args.no_overlay,
+                pngs=not args.no_png,
+                map_size=args.map_size,
+                progress=progress,
             )
         finally:
             bar.close()
     t = summary["timings"]
     print(
-        f"{summary['frames']} frames ({summary['windows']} windows, {summary['engine']}, "
-        f"{summary['steps']} DDIM steps) in {summary['seconds']:.2f} s: decode {t['decode']:.2f} s, "
-        f"preprocess {t['preprocess']:.2f} s, inference {t['inference']:.2f} s, write {t['write']:.2f} s "
-        f"({summary['frames_per_second']:.1f} frames/s)"
+        f"{summary['frames']} frames ({summary['engine']}, {summary['steps']} DDIM steps, stride "
+        f"{summary['stride']}) in {summary['seconds']:.2f} s: decode {t['decode']:.2f} s, preprocess "
+        f"{t['preprocess']:.2f} s, inference {t['inference']:.2f} s, write {t['write']:.2f} s (own thread) "
+        f"({summary['frames_per_second']:.1f} frames/s, peak RSS {summary['peak_rss_mb']:.0f} MB)"
     )
     print(f"outputs in {out}: maps.npz, maps/, overlay.mp4, contact_sheet.png, summary.json")
     return 0
+
+
+def open_cli_engine(args: argparse.Namespace, on_export: Callable[[Path], None] | None = None) -> Any:
+    """The engine that ``--engine``, ``--checkpoint``, ``--export-dir`` and ``--triton-url`` name."""
+    from avsal_deploy import engine as engines
+
+    if args.engine == "triton":
+        return engines.open(args.triton_url, "triton", export_dir=args.export_dir)
+    if args.export_dir and args.checkpoint:
+        raise AvsalError("give --checkpoint or --export-dir, not both")
+    source = args.export_dir or args.checkpoint
+    options = {"on_export": on_export} if args.engine == "onnxruntime" else {}
+    return engines.open(source, args.engine, **options)
 
 
 # ------------------------------------------------------------------------- main
@@ -244,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", nargs="?", help="video file (any container/codec FFmpeg reads)")
     p.add_argument("--sample", action="store_true", help="generate and predict the synthetic sample clip")
     p.add_argument("--out", default="out/predict", help="output directory (default: out/predict)")
-    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "triton"])
+    p.add_argument("--engine", default="onnxruntime", choices=ENGINES, help="inference backend")
     p.add_argument("--checkpoint", default=None, help="avsal checkpoint (default: the shipped synthetic one)")
     p.add_argument("--export-dir", default=None, help="use this `avsal export` directory instead")
     p.add_argument("--triton-url", default=None, help="Triton server for --engine triton (host:port)")
@@ -254,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise x_T")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4 and contact_sheet.png")
     p.add_argument("--no-png", action="store_true", help="skip the per-frame PNG maps")
+    p.add_argument(
+        "--map-size",
+        default="source",
+        choices=["source", "model"],
+        help="store maps.npz at the video's size (default) or the model's (load_maps resizes back)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
 

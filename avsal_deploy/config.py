@@ -326,6 +326,19 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+def resolve_steps(config: Config, variant: str, steps: int | None) -> int:
+    """DDIM steps for ``variant``: the config's default when None; avrsp has none (always 0);
+    diffsal has no one-shot map, so it needs at least one."""
+    steps = config.diffusion.sampling_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ConfigError(f"steps={steps}: must be >= 0")
+    if variant == "avrsp":
+        return 0
+    if variant == "diffsal" and steps == 0:
+        raise ConfigError("variant 'diffsal' has no one-shot map: steps must be >= 1")
+    return steps
+
+
 def profile_config(name: str) -> Config:
     if name not in _PROFILE_OVERRIDES:
         raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")

@@ -13,22 +13,31 @@ Conventions (DiffSal §3 and Algorithms 1-2; official code ``junwenxiong/diff_sa
   the noise; the DDIM update first recovers the implied noise from the x0 estimate.
 - Saliency maps stay in their natural range [0, 1] (the released config has ``rescaled: false``):
   they are NOT mapped to [-1, 1] as in image diffusion.
+
+The module imports no torch: the sampler (:func:`ddim_sample`, :func:`normalize_maps`) runs on
+NumPy arrays for the runtime engines and on torch tensors for training and export (the same
+code, dispatching on the array type); only the training-time forward process
+(:meth:`DDIMScheduler.add_noise`, :meth:`DDIMScheduler.q_sample_training`) needs torch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from avsal_deploy.config import Config, DiffusionConfig
 from avsal_deploy.errors import ConfigError
 
-Denoiser = Callable[[Tensor, Tensor], Any]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+#: A batch of maps: a NumPy array (runtime) or a torch tensor (training, export).
+MapArray = TypeVar("MapArray")
+Denoiser = Callable[[Any, Any], Any]
 
 
 def cosine_alphas_cumprod(timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -136,7 +145,7 @@ class DDIMScheduler:
         c_x0 = math.sqrt(a_next) - math.sqrt(a) * c_xt
         return c_x0, c_xt
 
-    def step(self, x0_pred: Tensor, t: int, x_t: Tensor, t_next: int | None) -> Tensor:
+    def step(self, x0_pred: MapArray, t: int, x_t: MapArray, t_next: int | None) -> MapArray:
         """``x_{t_next}`` from the x0 estimate at ``t`` (DDIM, eta = 0); the last step returns ``x0_pred``."""
         c_x0, c_xt = self.step_coefficients(t, t_next)
         if t_next is None or t_next == -1:
@@ -152,6 +161,8 @@ class DDIMScheduler:
             )
         if t.is_floating_point():
             raise ValueError("t must hold integer time steps")
+        import torch
+
         table = torch.from_numpy(self.alphas_cumprod).to(like.device)
         abar = table[t.to(device=like.device, dtype=torch.long)]
         shape = (-1,) + (1,) * (like.dim() - 1)
@@ -176,6 +187,8 @@ class DDIMScheduler:
           constant ``sigma^2`` to the expected loss (same gradient in expectation).
         - ``noise`` is the forward-process epsilon (not the de-quantisation noise).
         """
+        import torch
+
         b = x0.shape[0]
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=x0.device)
         dequant = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -184,19 +197,29 @@ class DDIMScheduler:
         return x_t, t, noise
 
 
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _clip01(x: MapArray) -> MapArray:
+    return np.clip(x, 0.0, 1.0) if _is_numpy(x) else x.clamp(0.0, 1.0)  # type: ignore[attr-defined]
+
+
 def ddim_sample(
     denoise: Denoiser,
-    noise: Tensor,
+    noise: MapArray,
     scheduler: DDIMScheduler,
     steps: int,
     clip_x0: bool = True,
-) -> Tensor:
+) -> MapArray:
     """Engine-agnostic DDIM sampling (DiffSal Algorithm 2): x_T = ``noise`` -> x0.
 
-    ``denoise(x_t, t)`` gets the current map ``x_t`` [B,1,H,W] and ``t`` as a float tensor [B] (all
-    entries equal, the dtype of ``noise``) and returns the x0 estimate (a tensor, or anything
-    :func:`torch.as_tensor` accepts, e.g. an ONNX Runtime output array). The encoders are not
-    involved: the caller closes ``denoise`` over features computed once per clip.
+    ``noise`` is a NumPy array (the runtime engines) or a torch tensor (training, export); the
+    loop runs in that type. ``denoise(x_t, t)`` gets the current map ``x_t`` [B,1,H,W] and ``t``
+    as a float array [B] of that type (all entries equal, the dtype of ``noise``) and returns the
+    x0 estimate (for torch, anything :func:`torch.as_tensor` accepts, e.g. an ONNX Runtime output
+    array). The encoders are not involved: the caller closes ``denoise`` over features computed
+    once per clip.
 
     ``clip_x0=True`` clamps every x0 estimate to the map range [0, 1] before it enters the update
     (diffusers' ``clip_sample``); the result then lies in [0, 1]. The official ``sample_ddim`` does
@@ -205,12 +228,35 @@ def ddim_sample(
     keeps out-of-range x0 estimates from being amplified by ``sqrt(1/a_t)`` in the implied noise.
     """
     x = noise
+    numpy = _is_numpy(noise)
     timesteps = scheduler.timesteps_for(steps)
     for i, t in enumerate(timesteps):
         t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        t_in = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        x0 = torch.as_tensor(denoise(x, t_in), dtype=x.dtype, device=x.device)
+        if numpy:
+            t_in = np.full((x.shape[0],), float(t), dtype=x.dtype)
+            x0 = np.asarray(denoise(x, t_in), dtype=x.dtype)
+        else:
+            import torch
+
+            t_in = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+            x0 = torch.as_tensor(denoise(x, t_in), dtype=x.dtype, device=x.device)
         if clip_x0:
-            x0 = x0.clamp(0.0, 1.0)
+            x0 = _clip01(x0)
         x = scheduler.step(x0, t, x, t_next)
     return x
+
+
+def normalize_maps(x: MapArray, eps: float = 1e-8) -> MapArray:
+    """Clamp to [0, 1], then min-max normalise each map (DiffSal's output convention); NumPy
+    arrays or torch tensors [B, ...]. A constant map becomes all zeros instead of dividing by zero.
+    """
+    x = _clip01(x)
+    if _is_numpy(x):
+        flat = x.reshape(x.shape[0], -1)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        lo, hi = flat.min(axis=1).reshape(shape), flat.max(axis=1).reshape(shape)
+        return ((x - lo) / (hi - lo + np.asarray(eps, x.dtype))).astype(x.dtype, copy=False)
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    return (x - lo) / (hi - lo + eps)

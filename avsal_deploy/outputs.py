@@ -387,62 +387,67 @@ def overlay_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return _even(int(round(h * scale))), _even(int(round(w * scale)))
 
 
-def write_overlay(
-    path: Path,
-    frames: Iterable[tuple[np.ndarray, float]],
-    map_at: MapFn,
-    fps: float,
-    size: tuple[int, int],
-    audio: np.ndarray | None = None,
-    audio_rate: int = 0,
-    crf: int = 23,
-) -> int:
-    """H.264 overlay video of the source frames with their maps, and the source audio as AAC.
+class OverlayWriter:
+    """H.264 overlay video (heat map over the source frames) with the source audio as AAC,
+    written frame by frame as maps arrive (constant memory).
 
-    ``frames`` yields (RGB frame, timestamp) at the source resolution; frames are resized to
-    ``size`` (see :func:`overlay_size`) and written with their own timestamps, so variable
-    frame rate survives. The audio (mono, as decoded) is re-encoded to AAC. Returns the number of
-    frames written.
+    Frames are resized to ``size`` (see :func:`overlay_size`) and written with their own
+    timestamps, so variable frame rate survives. Audio chunks (mono float32 at ``audio_rate``,
+    sample 0 at the first frame's time) are encoded as they are added, interleaved with the video
+    by the muxer. ``audio_rate=0`` writes no audio track.
     """
-    import av
 
-    h, w = size
-    rate = Fraction(fps).limit_denominator(1001)
-    n = 0
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=rate)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "veryfast"}
-        vs.time_base = Fraction(1, 90000)
-        astream = None
-        if audio is not None and audio.size and audio_rate > 0:
-            astream = out.add_stream("aac", rate=audio_rate)
-            astream.layout = "mono"
-        last_pts = -1
-        for i, (frame, t) in enumerate(frames):
-            sal = map_at(i)
-            img = overlay(frame, _resize_map(sal, frame.shape[:2]))
-            if img.shape[:2] != (h, w):
-                img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            pts = max(int(round(t * 90000)), last_pts + 1)
-            vf.pts, vf.time_base, last_pts = pts, vs.time_base, pts
-            for packet in vs.encode(vf):
-                out.mux(packet)
-            n += 1
-        for packet in vs.encode():
-            out.mux(packet)
-        if astream is not None:
-            assert audio is not None
-            pcm = np.ascontiguousarray(np.clip(audio, -1.0, 1.0).astype(np.float32)[None, :])
-            af = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
-            af.sample_rate = audio_rate
-            af.pts = 0
-            for packet in astream.encode(af):
-                out.mux(packet)
-            for packet in astream.encode():
-                out.mux(packet)
-    return n
+    def __init__(
+        self, path: Path, fps: float, size: tuple[int, int], audio_rate: int = 0, crf: int = 23
+    ) -> None:
+        import av
+
+        self._av = av
+        self.size = (int(size[0]), int(size[1]))
+        self.n_frames = 0
+        self._out = av.open(str(path), "w")
+        self._video = self._out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self._video.width, self._video.height, self._video.pix_fmt = self.size[1], self.size[0], "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": "veryfast"}
+        self._video.time_base = Fraction(1, 90000)
+        self._audio = None
+        self._audio_rate = int(audio_rate)
+        self._audio_pts = 0
+        if self._audio_rate > 0:
+            self._audio = self._out.add_stream("aac", rate=self._audio_rate)
+            self._audio.layout = "mono"
+        self._last_pts = -1
+
+    def add_frame(self, frame: np.ndarray, saliency: np.ndarray, timestamp: float) -> None:
+        """One RGB source frame (any size) and its map (any size, [0, 1])."""
+        img = overlay(frame, _resize_map(saliency, frame.shape[:2]))
+        h, w = self.size
+        if img.shape[:2] != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        pts = max(int(round(timestamp * 90000)), self._last_pts + 1)
+        vf.pts, vf.time_base, self._last_pts = pts, self._video.time_base, pts
+        for packet in self._video.encode(vf):
+            self._out.mux(packet)
+        self.n_frames += 1
+
+    def add_audio(self, chunk: np.ndarray) -> None:
+        """The next mono float32 samples of the soundtrack (ignored without an audio track)."""
+        if self._audio is None or not chunk.size:
+            return
+        pcm = np.ascontiguousarray(np.clip(chunk, -1.0, 1.0).astype(np.float32)[None, :])
+        af = self._av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        af.sample_rate, af.pts = self._audio_rate, self._audio_pts
+        self._audio_pts += pcm.shape[1]
+        for packet in self._audio.encode(af):
+            self._out.mux(packet)
+
+    def close(self) -> None:
+        for stream in (self._video, self._audio):
+            if stream is not None:
+                for packet in stream.encode():
+                    self._out.mux(packet)
+        self._out.close()
 
 
 def _resize_map(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,20 +1,35 @@
-"""Video in, saliency maps out: the window planner, preprocessing, an engine and the sampler.
+"""Video in, saliency maps out: one frame flow for files, batch scoring and live streams.
 
-:class:`Predictor` does not know which engine runs the networks (torch, ONNX Runtime, TensorRT,
-Triton); :func:`open_engine` picks one for a checkpoint, exporting and caching the ONNX
-components on first use for the embedded ONNX Runtime default. :func:`predict_to_directory` is
-what ``avsal predict`` runs: every output is written into a private temporary directory and moved
-into place only when all of it is complete, so a failed run leaves no partial files and loses
-nothing written before.
+Every frame takes the same path, wherever it comes from::
+
+    decoder (frame by frame, audio chunks beside it)
+      -> StreamWindower (windows as they become ready: the offline plan's rule)
+      -> engine (ready windows in batches; encoders once per window, DDIM over the UNet step)
+      -> FrameMap per frame, in order (stride: the nearest computed map)
+      -> writers (maps.npz, PNGs, overlay with the audio), on their own thread
+
+:class:`FrameFlow` is that path for one stream: push a frame (and the audio that came with it),
+get back the maps of every frame now settled. :class:`Predictor` drives a flow from a file
+(:meth:`Predictor.run`), and :func:`predict_to_directory` (``avsal predict``, batch scoring)
+writes what it yields. The Triton stream model runs a :class:`FrameFlow` per sequence, so offline
+and live maps are the same by construction. Memory is bounded by the window length and the
+batch, not by the video's length: frames are decoded one at a time, the windower keeps a ring of
+``L`` preprocessed frames and the audio they need, and written maps are dropped.
+
+The library never prints and imports no torch: engines come from :func:`avsal_deploy.engine.open`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import resource
 import shutil
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,52 +38,219 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy import __version__
-from avsal_deploy.data.preprocess import (
-    audio_inputs,
-    envelope_inputs,
-    gather_clips,
-    postprocess_maps,
-    preprocess_frames,
-)
-from avsal_deploy.data.video import VideoData, iter_frames, read_video
+from avsal_deploy.config import resolve_steps
+from avsal_deploy.data.decode import SILENT_AUDIO_RATE, AudioReader, FrameReader, MediaWarning, probe
+from avsal_deploy.data.preprocess import postprocess_map, postprocess_maps
+from avsal_deploy.data.stream import StreamWindow, StreamWindower
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import AvsalError, MediaError
-from avsal_deploy.models.build import resolve_steps
-from avsal_deploy.windows import WindowPlan, plan
 
 Progress = Callable[[int, int], None]
-ENGINES = ("onnxruntime", "torch", "triton")
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "hybrid-synthetic.safetensors"
+#: Audio decoded ahead of a frame before it enters the windower (seconds past its own span): a
+#: window then reads exactly the samples the whole-file decode would give it, resampling filter
+#: included, however the container interleaves its audio and video packets.
+AUDIO_LEAD_S = 0.1
+MAP_SIZES = ("source", "model")
+
+
+@dataclass(frozen=True)
+class FrameMap:
+    """The map of one frame, at the model's size, in [0, 1] (clamped and min-max normalised)."""
+
+    index: int
+    timestamp: float  # seconds from the first frame
+    saliency: np.ndarray  # float32 [h, w]
+    source: int  # the frame whose window computed it (== index at stride 1)
+    frame: np.ndarray | None = None  # the decoded RGB frame, when the flow keeps frames
 
 
 @dataclass
-class Prediction:
-    """Maps for every frame of a video; full-resolution maps are made on demand per frame."""
+class Timings:
+    """Seconds spent per stage (``decode``, ``preprocess``, ``inference``, ``write``)."""
 
-    window_maps: np.ndarray  # [n_windows, h, w] at model size, in [0, 1]
-    plan: WindowPlan
-    source_size: tuple[int, int]  # (H, W) of the video
-    fps: float
-    timestamps: np.ndarray
-    steps: int
-    timings: dict[str, float] = field(default_factory=dict)
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    write: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+class FrameFlow:
+    """One stream's frames to maps: windower, batched engine calls, maps in frame order.
+
+    Args:
+        engine: any :class:`~avsal_deploy.engine.base.Engine`.
+        fps: the stream's nominal frame rate; ``audio_rate``: the pushed audio's sample rate.
+        steps, stride, seed, letterbox: as :class:`Predictor`. The same x_T (from ``seed``) serves
+            every window of the stream.
+        batch_size: windows per engine call (windows wait until a batch is full or the stream ends).
+        keep_frames: hand each pushed frame back in its :class:`FrameMap` (for overlays).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        fps: float,
+        audio_rate: int | None = None,
+        steps: int | None = None,
+        stride: int | None = None,
+        batch_size: int = 1,
+        seed: int = 0,
+        letterbox: bool = False,
+        keep_frames: bool = False,
+        timings: Timings | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise AvsalError(f"batch_size={batch_size}: must be >= 1")
+        self.engine = engine
+        self.steps = resolve_steps(engine.config, engine.variant, steps)
+        self.batch_size = int(batch_size)
+        self.windower = StreamWindower(
+            engine.config, engine.variant, fps=fps, audio_rate=audio_rate, stride=stride, letterbox=letterbox
+        )
+        self.keep_frames = keep_frames
+        self.timings = timings if timings is not None else Timings()
+        self._noise1 = engine.make_noise(1, seed) if self.steps > 0 else None
+        self._ready: list[StreamWindow] = []
+        self._maps: dict[int, np.ndarray] = {}
+        self._times: dict[int, float] = {}
+        self._frames: dict[int, np.ndarray] = {}
+        self._next = 0
 
     @property
     def n_frames(self) -> int:
-        return self.plan.n_frames
+        return self.windower.n_frames
 
-    def map_at(self, frame: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Frame ``frame``'s map as float32 [H, W] in [0, 1] (source size unless ``size``)."""
-        m = self.window_maps[self.plan.assignment[frame]]
-        return postprocess_maps(m[None], size or self.source_size)[0]
+    @property
+    def pending(self) -> int:
+        """Frames pushed whose maps have not been returned yet."""
+        return self.windower.n_frames - self._next
 
-    def maps(self, size: tuple[int, int] | None = None) -> np.ndarray:
-        """All maps [N, H, W]; for long high-resolution videos prefer :meth:`map_at`."""
-        return np.stack([self.map_at(i, size) for i in range(self.n_frames)])
+    def push(
+        self,
+        frame: np.ndarray,
+        audio: np.ndarray | None = None,
+        timestamp: float | None = None,
+        keep: np.ndarray | None = None,
+    ) -> list[FrameMap]:
+        """Add the next frame (uint8 RGB [H, W, 3]) and its audio; the maps now settled, in order.
+
+        With ``keep_frames``, ``keep`` (default: the frame itself, e.g. a smaller copy for an
+        overlay) comes back in the frame's :class:`FrameMap`."""
+        index = self.windower.n_frames
+        t0 = time.perf_counter()
+        ready = self.windower.push(frame, audio, timestamp)
+        self.timings.preprocess += time.perf_counter() - t0
+        self._times[index] = self.windower.frame_time(index)
+        if self.keep_frames:
+            self._frames[index] = frame if keep is None else keep
+        self._ready.extend(ready)
+        if len(self._ready) >= self.batch_size:
+            self._run(whole_batches=True)
+        return self._collect()
+
+    def flush(self) -> list[FrameMap]:
+        """End of stream: every remaining frame's map."""
+        t0 = time.perf_counter()
+        self._ready.extend(self.windower.flush())
+        self.timings.preprocess += time.perf_counter() - t0
+        self._run(whole_batches=False)
+        return self._collect()
+
+    def _run(self, whole_batches: bool) -> None:
+        while self._ready and (len(self._ready) >= self.batch_size or not whole_batches):
+            batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
+            frames = np.stack([w.clip for w in batch])
+            audio = np.stack([w.audio for w in batch])
+            envelope = np.stack([w.envelope for w in batch]) if batch[0].envelope is not None else None
+            noise = None if self._noise1 is None else np.repeat(self._noise1, len(batch), axis=0)
+            t0 = time.perf_counter()
+            maps = self.engine.predict_window(frames, audio, self.steps, noise, envelope=envelope)
+            self.timings.inference += time.perf_counter() - t0
+            for w, m in zip(batch, maps[:, 0], strict=True):
+                self._maps[w.window.target] = normalize_map(m)
+
+    def _collect(self) -> list[FrameMap]:
+        out = []
+        while self._next < self.windower.n_frames:
+            src = self.windower.source_of(self._next)
+            if src is None or src not in self._maps:
+                break
+            i = self._next
+            out.append(FrameMap(i, self._times.pop(i), self._maps[src], src, self._frames.pop(i, None)))
+            for t in [t for t in self._maps if t < src]:  # later frames show src or a later map
+                del self._maps[t]
+            self._next += 1
+        return out
+
+
+def normalize_map(m: np.ndarray) -> np.ndarray:
+    """A model map clamped to [0, 1] and min-max normalised (a constant map becomes zeros)."""
+    return postprocess_maps(np.asarray(m, np.float32)[None], m.shape[-2:])[0]
+
+
+# ----------------------------------------------------------------------------- files
+class MediaSource:
+    """An opened video file for the frame flow: its frames (decoded one at a time) and the audio
+    aligned to them, with what is known before the loop (fps, size, audio, estimated length)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        info = probe(self.path)  # bad files fail here, before any output exists
+        self.estimated_frames = info.n_frames
+        self._frames = FrameReader(self.path, backend="auto")
+        self._frames.first()  # the first frame's absolute time aligns the audio
+        self.fps = self._frames.fps
+        self.source_size = self._frames.source_size
+        self._audio: AudioReader | None = AudioReader(self.path, start=self._frames.first_time)
+        self.has_audio = self._audio.has_audio
+        if not self.has_audio:
+            self._audio = None
+            warnings.warn(
+                f"{self.path}: no audio track (or none decodable); predicting with silence",
+                MediaWarning,
+                stacklevel=3,
+            )
+        self.audio_rate = self._audio.rate if self._audio is not None else SILENT_AUDIO_RATE
+        self._audio_iter = iter(self._audio) if self._audio is not None else iter(())
+
+    def media(self, timings: Timings | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+        """``(frame, timestamp, audio chunk)`` per frame: the chunk holds the audio decoded since the
+        previous frame, decoded until it covers the frame's span plus :data:`AUDIO_LEAD_S`."""
+        timings = timings if timings is not None else Timings()
+        frames = iter(self._frames)
+        have = 0  # audio samples handed out so far
+        while True:
+            t0 = time.perf_counter()
+            item = next(frames, None)
+            if item is None:
+                timings.decode += time.perf_counter() - t0
+                return
+            frame, ts = item
+            need = int(np.ceil((ts + 1.0 / self.fps + AUDIO_LEAD_S) * self.audio_rate))
+            chunks = []
+            while have < need and (chunk := next(self._audio_iter, None)) is not None:
+                chunks.append(chunk)
+                have += chunk.shape[0]
+            timings.decode += time.perf_counter() - t0
+            yield frame, ts, (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+
+    def rest_of_audio(self) -> np.ndarray:
+        """The audio after the last frame's chunk (the tail of the soundtrack)."""
+        rest = list(self._audio_iter)
+        return np.concatenate(rest) if rest else np.zeros(0, np.float32)
+
+    def close(self) -> None:
+        self._frames.close()
+        if self._audio is not None:
+            self._audio.close()
 
 
 class Predictor:
-    """Runs an :class:`Engine` over every window of a video.
+    """Runs an :class:`Engine` over every window of a video through one :class:`FrameFlow`.
 
     The same x_T is used for every window of a video (drawn from ``seed``): the maps are
     reproducible and consecutive frames do not flicker from independent sampling noise.
@@ -94,106 +276,98 @@ class Predictor:
         self.seed = seed
         self.letterbox = letterbox
 
-    def read(self, path: str | os.PathLike[str]) -> VideoData:
-        """Decode ``path`` straight to the model's frame size (cheap even for 4K)."""
-        v = self.config.video
-        size = None if self.letterbox else (v.height, v.width)
-        return read_video(path, size=size, max_side=max(v.height, v.width) if self.letterbox else None)
+    def flow(
+        self,
+        fps: float,
+        audio_rate: int | None = None,
+        keep_frames: bool = False,
+        timings: Timings | None = None,
+    ) -> FrameFlow:
+        """A :class:`FrameFlow` with this predictor's settings (one per stream)."""
+        return FrameFlow(
+            self.engine,
+            fps=fps,
+            audio_rate=audio_rate,
+            steps=self.steps,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            letterbox=self.letterbox,
+            keep_frames=keep_frames,
+            timings=timings,
+        )
 
-    def predict(self, video: VideoData, progress: Progress | None = None) -> Prediction:
-        timings = {"preprocess": 0.0, "inference": 0.0}
-        t0 = time.perf_counter()
-        pre = preprocess_frames(video.frames, self.config, self.letterbox)
-        timings["preprocess"] += time.perf_counter() - t0
-        windows = plan(video.n_frames, self.config, self.variant, stride=self.stride)
-        n = len(windows.windows)
-        out = np.zeros((n, self.config.video.height, self.config.video.width), np.float32)
-        noise1 = self.engine.make_noise(1, self.seed)
-        for first in range(0, n, self.batch_size):
-            batch = windows.windows[first : first + self.batch_size]
-            t0 = time.perf_counter()
-            frames = gather_clips(pre, batch)
-            audio = audio_inputs(video, batch, self.config, self.variant)
-            envelope = envelope_inputs(video, batch, self.config, self.variant)
-            t1 = time.perf_counter()
-            noise = np.repeat(noise1, len(batch), axis=0)
-            maps = self.engine.predict_window(frames, audio, self.steps, noise, envelope=envelope)
-            t2 = time.perf_counter()
-            out[first : first + len(batch)] = maps[:, 0]
-            timings["preprocess"] += t1 - t0
-            timings["inference"] += t2 - t1
-            if progress is not None:
-                progress(min(first + len(batch), n), n)
-        return Prediction(out, windows, video.source_size, video.fps, video.timestamps, self.steps, timings)
+    def run(
+        self,
+        source: MediaSource,
+        keep_frames: bool = False,
+        timings: Timings | None = None,
+        keep_max_side: int | None = None,
+    ) -> Iterator[tuple[list[FrameMap], np.ndarray]]:
+        """Decode ``source`` once, frame by frame, through a flow: per decoded frame, the maps now
+        settled and the audio chunk that came with the frame (the last item: the flushed maps and
+        the rest of the soundtrack). ``keep_frames`` hands the decoded frames back in the maps,
+        scaled down to ``keep_max_side`` (longest side) when larger."""
+        timings = timings if timings is not None else Timings()
+        flow = self.flow(source.fps, source.audio_rate, keep_frames, timings)
+        for frame, ts, chunk in source.media(timings):
+            keep = _fit(frame, keep_max_side) if keep_frames and keep_max_side else None
+            yield flow.push(frame, chunk, ts, keep), chunk
+        if flow.n_frames == 0:
+            raise MediaError(f"{source.path}: no decodable video frame")
+        yield flow.flush(), source.rest_of_audio()
 
-
-# ----------------------------------------------------------------------------- engines
-def cache_root() -> Path:
-    """Where exported ONNX components are cached (``$AVSAL_CACHE``, else ~/.cache/avsal)."""
-    return Path(os.environ.get("AVSAL_CACHE") or Path.home() / ".cache" / "avsal")
-
-
-def cached_export(checkpoint: Path, on_export: Callable[[Path], None] | None = None) -> Path:
-    """The export directory of ``checkpoint``, exporting it once (keyed by content and version)."""
-    from avsal_deploy.export.onnx import export_model, sha256_file
-    from avsal_deploy.models.build import load_pretrained
-
-    digest = sha256_file(checkpoint)
-    directory = cache_root() / "exports" / f"{digest[:16]}-{__version__}"
-    manifest = directory / "manifest.json"
-    if manifest.exists():
-        recorded = json.loads(manifest.read_text()).get("checkpoint") or {}
-        if recorded.get("sha256") == digest:
-            return directory
-    model = load_pretrained(checkpoint)  # refuses a bad checkpoint before any export work
-    if on_export is not None:
-        on_export(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
-    try:
-        export_model(model, tmp, checkpoint=checkpoint)
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    def predict(self, path: str | os.PathLike[str]) -> Prediction:
+        """All maps of a video (model size, in memory): for API use on short clips; long videos
+        go through :meth:`run` or :func:`predict_to_directory`."""
+        source = MediaSource(path)
+        timings = Timings()
+        try:
+            maps = [fm for out, _ in self.run(source, timings=timings) for fm in out]
+        finally:
+            source.close()
+        return Prediction(
+            np.stack([fm.saliency for fm in maps]),
+            np.asarray([fm.source for fm in maps]),
+            source.source_size,
+            source.fps,
+            np.asarray([fm.timestamp for fm in maps]),
+            self.steps,
+            timings.as_dict(),
+        )
 
 
-def open_engine(
-    engine: str = "onnxruntime",
-    checkpoint: str | os.PathLike[str] | None = None,
-    export_dir: str | os.PathLike[str] | None = None,
-    triton_url: str | None = None,
-    on_export: Callable[[Path], None] | None = None,
-) -> Engine:
-    """An engine for ``checkpoint`` (default: the shipped synthetic-data checkpoint).
+@dataclass
+class Prediction:
+    """Maps for every frame of a video at the model's size; :meth:`maps` at any size."""
 
-    ``onnxruntime`` uses ``export_dir`` when given, else exports the checkpoint into the cache on
-    first use; ``torch`` runs the checkpoint eagerly; ``triton`` talks to a server at
-    ``triton_url`` serving a repository made from ``export_dir`` (``avsal triton-repo``).
-    """
-    from avsal_deploy import engine as engines
+    frame_maps: np.ndarray  # [N, h, w] in [0, 1]
+    sources: np.ndarray  # [N] the frame whose window computed each map
+    source_size: tuple[int, int]  # (H, W) of the video
+    fps: float
+    timestamps: np.ndarray
+    steps: int
+    timings: dict[str, float] = field(default_factory=dict)
 
-    if engine not in ENGINES:
-        raise AvsalError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if engine == "triton":
-        from avsal_deploy.serving.client import open_triton
+    @property
+    def n_frames(self) -> int:
+        return int(self.frame_maps.shape[0])
 
-        return open_triton(triton_url or "127.0.0.1:8000", export_dir=export_dir)
-    if export_dir is not None:
-        return engines.open(export_dir, backend=engine)
-    ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-    if not ckpt.is_file():
-        raise AvsalError(f"{ckpt}: no such checkpoint file")
-    if engine == "torch":
-        from avsal_deploy.engine.eager import TorchEngine
-        from avsal_deploy.models.build import load_pretrained
+    @property
+    def targets(self) -> list[int]:
+        """The frames whose windows were computed (every frame at stride 1)."""
+        return sorted({int(s) for s in self.sources})
 
-        return TorchEngine(load_pretrained(ckpt))
-    return engines.open(cached_export(ckpt, on_export), backend="onnxruntime")
+    def map_at(self, frame: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Frame ``frame``'s map as float32 [H, W] in [0, 1] (source size unless ``size``)."""
+        return postprocess_map(self.frame_maps[frame], size or self.source_size)
+
+    def maps(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """All maps [N, H, W] at the video's size (or ``size``)."""
+        return postprocess_maps(self.frame_maps, size or self.source_size)
 
 
-# ----------------------------------------------------------------------------- outputs
+# ----------------------------------------------------------------------------- writers
 def check_writable(out_dir: Path) -> None:
     """Fail before any work when ``out_dir`` cannot be created or written."""
     try:
@@ -204,6 +378,146 @@ def check_writable(out_dir: Path) -> None:
         raise AvsalError(f"{out_dir}: output directory is not writable ({exc.strerror or exc})") from exc
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Writers:
+    """The per-frame writers of one prediction, on a thread of their own (bounded queue).
+
+    Map post-processing to the video's size, deflate, PNG and H.264 encoding release the GIL, so
+    they overlap with decoding and inference on the main thread. Errors surface in the main thread
+    at the next :meth:`put` or at :meth:`close`.
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        tmp: Path,
+        source: MediaSource,
+        *,
+        map_size: str,
+        model_size: tuple[int, int],
+        pngs: bool,
+        overlay: bool,
+        overlay_max_side: int,
+        timings: Timings,
+        progress: Progress | None,
+    ) -> None:
+        from avsal_deploy import outputs
+
+        self.outputs = outputs
+        self.source = source
+        self.timings = timings
+        self.progress = progress
+        self.map_size = source.source_size if map_size == "source" else model_size
+        self.maps = outputs.MapWriter(tmp / "maps.npz", source.source_size, source.fps, self.map_size)
+        self.png_dir = tmp / "maps" if pngs else None
+        if self.png_dir is not None:
+            self.png_dir.mkdir()
+        self.overlay = None
+        self.thumbs: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        if overlay:
+            size = outputs.overlay_size(source.source_size, overlay_max_side)
+            rate = source.audio_rate if source.has_audio else 0
+            self.overlay = outputs.OverlayWriter(tmp / "overlay.mp4", source.fps, size, rate)
+            n = max(source.estimated_frames, 1)
+            self.picks = set(np.linspace(0, n - 1, min(8, n)).round().astype(int).tolist())
+        self.written = 0
+        self.last: tuple[int, np.ndarray, np.ndarray, float] | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="avsal-writers", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self.maps.abort()
+
+    def _work(self) -> None:
+        try:
+            while (item := self._queue.get()) is not self._END:
+                if self._error is not None:
+                    continue  # drain after a failure so the producer never blocks
+                t0 = time.perf_counter()
+                if isinstance(item, FrameMap):
+                    self._frame(item)
+                else:
+                    if self.overlay is not None:
+                        self.overlay.add_audio(item)
+                self.timings.write += time.perf_counter() - t0
+            if self._error is None:
+                t0 = time.perf_counter()
+                self._finish()
+                self.timings.write += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = exc
+
+    def _frame(self, fm: FrameMap) -> None:
+        full = postprocess_map(fm.saliency, self.source.source_size)
+        stored = (
+            full if self.map_size == self.source.source_size else postprocess_map(fm.saliency, self.map_size)
+        )
+        self.maps.write(stored, fm.timestamp)
+        if self.png_dir is not None:
+            self.outputs.write_map_png(self.png_dir, fm.index, full)
+        if self.overlay is not None:
+            assert fm.frame is not None
+            self.overlay.add_frame(fm.frame, full, fm.timestamp)
+            thumb = _thumbnail(fm.frame)
+            self.last = (fm.index, thumb, fm.saliency, fm.timestamp)
+            if fm.index in self.picks:
+                self.thumbs[fm.index] = (thumb, fm.saliency, fm.timestamp)
+        self.written += 1
+        if self.progress is not None:
+            self.progress(self.written, max(self.written, self.source.estimated_frames))
+
+    def _finish(self) -> None:
+        self.maps.close()
+        if self.overlay is not None:
+            self.overlay.close()
+            if self.last is not None and self.last[0] not in self.thumbs:  # fewer frames than estimated
+                self.thumbs[self.last[0]] = self.last[1:]
+            shown = sorted(self.thumbs)[-8:] if len(self.thumbs) > 8 else sorted(self.thumbs)
+            self.outputs.contact_sheet(
+                self.maps.path.parent / "contact_sheet.png",
+                [self.thumbs[i][0] for i in shown],
+                [postprocess_map(self.thumbs[i][1], self.thumbs[i][0].shape[:2]) for i in shown],
+                [f"#{i + 1} {self.thumbs[i][2]:.2f}s" for i in shown],
+            )
+
+
+def _fit(frame: np.ndarray, max_side: int) -> np.ndarray:
+    """``frame`` scaled down (bilinear) so its longest side is at most ``max_side``."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return frame
+    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+
+
+def _thumbnail(frame: np.ndarray, width: int = 320) -> np.ndarray:
+    return _fit(frame, width) if frame.shape[1] > width else frame
+
+
 def predict_to_directory(
     video_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -212,87 +526,70 @@ def predict_to_directory(
     overlay: bool = True,
     pngs: bool = True,
     overlay_max_side: int = 1280,
+    map_size: str = "source",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Predict ``video_path`` and write maps.npz, maps/*.png, overlay.mp4, contact_sheet.png and
-    summary.json into ``out_dir``; returns the summary."""
-    from avsal_deploy import outputs
+    """Predict ``video_path`` and write ``maps.npz`` (:class:`avsal_deploy.outputs.MapWriter`),
+    ``maps/*.png``, ``overlay.mp4``, ``contact_sheet.png`` and ``summary.json`` into ``out_dir``;
+    returns the summary.
 
+    One pass over the file: each decoded frame goes through the flow and, with its map, to the
+    writers. Everything is written into a private temporary directory and moved into place only
+    when all of it is complete, so a failed run leaves no partial files and loses nothing written
+    before. ``map_size``: ``"source"`` stores maps at the video's size, ``"model"`` at the model's
+    (``load_maps`` resizes them back). ``progress(frames written, frames expected)``.
+    """
+    if map_size not in MAP_SIZES:
+        raise AvsalError(f"map_size={map_size!r}: choose one of {', '.join(MAP_SIZES)}")
     video_path, out = Path(video_path), Path(out_dir)
     check_writable(out)
     t_start = time.perf_counter()
-    video = predictor.read(video_path)
-    t_decoded = time.perf_counter()
-    pred = predictor.predict(video, progress)
-    t_pred = time.perf_counter()
-    H, W = video.source_size
+    timings = Timings()
+    source = MediaSource(video_path)
     tmp = Path(tempfile.mkdtemp(prefix=".avsal-", dir=out))
+    writers = None
     try:
-        last: dict[str, Any] = {"i": -1, "m": None}
-
-        def map_at(i: int) -> np.ndarray:  # consecutive frames often share a window: reuse
-            if last["i"] != i:
-                last["i"], last["m"] = i, pred.map_at(i)
-            return last["m"]
-
-        with outputs.MapWriter(tmp / "maps.npz", (H, W), video.fps) as writer:
-            for i in range(pred.n_frames):
-                writer.write(map_at(i), pred.timestamps[i])
-        if pngs:
-            (tmp / "maps").mkdir()
-            for i in range(pred.n_frames):
-                outputs.write_map_png(tmp / "maps", i, map_at(i))
-        written = ["maps.npz", *(["maps"] if pngs else [])]
-        if overlay:
-            size = outputs.overlay_size((H, W), overlay_max_side)
-            picks = set(np.linspace(0, pred.n_frames - 1, min(8, pred.n_frames)).round().astype(int).tolist())
-            thumbs: dict[int, np.ndarray] = {}
-
-            def source() -> Iterator[tuple[np.ndarray, float]]:  # keep the contact sheet's frames
-                for i, (frame, t) in enumerate(iter_frames(video_path, max_side=max(size))):
-                    if i in picks:
-                        thumbs[i] = frame
-                    yield frame, t
-
-            n = outputs.write_overlay(
-                tmp / "overlay.mp4",
-                source(),
-                map_at,
-                video.fps,
-                size,
-                video.audio if video.has_audio else None,
-                video.audio_rate,
-            )
-            if n != pred.n_frames:
-                raise MediaError(f"{video_path}: decoded {n} frames for the overlay, {pred.n_frames} before")
-            shown = sorted(thumbs)
-            outputs.contact_sheet(
-                tmp / "contact_sheet.png",
-                [thumbs[i] for i in shown],
-                [pred.map_at(i, thumbs[i].shape[:2]) for i in shown],
-                [f"#{i + 1} {pred.timestamps[i]:.2f}s" for i in shown],
-            )
-            written += ["overlay.mp4", "contact_sheet.png"]
+        writers = _Writers(
+            tmp,
+            source,
+            map_size=map_size,
+            model_size=(predictor.config.video.height, predictor.config.video.width),
+            pngs=pngs,
+            overlay=overlay,
+            overlay_max_side=overlay_max_side,
+            timings=timings,
+            progress=progress,
+        )
+        n_frames = 0
+        runs = predictor.run(source, keep_frames=overlay, timings=timings, keep_max_side=overlay_max_side)
+        for maps, chunk in runs:
+            writers.put(chunk)
+            for fm in maps:
+                writers.put(fm)
+            n_frames += len(maps)
+        writers.close()
+        written = [
+            "maps.npz",
+            *(["maps"] if pngs else []),
+            *(["overlay.mp4", "contact_sheet.png"] if overlay else []),
+        ]
         t_end = time.perf_counter()
         summary = {
             "video": str(video_path),
-            "frames": pred.n_frames,
-            "fps": video.fps,
-            "size": [H, W],
-            "has_audio": video.has_audio,
+            "frames": n_frames,
+            "fps": source.fps,
+            "size": list(source.source_size),
+            "map_size": list(writers.map_size),
+            "has_audio": source.has_audio,
             "engine": predictor.engine.backend,
             "variant": predictor.variant,
             "profile": predictor.config.profile,
-            "steps": pred.steps,
-            "stride": pred.plan.stride,
-            "windows": len(pred.plan.windows),
+            "steps": predictor.steps,
+            "stride": predictor.stride or predictor.config.window.stride,
             "seconds": round(t_end - t_start, 3),
-            "timings": {
-                "decode": round(t_decoded - t_start, 3),
-                **{k: round(v, 3) for k, v in pred.timings.items()},
-                "write": round(t_end - t_pred, 3),
-            },
-            "frames_per_second": round(pred.n_frames / max(t_pred - t_decoded, 1e-9), 3),
+            "timings": timings.as_dict(),
+            "frames_per_second": round(n_frames / max(t_end - t_start, 1e-9), 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "avsal_version": __version__,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -301,6 +598,11 @@ def predict_to_directory(
             if dest.is_dir():
                 shutil.rmtree(dest)
             os.replace(tmp / name, dest)
+    except BaseException:
+        if writers is not None:
+            writers.abort()
+        raise
     finally:
+        source.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -23,7 +23,7 @@ cfg = load_config(sys.argv[1], {"unet.efficient_attention": sys.argv[2] == "eca"
 torch.manual_seed(0)
 model = build_model(cfg, "hybrid").eval()
 spec = component_specs(cfg, "hybrid")["unet_step"]
-args = spec.sample_inputs(1)
+args = [torch.from_numpy(x) for x in spec.sample_inputs(1).values()]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with torch.no_grad():
     model.unet(*args)

@@ -12,7 +12,7 @@ import pytest
 
 from avsal_deploy import engine as engines
 from avsal_deploy.engine.eager import TorchEngine
-from avsal_deploy.export.components import sample_window
+from avsal_deploy.specs import sample_window
 
 COMPONENTS = ("video_encoder", "audio_encoder", "fusion", "unet_step")
 
@@ -28,7 +28,7 @@ def pair(small_model, small_export):
 def test_component_latency(benchmark, pair, component, backend) -> None:
     eng = pair[backend]
     spec = eng.specs[component]
-    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, spec.sample_inputs(1), strict=True)}
+    feeds = spec.sample_inputs(1)
     benchmark.group = f"component {component} (small, batch 1)"
     benchmark.extra_info["backend"] = backend
     out = benchmark(eng.run, component, feeds)

@@ -64,6 +64,6 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Pa
 @pytest.fixture(scope="session")
 def tiny_export(cache_dir: Path, tiny_checkpoint: Path) -> Path:
     """The tiny hybrid checkpoint exported through the predictor's own cache (ONNX + manifest)."""
-    from avsal_deploy.pipeline import cached_export
+    from avsal_deploy.export.cache import cached_export
 
     return cached_export(tiny_checkpoint)

@@ -7,7 +7,9 @@ import pytest
 
 from avsal_deploy.config import load_config
 from avsal_deploy.data.audio import (
+    audio_input,
     envelope_frames,
+    envelope_input,
     excerpt,
     frame_span,
     hertz_to_mel,
@@ -19,8 +21,8 @@ from avsal_deploy.data.audio import (
     soundnet_excerpt,
     vggish_slices,
 )
-from avsal_deploy.data.preprocess import audio_input, audio_inputs, envelope_input, envelope_inputs
-from avsal_deploy.data.video import VideoData, dali_available
+from avsal_deploy.data.dali import dali_available
+from avsal_deploy.data.decode import VideoData
 from avsal_deploy.errors import BackendUnavailableError, ConfigError
 from avsal_deploy.windows import plan
 
@@ -199,12 +201,17 @@ def test_audio_input_dispatches_per_variant_and_uses_windows() -> None:
     )
     p = plan(n, TINY)
     for variant in ("avrsp", "hybrid", "diffsal"):
-        assert audio_input(video, p.windows[3], TINY, variant).shape == TINY.audio_input_shape(variant)
-    batch = audio_inputs(video, p.windows[:4], TINY, "hybrid")
-    assert batch.shape == (4, *TINY.audio_input_shape("hybrid"))
+        assert audio_input(video.track, p.windows[3], TINY, variant).shape == TINY.audio_input_shape(variant)
+    np.testing.assert_array_equal(
+        audio_input(video.track, p.windows[3], TINY, "diffsal"),
+        vggish_slices(video.audio, rate, p.windows[3].frames, fps, TINY, timestamps=video.timestamps),
+    )
     w0 = p.windows[0]  # reversed: frames 7..0, so the Window's flag and the indices agree
     assert w0.reversed and w0.frames == tuple(range(7, -1, -1))
-    np.testing.assert_allclose(batch[0], audio_input(video, list(w0.frames), TINY, "hybrid"))
+    np.testing.assert_allclose(
+        audio_input(video.track, w0, TINY, "hybrid"),
+        audio_input(video.track, list(w0.frames), TINY, "hybrid"),
+    )
 
 
 # ----------------------------------------------------------------------------- frame envelope
@@ -259,17 +266,16 @@ def test_envelope_of_windows_reverses_with_them_and_follows_timestamps() -> None
     audio, _ = _pulsed(rate, 2.0, hz=4.0)
     video = _video(40, audio, rate, np.arange(40) / 25.0)
     windows = plan(40, TINY, "hybrid").windows
-    batch = envelope_inputs(video, windows[:2], TINY, "hybrid")
-    assert batch.shape == (2, *TINY.envelope_shape("hybrid"))
     first = windows[0]
+    got = envelope_input(video.track, first, TINY)
+    assert got.shape == TINY.envelope_shape("hybrid")
     assert first.reversed
-    np.testing.assert_allclose(batch[0], envelope_frames(audio, rate, first.frames, 25.0, TINY), atol=1e-6)
+    np.testing.assert_allclose(got, envelope_frames(audio, rate, first.frames, 25.0, TINY), atol=1e-6)
     forward = envelope_frames(audio, rate, sorted(first.frames), 25.0, TINY)
-    np.testing.assert_allclose(batch[0], forward[:, ::-1], atol=1e-6)
-    assert envelope_inputs(video, windows[:2], TINY, "diffsal") is None
-    assert envelope_inputs(video, windows[:2], PAPER, "hybrid") is None  # no AV sync in the paper profile
+    np.testing.assert_allclose(got, forward[:, ::-1], atol=1e-6)
+    assert not TINY.uses_envelope("diffsal") and not PAPER.uses_envelope("hybrid")  # no AV sync there
     # Variable frame rate: the timestamps, not index / fps, say where each frame's audio is.
     stamps = np.arange(40) / 25.0 * 1.5
     vfr = _video(40, audio, rate, stamps)
-    got = envelope_input(vfr, [10], TINY)
+    got = envelope_input(vfr.track, [10], TINY)
     np.testing.assert_allclose(got, envelope_frames(audio, rate, [15], 25.0, TINY), atol=1e-5)

@@ -16,8 +16,9 @@ from avsal_deploy.cli import main
 from avsal_deploy.config import load_config
 from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
-from avsal_deploy.export.components import component_specs, sample_window
+from avsal_deploy.export.components import component_specs
 from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
+from avsal_deploy.specs import sample_window
 
 TOL = 1e-4
 
@@ -87,9 +88,7 @@ def test_components_match_torch(exports, tiny_models, variant, batch) -> None:
     ort = engines.open(exports[variant], "onnxruntime")
     ref = TorchEngine(tiny_models[variant], ort.specs)
     for name, spec in ort.specs.items():
-        feeds = {
-            t.name: x.numpy() for t, x in zip(spec.inputs, spec.sample_inputs(batch, seed=batch), strict=True)
-        }
+        feeds = spec.sample_inputs(batch, seed=batch)
         got, want = ort.run(name, feeds), ref.run(name, feeds)
         for key in spec.output_names:
             assert (
@@ -156,8 +155,9 @@ def test_specs_profile_and_sample_inputs_follow_the_config() -> None:
     specs = component_specs(config, "hybrid", max_batch=4)
     lo, opt, hi = specs["video_encoder"].trt_profile()["frames"]
     assert lo == (1, *config.frames_shape()) and hi == (4, *config.frames_shape())
-    t = specs["unet_step"].sample_inputs(3)[1]
-    assert t.shape == (3,) and bool(((t >= 0) & (t < config.diffusion.timesteps) & (t == t.round())).all())
+    t = specs["unet_step"].sample_inputs(3)["t"]
+    assert t.shape == (3,) and t.dtype == np.float32
+    assert bool(((t >= 0) & (t < config.diffusion.timesteps) & (t == np.round(t))).all())
 
 
 def test_open_errors_are_clear(tmp_path, exports) -> None:

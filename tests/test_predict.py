@@ -14,10 +14,11 @@ from media_utils import write_video
 
 from avsal_deploy.cli import main
 from avsal_deploy.config import load_config
+from avsal_deploy.engine import open as open_engine
 from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.models.build import build_model, load_pretrained
 from avsal_deploy.models.weights import save_checkpoint
-from avsal_deploy.pipeline import Predictor, open_engine
+from avsal_deploy.pipeline import Predictor
 
 
 def predict(
@@ -74,26 +75,24 @@ def test_torch_and_onnxruntime_give_the_same_maps(tmp_path, clip, tiny_checkpoin
 
 
 def test_batching_and_one_shot_steps(clip, tiny_checkpoint, tiny_export) -> None:
-    engine = open_engine("onnxruntime", tiny_checkpoint)
-    one = Predictor(engine, batch_size=1)
-    video = one.read(clip)
-    m1 = one.predict(video).maps()
-    m3 = Predictor(engine, batch_size=3).predict(video).maps()
+    engine = open_engine(tiny_checkpoint, "onnxruntime")
+    m1 = Predictor(engine, batch_size=1).predict(clip).maps()
+    m3 = Predictor(engine, batch_size=3).predict(clip).maps()
     assert np.abs(m1 - m3).max() <= 1e-5  # batching does not change the maps
-    shot = Predictor(engine, steps=0).predict(video)
+    shot = Predictor(engine, steps=0).predict(clip)
     ref = TorchEngine(load_pretrained(tiny_checkpoint))
     assert shot.steps == 0
-    assert np.abs(shot.maps() - Predictor(ref, steps=0).predict(video).maps()).max() <= 1e-4
+    assert np.abs(shot.maps() - Predictor(ref, steps=0).predict(clip).maps()).max() <= 1e-4
 
 
 def test_stride_reuses_the_nearest_computed_window(clip, tiny_checkpoint, tiny_export) -> None:
-    engine = open_engine("onnxruntime", tiny_checkpoint)
-    video = Predictor(engine).read(clip)
-    pred = Predictor(engine, stride=4).predict(video)
-    assert [w.target for w in pred.plan.windows] == [0, 4, 8, 11]
+    engine = open_engine(tiny_checkpoint, "onnxruntime")
+    pred = Predictor(engine, stride=4).predict(clip)
+    assert pred.targets == [0, 4, 8, 11]
+    assert pred.sources.tolist() == [0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 11, 11]
     maps = pred.maps()
     assert np.array_equal(maps[1], maps[0]) and np.array_equal(maps[3], maps[4])
-    full = Predictor(engine).predict(video).maps()
+    full = Predictor(engine).predict(clip).maps()
     assert np.abs(maps[8] - full[8]).max() <= 1e-5
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from avsal_deploy.config import load_config
-from avsal_deploy.data.preprocess import audio_input, envelope_input, gather_clip, preprocess_frames
+from avsal_deploy.data.audio import audio_input, envelope_input
+from avsal_deploy.data.decode import VideoData
+from avsal_deploy.data.preprocess import gather_clip, preprocess_frames
 from avsal_deploy.data.stream import StreamWindow, StreamWindower
-from avsal_deploy.data.video import VideoData
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import plan
 
@@ -71,9 +72,9 @@ def test_stream_equals_offline_plan(variant: str, mode: str, stride: int) -> Non
         pre = preprocess_frames(frames, TINY)
         for w in got:
             np.testing.assert_array_equal(w.clip, gather_clip(pre, w.window))
-            np.testing.assert_allclose(w.audio, audio_input(video, w.window, TINY, variant), atol=1e-5)
+            np.testing.assert_allclose(w.audio, audio_input(video.track, w.window, TINY, variant), atol=1e-5)
             if variant == "hybrid":  # the tiny profile's fusion decoder takes the envelope
-                np.testing.assert_allclose(w.envelope, envelope_input(video, w.window, TINY), atol=1e-5)
+                np.testing.assert_allclose(w.envelope, envelope_input(video.track, w.window, TINY), atol=1e-5)
             else:
                 assert w.envelope is None
             assert w.timestamp == pytest.approx(w.window.target / FPS)
@@ -97,7 +98,7 @@ def test_resampled_audio_stays_close_to_offline() -> None:
     frames, audio = _media(20, rate)
     got, _, _ = _run(StreamWindower(TINY, fps=FPS, audio_rate=rate), frames, audio, rate)
     video = _offline(frames, audio, rate)
-    worst = max(np.abs(w.audio - audio_input(video, w.window, TINY, "hybrid")).max() for w in got)
+    worst = max(np.abs(w.audio - audio_input(video.track, w.window, TINY, "hybrid")).max() for w in got)
     assert worst < 1e-2 * TINY.audio.soundnet_scale
 
 

@@ -20,14 +20,13 @@ from tritonclient.grpc import model_config_pb2
 
 from avsal_deploy.cli import main
 from avsal_deploy.engine import open as open_engine
-from avsal_deploy.engine import read_manifest
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
-from avsal_deploy.export.components import sample_window
 from avsal_deploy.outputs import load_maps
 from avsal_deploy.serving.client import TritonEngine, TritonRequestError, open_triton
 from avsal_deploy.serving.repository import build_repository, pipeline_manifest
 from avsal_deploy.serving.server import TritonServer, TritonServerError, find_tritonserver
 from avsal_deploy.serving.triton_models import PIPELINE_MODEL, model_name
+from avsal_deploy.specs import read_manifest, sample_window
 
 pytestmark = pytest.mark.triton
 TOL = 1e-4
@@ -164,9 +163,7 @@ def test_server_ready_on_loopback(server: TritonServer) -> None:
 @pytest.mark.parametrize("batch", [1, 2])
 def test_components_match_onnxruntime(triton: TritonEngine, ort, batch: int) -> None:
     for name, spec in ort.specs.items():
-        feeds = dict(
-            zip(spec.input_names, (x.numpy() for x in spec.sample_inputs(batch, seed=batch)), strict=True)
-        )
+        feeds = spec.sample_inputs(batch, seed=batch)
         got, want = triton.run(name, feeds), ort.run(name, feeds)
         for out in spec.output_names:
             assert (
@@ -188,16 +185,7 @@ def test_concurrent_requests_are_batched_and_split_back(
             stats = json.loads(r.read())["model_stats"][0]
         return int(stats["inference_count"]), int(stats["execution_count"])
 
-    feeds = [
-        dict(
-            zip(
-                spec.input_names,
-                (x.numpy() for x in spec.sample_inputs(1 + i % 2, seed=100 + i)),
-                strict=True,
-            )
-        )
-        for i in range(16)
-    ]
+    feeds = [spec.sample_inputs(1 + i % 2, seed=100 + i) for i in range(16)]
 
     def call(i: int) -> np.ndarray:
         with TritonEngine(server.http_url, triton.config, triton.variant, triton.specs) as client:

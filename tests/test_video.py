@@ -11,6 +11,15 @@ import numpy as np
 import pytest
 
 from avsal_deploy.config import load_config
+from avsal_deploy.data.dali import dali_available
+from avsal_deploy.data.decode import (
+    MediaWarning,
+    VideoData,
+    iter_frames,
+    probe,
+    read_audio,
+    read_video,
+)
 from avsal_deploy.data.preprocess import (
     clip_tensor,
     gather_clip,
@@ -18,15 +27,6 @@ from avsal_deploy.data.preprocess import (
     postprocess_map,
     postprocess_maps,
     preprocess_frames,
-)
-from avsal_deploy.data.video import (
-    MediaWarning,
-    VideoData,
-    dali_available,
-    iter_frames,
-    probe,
-    read_audio,
-    read_video,
 )
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, MediaError
 

@@ -33,38 +33,21 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.signal import resample_poly
 
 from avsal_deploy.config import Config
+from avsal_deploy.data.dali import dali_pipeline_options, gpu_available, require_dali
+from avsal_deploy.data.resize import resize
+from avsal_deploy.data.signal import AudioTrack, Timestamps, rate_ratio, resample
 from avsal_deploy.errors import BackendUnavailableError, ConfigError
-
-#: Per-frame times: an array indexed by frame, or a mapping {frame index: seconds} (streaming).
-Timestamps = Sequence[float] | np.ndarray | Mapping[int, float]
+from avsal_deploy.windows import Window
 
 
-# ----------------------------------------------------------------------------- resampling
-def _ratio(from_rate: int, to_rate: int) -> tuple[int, int]:
-    if from_rate <= 0 or to_rate <= 0:
-        raise ConfigError(f"audio sample rates must be positive, got {from_rate} -> {to_rate}")
-    g = math.gcd(int(from_rate), int(to_rate))
-    return int(to_rate) // g, int(from_rate) // g
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling (Kaiser-windowed FIR, scipy defaults) to float32."""
-    x = np.asarray(audio, dtype=np.float64)
-    if from_rate == to_rate:
-        return x.astype(np.float32)
-    up, down = _ratio(from_rate, to_rate)
-    return resample_poly(x, up, down).astype(np.float32)
-
-
+# ----------------------------------------------------------------------------- excerpts
 def excerpt(
     audio: np.ndarray, audio_rate: int, start: int, stop: int, rate: int, audio_offset: int = 0
 ) -> np.ndarray:
@@ -80,7 +63,7 @@ def excerpt(
     x = np.asarray(audio, dtype=np.float32)
     if audio_rate == rate:
         return _take(x, int(start) - audio_offset, n)
-    up, down = _ratio(audio_rate, rate)
+    up, down = rate_ratio(audio_rate, rate)
     half = 10 * max(up, down)  # resample_poly's filter half length, in the up-sampled domain
     margin_out = half // down + 2
     margin_in = half // up + 2
@@ -221,12 +204,6 @@ def log_mel(audio: np.ndarray, rate: int, config: Config) -> np.ndarray:
     return _log_mel_native(resample(audio, rate, config.audio.vggish_rate), config)
 
 
-def _resize_bilinear(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D array (half-pixel centres, antialiased when shrinking)."""
-    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
-
-
 def slice_bounds(n_frames: int, n_slices: int) -> list[tuple[int, int]]:
     """Equal time slices ``[lo, hi)`` of ``n_frames`` log-mel frames; each has at least one frame."""
     edges = (np.arange(n_slices + 1) * n_frames) // n_slices
@@ -258,7 +235,7 @@ def vggish_slices(
         x = np.concatenate([x, np.zeros(win - x.shape[0], np.float32)])
     mel = _log_mel_native(x, config)
     size = (a.vggish_slice_height, a.vggish_slice_width)
-    out = [_resize_bilinear(mel[lo:hi], size) for lo, hi in slice_bounds(mel.shape[0], a.vggish_slices)]
+    out = [resize(mel[lo:hi], size) for lo, hi in slice_bounds(mel.shape[0], a.vggish_slices)]
     return np.stack(out)[:, None].astype(np.float32)
 
 
@@ -318,6 +295,46 @@ def envelope_frames(
     return (np.log1p(np.maximum(out, 0.0) / ENVELOPE_FLOOR) * scale).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- the one entry
+def _frames_of(window: Window | Sequence[int]) -> tuple[tuple[int, ...], bool | None]:
+    if isinstance(window, Window):
+        return window.frames, window.reversed
+    return tuple(int(i) for i in window), None
+
+
+def audio_input(
+    track: AudioTrack, window: Window | Sequence[int], config: Config, variant: str = "hybrid"
+) -> np.ndarray:
+    """The audio encoder's input for one window, shaped ``config.audio_input_shape(variant)``.
+
+    The one entry that offline prediction, the streaming windower and training all use: the
+    SoundNet waveform buffer (:func:`soundnet_excerpt`) for ``avrsp``/``hybrid``, the VGGish
+    log-mel slices (:func:`vggish_slices`) for ``diffsal``. A :class:`Window` passes its
+    ``reversed`` flag; plain indices count as reversed when descending.
+    """
+    frames, reverse = _frames_of(window)
+    feature = vggish_slices if variant == "diffsal" else soundnet_excerpt
+    return feature(
+        track.samples,
+        track.rate,
+        frames,
+        track.fps,
+        config,
+        timestamps=track.timestamps,
+        reverse=reverse,
+        audio_offset=track.offset,
+    )
+
+
+def envelope_input(track: AudioTrack, window: Window | Sequence[int], config: Config) -> np.ndarray:
+    """The per-frame audio envelope of one window, ``config.envelope_shape()`` (frames in window
+    order, so a reversed window's envelope is reversed too); see :func:`envelope_frames`."""
+    frames, _ = _frames_of(window)
+    return envelope_frames(
+        track.samples, track.rate, frames, track.fps, config, timestamps=track.timestamps, audio_offset=track.offset
+    )
+
+
 # ----------------------------------------------------------------------------- DALI log-mel
 def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cpu") -> np.ndarray:
     """The VGGish log-mel computed by DALI (``fn.spectrogram`` + ``fn.mel_filter_bank`` + log).
@@ -328,8 +345,6 @@ def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cp
     at most (tests/test_audio.py bounds it). ``device="gpu"`` runs the STFT and filter bank on an
     NVIDIA GPU. Resampling to 16 kHz uses :func:`resample` for both paths.
     """
-    from avsal_deploy.data.video import gpu_available, require_dali  # noqa: PLC0415 - lazy DALI import
-
     require_dali()
     if device not in ("cpu", "gpu"):
         raise ConfigError(f"log_mel_dali: device={device!r} must be 'cpu' or 'gpu'")
@@ -350,8 +365,6 @@ def log_mel_dali(audio: np.ndarray, rate: int, config: Config, device: str = "cp
 
 def _dali_log_mel_pipeline(config: Config, win: int, hop: int, nfft: int, device: str) -> Any:
     from nvidia.dali import fn, math, pipeline_def, types  # noqa: PLC0415
-
-    from avsal_deploy.data.video import dali_pipeline_options  # noqa: PLC0415
 
     a = config.audio
 

@@ -23,19 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
-from avsal_deploy.data.video import VideoData
+from avsal_deploy.config import Config
+from avsal_deploy.data.resize import resize
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window
 
 #: Value range below which a map counts as constant (maps are in [0, 1] after clamping).
 _FLAT = 1e-6
-#: Frames resized per torch call in :func:`preprocess_frames` (bounds the float32 temporary).
-_CHUNK = 64
 
 
 def letterbox_box(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -44,13 +39,6 @@ def letterbox_box(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int
     h = min(dst_hw[0], max(1, int(round(src_hw[0] * scale))))
     w = min(dst_hw[1], max(1, int(round(src_hw[1] * scale))))
     return (dst_hw[0] - h) // 2, (dst_hw[1] - w) // 2, h, w
-
-
-def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, H, W]`` (half-pixel centres, antialiased when shrinking)."""
-    if tuple(t.shape[-2:]) == tuple(size):
-        return t
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -65,15 +53,14 @@ def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = Fals
     frames = _check_frames(frames)
     v = config.video
     out_hw = (v.height, v.width)
-    mean = torch.tensor(v.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(v.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = np.asarray(v.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(v.std, np.float32).reshape(1, 3, 1, 1)
     out = np.zeros((frames.shape[0], 3, *out_hw), np.float32)  # letterbox bars: the mean colour -> 0
     top, left, h, w = letterbox_box(frames.shape[1:3], out_hw) if letterbox else (0, 0, *out_hw)
-    for first in range(0, frames.shape[0], _CHUNK):
-        batch = np.ascontiguousarray(frames[first : first + _CHUNK])
-        chunk = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        chunk = (_resize(chunk, (h, w)) - mean) / std
-        out[first : first + chunk.shape[0], :, top : top + h, left : left + w] = chunk.numpy()
+    scale = np.float32(1.0 / 255.0)
+    for i, frame in enumerate(frames):  # [H, W, 3]: resized in the decoder's layout, then CHW
+        small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
+        out[i, :, top : top + h, left : left + w] = (small - mean[0]) / std[0]
     return out
 
 
@@ -110,13 +97,12 @@ def postprocess_maps(
     if letterbox_from is not None:
         top, left, h, w = letterbox_box(letterbox_from, m.shape[1:])
         m = m[:, top : top + h, left : left + w]
-    t = _resize(torch.from_numpy(np.ascontiguousarray(m))[:, None], tuple(int(s) for s in out_size))[:, 0]
-    t = t.clamp_(0.0, 1.0)
-    lo = t.amin(dim=(1, 2), keepdim=True)
-    span = t.amax(dim=(1, 2), keepdim=True) - lo
+    t = np.clip(resize(m, (int(out_size[0]), int(out_size[1]))), 0.0, 1.0)
+    lo = t.min(axis=(1, 2), keepdims=True)
+    span = t.max(axis=(1, 2), keepdims=True) - lo
     flat = span <= _FLAT  # resampling leaves float noise on a constant map: do not amplify it
-    out = torch.where(flat, torch.zeros_like(t), (t - lo) / torch.where(flat, torch.ones_like(span), span))
-    return out.numpy().astype(np.float32, copy=False)
+    out = np.where(flat, np.float32(0.0), (t - lo) / np.where(flat, np.float32(1.0), span))
+    return out.astype(np.float32, copy=False)
 
 
 def postprocess_map(
@@ -124,63 +110,3 @@ def postprocess_map(
 ) -> np.ndarray:
     """One map ``[h, w]`` -> float32 ``[H, W]`` in [0, 1] (see :func:`postprocess_maps`)."""
     return postprocess_maps(np.asarray(saliency)[None], out_size, letterbox_from)[0]
-
-
-def audio_input(
-    video: VideoData, frame_indices: Sequence[int] | Window, config: Config, variant: str = "hybrid"
-) -> np.ndarray:
-    """The audio encoder's input for one window, shaped ``config.audio_input_shape(variant)``.
-
-    SoundNet waveform buffer for ``avrsp``/``hybrid``, VGGish log-mel slices for ``diffsal``. A
-    :class:`Window` passes its ``reversed`` flag; plain indices are reversed when descending.
-    Frame times come from ``video.timestamps`` (variable frame rate aware).
-    """
-    check_variant(variant)
-    if isinstance(frame_indices, Window):
-        indices, reverse = frame_indices.frames, frame_indices.reversed
-    else:
-        indices, reverse = tuple(int(i) for i in frame_indices), None
-    feature = vggish_slices if variant == "diffsal" else soundnet_excerpt
-    return feature(
-        video.audio,
-        video.audio_rate,
-        indices,
-        video.fps,
-        config,
-        timestamps=video.timestamps,
-        reverse=reverse,
-    )
-
-
-def audio_inputs(
-    video: VideoData,
-    windows: Sequence[Window] | Sequence[Sequence[int]],
-    config: Config,
-    variant: str = "hybrid",
-) -> np.ndarray:
-    """A batch of audio inputs ``[B, *config.audio_input_shape(variant)]``."""
-    return np.stack([audio_input(video, w, config, variant) for w in windows])
-
-
-def envelope_input(video: VideoData, frame_indices: Sequence[int] | Window, config: Config) -> np.ndarray:
-    """The per-frame audio envelope of one window, ``config.envelope_shape()`` (frames in window
-    order, so a reversed window's envelope is reversed too); frame times from ``video.timestamps``."""
-    indices = (
-        frame_indices.frames if isinstance(frame_indices, Window) else tuple(int(i) for i in frame_indices)
-    )
-    return envelope_frames(
-        video.audio, video.audio_rate, indices, video.fps, config, timestamps=video.timestamps
-    )
-
-
-def envelope_inputs(
-    video: VideoData,
-    windows: Sequence[Window] | Sequence[Sequence[int]],
-    config: Config,
-    variant: str = "hybrid",
-) -> np.ndarray | None:
-    """A batch of envelopes ``[B, *config.envelope_shape(variant)]``, or None when ``variant``
-    takes none (``config.uses_envelope(variant)``)."""
-    if not config.uses_envelope(variant):
-        return None
-    return np.stack([envelope_input(video, w, config) for w in windows])

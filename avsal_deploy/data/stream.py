@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
+from avsal_deploy.data.audio import audio_input, envelope_input
 from avsal_deploy.data.preprocess import preprocess_frames
+from avsal_deploy.data.signal import AudioTrack
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window, computed_targets, nearest_assignment, window_for, window_settings
 
@@ -107,6 +108,10 @@ class StreamWindower:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def frame_time(self, index: int) -> float:
+        """Seconds from the first frame to frame ``index`` (one of the last ``L`` pushed)."""
+        return self._times[index]
 
     # ------------------------------------------------------------------ input
     def push(
@@ -187,11 +192,9 @@ class StreamWindower:
             if missing:  # the ring is sized so this cannot happen; fail loudly if it ever does
                 raise RuntimeError(f"stream buffer lost frames {missing} needed by the window of {target}")
             clip = np.stack([self._frames[i] for i in window.frames], axis=1)
-            feature = vggish_slices if self.variant == "diffsal" else soundnet_excerpt
-            where = (audio, self.audio_rate, window.frames, self.fps, self.config)
-            aligned = {"timestamps": self._times, "audio_offset": self._audio_offset}
-            audio_in = feature(*where, reverse=window.reversed, **aligned)
-            envelope = envelope_frames(*where, **aligned) if self.config.uses_envelope(self.variant) else None
+            track = AudioTrack(audio, self.audio_rate, self.fps, self._times, self._audio_offset)
+            audio_in = audio_input(track, window, self.config, self.variant)
+            envelope = envelope_input(track, window, self.config) if self.config.uses_envelope(self.variant) else None
             out.append(
                 StreamWindow(
                     window=window, clip=clip, audio=audio_in, timestamp=self._times[target], envelope=envelope

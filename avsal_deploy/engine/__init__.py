@@ -1,72 +1,106 @@
-"""Inference engines with one protocol; :func:`open` picks one for an export directory.
+"""Inference engines with one protocol, and the one registry that opens them.
 
-``open(DIR, backend="onnxruntime"|"torch"|"tensorrt")`` reads ``DIR/manifest.json`` written by
-``avsal export`` and returns an :class:`~avsal_deploy.engine.base.Engine` whose
-``predict_window(frames, audio, steps)`` gives the maps. The DDIM loop and the window planner sit
-on top of it unchanged.
+``avsal_deploy.engine.open(source, backend=...)`` returns an :class:`~avsal_deploy.engine.base.Engine`
+whose ``predict_window(frames, audio, steps)`` gives the maps; the window planner, the frame flow
+and the DDIM loop sit on top of it unchanged, whichever backend runs the networks.
+
+Backends register themselves (:func:`register_backend`) when their module is imported; the
+built-in ones are imported on first use, so opening an ONNX Runtime engine never imports torch,
+TensorRT or the Triton client:
+
+=============  =====================================  ==========================================
+backend        module                                 ``source``
+=============  =====================================  ==========================================
+onnxruntime    :mod:`avsal_deploy.engine.ort`         export directory, checkpoint, or None
+torch          :mod:`avsal_deploy.engine.eager`       export directory, checkpoint, or None
+tensorrt       :mod:`avsal_deploy.engine.trt`         export directory with ``*.plan`` files
+triton         :mod:`avsal_deploy.serving.client`     server URL (``host:port``), or None
+=============  =====================================  ==========================================
+
+``source=None`` is the shipped default: the synthetic-data checkpoint and its ONNX export, both
+inside the package (:data:`DEFAULT_EXPORT`, :data:`DEFAULT_CHECKPOINT`). A checkpoint file given
+to an exported backend is exported once into the cache (:func:`avsal_deploy.export.cache.cached_export`,
+which needs the ``export`` extra, i.e. torch).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from avsal_deploy.config import Config
 from avsal_deploy.engine.base import Engine
-from avsal_deploy.errors import AvsalError, ConfigError
-from avsal_deploy.export.components import ComponentSpec
+from avsal_deploy.errors import AvsalError, BackendUnavailableError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+#: The shipped synthetic-data checkpoint (avsal_deploy/assets/README.md).
+DEFAULT_CHECKPOINT = _ASSETS / "hybrid-synthetic.safetensors"
+#: Its ONNX export, shipped too: the default engine needs neither torch nor an export step.
+DEFAULT_EXPORT = _ASSETS / "hybrid-synthetic"
 
-__all__ = ["BACKENDS", "Engine", "open", "parse_manifest", "read_manifest"]
+Opener = Callable[..., Engine]
+#: Built-in backends and the module that registers each one (imported on first use).
+BUILTIN_BACKENDS: dict[str, str] = {
+    "onnxruntime": "avsal_deploy.engine.ort",
+    "torch": "avsal_deploy.engine.eager",
+    "tensorrt": "avsal_deploy.engine.trt",
+    "triton": "avsal_deploy.serving.client",
+}
+_REGISTRY: dict[str, Opener] = {}
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "DEFAULT_CHECKPOINT",
+    "DEFAULT_EXPORT",
+    "Engine",
+    "backends",
+    "open",
+    "register_backend",
+    "resolve_export",
+]
 
 
-def parse_manifest(
-    manifest: dict[str, Any], source: str
-) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
-    """Config and component specs of a manifest (``source`` names it in errors)."""
-    try:
-        config = Config.from_dict(manifest["config"])
-        specs = {n: ComponentSpec.from_manifest(n, e) for n, e in manifest["components"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AvsalError(f"{source}: malformed manifest ({exc})") from exc
-    if config.architecture_fingerprint() != manifest.get("architecture_fingerprint"):
-        raise ConfigError(f"{source}: config does not match its recorded architecture fingerprint")
-    return manifest, config, specs
+def register_backend(name: str, opener: Opener) -> None:
+    """Make ``open(source, backend=name, **options)`` call ``opener(source, **options)``."""
+    _REGISTRY[name] = opener
 
 
-def read_manifest(directory: str | Path) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
-    """The manifest of an export directory, its config and its component specs."""
-    path = Path(directory) / "manifest.json"
+def backends() -> list[str]:
+    """Every backend name :func:`open` accepts."""
+    return sorted({*BUILTIN_BACKENDS, *_REGISTRY})
+
+
+def open(  # noqa: A001 - the registry's verb, as in io.open
+    source: str | os.PathLike[str] | None = None, backend: str = "onnxruntime", **options: Any
+) -> Engine:
+    """An engine of ``backend`` over ``source`` (see the module docstring for what each takes)."""
+    if backend not in _REGISTRY:
+        module = BUILTIN_BACKENDS.get(backend)
+        if module is None:
+            raise AvsalError(f"unknown engine backend {backend!r}: choose one of {', '.join(backends())}")
+        importlib.import_module(module)  # registers the backend
+    return _REGISTRY[backend](source, **options)
+
+
+def resolve_export(
+    source: str | os.PathLike[str] | None, on_export: Callable[[Path], None] | None = None
+) -> Path:
+    """The export directory for ``source``: the shipped default for None, a directory as it is, a
+    checkpoint file exported once into the cache (needs the ``export`` extra)."""
+    if source is None:
+        return DEFAULT_EXPORT
+    path = Path(source)
+    if path.is_dir():
+        return path
     if not path.exists():
-        raise AvsalError(f"{path}: no manifest; create the directory with `avsal export`")
+        raise AvsalError(f"{path}: no such checkpoint file or export directory")
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise AvsalError(f"{path}: malformed manifest ({exc})") from exc
-    return parse_manifest(manifest, str(path))
-
-
-def open(directory: str | Path, backend: str = "onnxruntime", **options: Any) -> Engine:  # noqa: A001
-    """An engine over the exported components in ``directory``."""
-    directory = Path(directory)
-    manifest, config, specs = read_manifest(directory)
-    variant = manifest["variant"]
-    if backend == "onnxruntime":
-        from avsal_deploy.engine.ort import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine(directory, config, variant, specs, **options)
-    if backend == "torch":
-        from avsal_deploy.engine.eager import TorchEngine
-        from avsal_deploy.models.build import build_model
-        from avsal_deploy.models.weights import load_checkpoint
-
-        model = build_model(config, variant)
-        load_checkpoint(model, directory / manifest["weights"]["file"], config, variant)
-        return TorchEngine(model, specs, **options)
-    if backend == "tensorrt":
-        from avsal_deploy.engine.trt import TensorRTEngine
-
-        return TensorRTEngine(directory, config, variant, specs, **options)
-    raise AvsalError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        from avsal_deploy.export.cache import cached_export
+    except ImportError as exc:  # torch is not installed: the base runtime cannot export
+        raise BackendUnavailableError(
+            f"{path}: exporting a checkpoint needs torch (pip install 'avsal-deploy[export]'); "
+            "or pass a directory written by `avsal export`"
+        ) from exc
+    return cached_export(path, on_export)

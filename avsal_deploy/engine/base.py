@@ -12,13 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
-from avsal_deploy.config import Config
-from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
+from avsal_deploy.config import Config, resolve_steps
+from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
 from avsal_deploy.errors import ConfigError
-from avsal_deploy.export.components import CONDS, ENVELOPE, SCALES, ComponentSpec
-from avsal_deploy.models.build import normalize_maps, resolve_steps
+from avsal_deploy.specs import CONDS, ENVELOPE, SCALES, ComponentSpec
 
 Arrays = dict[str, np.ndarray]
 
@@ -88,12 +86,11 @@ class Engine(ABC):
         if fused is not None and int(fused.attributes.get("steps", -1)) == steps:
             return self._call("ddim", {**cond, "noise": noise})["x0"]
 
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self._call("unet_step", {**cond, "x_t": x_t.numpy(), "t": t.numpy()})
-            return torch.from_numpy(out["x0"])
+        def denoise(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return self._call("unet_step", {**cond, "x_t": x_t, "t": t})["x0"]
 
-        x0 = ddim_sample(denoise, torch.from_numpy(noise), self.scheduler, steps)
-        return normalize_maps(x0).numpy()
+        x0 = ddim_sample(denoise, np.ascontiguousarray(noise, np.float32), self.scheduler, steps)
+        return normalize_maps(x0)
 
     def predict_window(
         self,

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from avsal_deploy.engine import DEFAULT_CHECKPOINT, register_backend
 from avsal_deploy.engine.base import Arrays, Engine
-from avsal_deploy.export.components import ComponentSpec, component_module, component_specs
-from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.errors import AvsalError
+from avsal_deploy.export.components import component_module, component_specs
+from avsal_deploy.models.build import AVSaliencyModel, build_model, load_pretrained
+from avsal_deploy.models.weights import load_checkpoint
+from avsal_deploy.specs import ComponentSpec, read_manifest
 
 
 class TorchEngine(Engine):
@@ -34,3 +41,20 @@ class TorchEngine(Engine):
         out = self._modules[component](*args)
         outs = out if isinstance(out, tuple) else (out,)
         return {n: o.float().cpu().numpy() for n, o in zip(spec.output_names, outs, strict=True)}
+
+
+def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) -> TorchEngine:
+    """The eager engine of a checkpoint (default: the shipped one) or of an export directory's
+    weights (``weights.safetensors`` with its manifest's specs); ``options``: ``device``."""
+    path = Path(source) if source is not None else DEFAULT_CHECKPOINT
+    if path.is_dir():
+        manifest, config, specs = read_manifest(path)
+        model = build_model(config, manifest["variant"])
+        load_checkpoint(model, path / manifest["weights"]["file"], config, manifest["variant"])
+        return TorchEngine(model, specs, **options)
+    if not path.is_file():
+        raise AvsalError(f"{path}: no such checkpoint file or export directory")
+    return TorchEngine(load_pretrained(path), **options)
+
+
+register_backend("torch", open_engine)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from avsal_deploy.config import Config
+from avsal_deploy.engine import register_backend, resolve_export
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import BackendUnavailableError
-from avsal_deploy.export.components import ComponentSpec
+from avsal_deploy.specs import ComponentSpec, read_manifest
 
 # Preference order; only those this onnxruntime build offers are used.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -70,3 +72,19 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self.sessions.clear()
+
+
+def open_engine(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    on_export: Callable[[Path], None] | None = None,
+    **options: Any,
+) -> OnnxRuntimeEngine:
+    """The ONNX Runtime engine of an export directory, a checkpoint (exported once into the
+    cache) or, for None, the shipped default export; ``options``: ``providers``, ``threads``."""
+    directory = resolve_export(source, on_export)
+    manifest, config, specs = read_manifest(directory)
+    return OnnxRuntimeEngine(directory, config, manifest["variant"], specs, **options)
+
+
+register_backend("onnxruntime", open_engine)

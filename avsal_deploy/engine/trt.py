@@ -19,7 +19,7 @@ import numpy as np
 from avsal_deploy.config import Config
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import BackendUnavailableError
-from avsal_deploy.export.components import ComponentSpec
+from avsal_deploy.specs import ComponentSpec
 
 GPU_HINT = "needs an NVIDIA GPU with TensorRT 10 (pip install 'avsal-deploy[gpu]' from NVIDIA's index)"
 

@@ -1,9 +1,10 @@
-"""One spec per exported component: the single source of truth for names, shapes and profiles.
+"""The exported components of a model: their specs derived from the config, and their modules.
 
-ONNX export, the TensorRT engine build, every runtime engine, the Triton repository and the
-benchmarks read these specs (in the manner of TensorRT's demo/Diffusion model classes). Shapes are
-derived from the :class:`~avsal_deploy.config.Config` by running the real modules on the "meta"
-device, so nothing here re-types a shape.
+:func:`component_specs` derives each component's :class:`~avsal_deploy.specs.ComponentSpec` (the
+torch-free leaf that ONNX export, the TensorRT build, every runtime engine, the Triton repository
+and the benchmarks read) from the :class:`~avsal_deploy.config.Config` by running the real modules
+on the "meta" device, so nothing re-types a shape; :func:`component_module` gives the
+``nn.Module`` whose forward is the component's graph.
 
 Components (the deployment split of the model):
 
@@ -25,100 +26,13 @@ fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.diffusion import DDIMScheduler
-from avsal_deploy.models.build import AVSaliencyModel, build_model, normalize_maps
-
-BATCH = "batch"
-SCALES = ("v0", "v1", "v2", "v3")
-CONDS = ("c0", "c1", "c2", "c3")
-ENVELOPE = "envelope"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output: its name, its shape without the (dynamic) batch axis, its dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    def to_manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": [BATCH, *self.shape], "dtype": self.dtype}
-
-    def full_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, *self.shape)
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """An exported component: I/O, sample inputs and the min/opt/max batch profile."""
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    batch_profile: tuple[int, int, int] = (1, 1, 8)  # min / opt / max batch (TensorRT, Triton)
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    @property
-    def onnx_file(self) -> str:
-        return f"{self.name}.onnx"
-
-    def sample_inputs(self, batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
-        """Random inputs of the right shapes; time steps ``t`` are valid integer steps."""
-        g = torch.Generator().manual_seed(seed)
-        out = []
-        for spec in self.inputs:
-            if spec.name == "t":
-                steps = self.attributes["timesteps"]
-                out.append(torch.randint(0, steps, (batch,), generator=g).to(torch.float32))
-            elif spec.name == ENVELOPE:  # log energies: non-negative, about [0, 1]
-                out.append(torch.rand(spec.full_shape(batch), generator=g))
-            else:
-                out.append(torch.randn(spec.full_shape(batch), generator=g))
-        return tuple(out)
-
-    def trt_profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """Per input: (min, opt, max) shapes for a TensorRT optimisation profile."""
-        lo, opt, hi = self.batch_profile
-        return {t.name: (t.full_shape(lo), t.full_shape(opt), t.full_shape(hi)) for t in self.inputs}
-
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "file": self.onnx_file,
-            "inputs": [t.to_manifest() for t in self.inputs],
-            "outputs": [t.to_manifest() for t in self.outputs],
-            "batch_profile": list(self.batch_profile),
-            "attributes": dict(self.attributes),
-        }
-
-    @classmethod
-    def from_manifest(cls, name: str, entry: dict[str, Any]) -> ComponentSpec:
-        def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(i["name"], tuple(i["shape"][1:]), i["dtype"]) for i in items)
-
-        return cls(
-            name,
-            tensors(entry["inputs"]),
-            tensors(entry["outputs"]),
-            tuple(entry["batch_profile"]),  # type: ignore[arg-type]
-            dict(entry.get("attributes", {})),
-        )
+from avsal_deploy.diffusion import DDIMScheduler, normalize_maps
+from avsal_deploy.models.build import AVSaliencyModel, build_model
+from avsal_deploy.specs import CONDS, ENVELOPE, SCALES, ComponentSpec, TensorSpec
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -265,28 +179,6 @@ def component_specs(
                 {**attrs, "steps": int(ddim_steps)},
             )
     return specs
-
-
-def window_inputs(specs: dict[str, ComponentSpec]) -> tuple[TensorSpec, ...]:
-    """What one whole-window request carries per window: the encoders' inputs and, when the fusion
-    decoder takes it, the per-frame audio envelope (the Triton pipeline model's inputs)."""
-    out = [*specs["video_encoder"].inputs, *specs["audio_encoder"].inputs]
-    fusion = specs.get("fusion")
-    if fusion is not None:
-        out += [t for t in fusion.inputs if t.name == ENVELOPE]
-    return tuple(out)
-
-
-def sample_window(specs: dict[str, ComponentSpec], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random whole-window inputs by name (:func:`window_inputs`): ``frames`` and ``audio`` from a
-    standard normal, ``envelope`` (when taken) uniform in [0, 1) like its log energies; float32."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in window_inputs(specs):
-        shape = t.full_shape(batch)
-        x = rng.random(shape) if t.name == ENVELOPE else rng.standard_normal(shape)
-        out[t.name] = x.astype(np.float32)
-    return out
 
 
 def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:

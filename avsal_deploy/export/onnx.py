@@ -21,9 +21,10 @@ import torch
 
 from avsal_deploy import __version__
 from avsal_deploy.errors import AvsalError
-from avsal_deploy.export.components import ComponentSpec, component_module, component_specs
+from avsal_deploy.export.components import component_module, component_specs
 from avsal_deploy.models.build import AVSaliencyModel
 from avsal_deploy.models.weights import save_checkpoint
+from avsal_deploy.specs import ComponentSpec
 
 # TensorRT 10's ONNX parser handles opsets 9-20; 18 is the dynamo exporter's native opset.
 OPSET = 18
@@ -94,7 +95,7 @@ def export_component(
     """Export one component with a dynamic batch axis; the example batch is 2 (see below)."""
     module = component_module(model, spec).eval()
     # The dynamo exporter specialises the batch to the example's size when it is 1: export at 2.
-    args = spec.sample_inputs(batch=2)
+    args = tuple(torch.from_numpy(x) for x in spec.sample_inputs(batch=2).values())
     batch = torch.export.Dim("batch", min=1, max=max(2, spec.batch_profile[2]))
     dynamic = {name: {0: batch} for name in spec.input_names}
     exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notices

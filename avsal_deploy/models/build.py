@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avsal_deploy.config import Config, check_variant
-from avsal_deploy.diffusion import DDIMScheduler, ddim_sample
+from avsal_deploy.config import Config, check_variant, resolve_steps
+from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
 from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.audio import build_audio_encoder
 from avsal_deploy.models.fusion import FusionDecoder
@@ -32,18 +32,6 @@ class Conditioning:
     one_shot: Tensor | None  # [B,1,H,W] AVRSP map in [0,1] (None for diffsal)
     conds: tuple[Tensor, Tensor, Tensor, Tensor]  # multi-scale conditions for the UNet
     audio: Tensor  # [B, C_a, T_a, h_a, w_a]
-
-
-def normalize_maps(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Clamp to [0, 1], then min-max normalise each map (DiffSal's output convention).
-
-    A constant map stays constant (it becomes all zeros) instead of dividing by zero.
-    """
-    x = x.clamp(0.0, 1.0)
-    flat = x.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
-    hi = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
-    return (x - lo) / (hi - lo + eps)
 
 
 class AVSaliencyModel(nn.Module):
@@ -119,19 +107,6 @@ class AVSaliencyModel(nn.Module):
             noise = torch.randn(shape, generator=generator, dtype=frames.dtype, device=frames.device)
         x0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, cond), noise, self.scheduler, steps)
         return normalize_maps(x0)
-
-
-def resolve_steps(config: Config, variant: str, steps: int | None) -> int:
-    """DDIM steps for ``variant``: the config's default when None; avrsp has none (always 0);
-    diffsal has no one-shot map, so it needs at least one."""
-    steps = config.diffusion.sampling_steps if steps is None else int(steps)
-    if steps < 0:
-        raise ConfigError(f"steps={steps}: must be >= 0")
-    if variant == "avrsp":
-        return 0
-    if variant == "diffsal" and steps == 0:
-        raise ConfigError("variant 'diffsal' has no one-shot map: steps must be >= 1")
-    return steps
 
 
 def build_model(config: Config, variant: str = "hybrid") -> AVSaliencyModel:

@@ -18,8 +18,8 @@ import numpy as np
 
 from avsal_deploy.config import Config
 from avsal_deploy.engine.base import Arrays, Engine
-from avsal_deploy.export.components import ComponentSpec
 from avsal_deploy.serving.triton_models import from_wire, model_name, to_wire
+from avsal_deploy.specs import ComponentSpec
 
 
 class ComponentCallError(RuntimeError):

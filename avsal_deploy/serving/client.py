@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.config import Config
-from avsal_deploy.engine import read_manifest
+from avsal_deploy.engine import register_backend
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
-from avsal_deploy.export.components import ENVELOPE, ComponentSpec
 from avsal_deploy.serving.repository import pipeline_manifest
 from avsal_deploy.serving.server import SERVE_HINT
 from avsal_deploy.serving.triton_models import (
@@ -32,6 +31,7 @@ from avsal_deploy.serving.triton_models import (
     model_name,
     to_wire,
 )
+from avsal_deploy.specs import ENVELOPE, ComponentSpec, read_manifest
 
 PROTOCOLS = ("http", "grpc")
 
@@ -220,3 +220,15 @@ def open_triton(
         server_loop=server_loop,
         timeout_s=timeout_s,
     )
+
+
+#: Where ``engine.open(None, backend="triton")`` looks (``avsal serve``'s default HTTP port).
+DEFAULT_URL = "127.0.0.1:8000"
+
+
+def _open_engine(source: str | None = None, **options: Any) -> TritonEngine:
+    """``engine.open(URL, backend="triton", export_dir=..., protocol=..., server_loop=...)``."""
+    return open_triton(str(source) if source is not None else DEFAULT_URL, **options)
+
+
+register_backend("triton", _open_engine)

@@ -34,9 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from avsal_deploy.config import Config
-from avsal_deploy.engine import parse_manifest, read_manifest
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
-from avsal_deploy.export.components import ComponentSpec, TensorSpec, window_inputs
 from avsal_deploy.serving.triton_models import (
     MANIFEST_PARAMETER,
     MAX_BATCH_PARAMETER,
@@ -48,6 +46,7 @@ from avsal_deploy.serving.triton_models import (
     model_name,
     wire_shape,
 )
+from avsal_deploy.specs import ComponentSpec, TensorSpec, parse_manifest, read_manifest, window_inputs
 
 PLATFORMS = ("python-onnxruntime", "onnxruntime", "tensorrt")
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "triton_repo"

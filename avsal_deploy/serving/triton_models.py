@@ -150,7 +150,7 @@ class PipelineModel:
         import triton_python_backend_utils as pb_utils
 
         from avsal_deploy.errors import AvsalError
-        from avsal_deploy.export.components import ENVELOPE
+        from avsal_deploy.specs import ENVELOPE
 
         def tensor(name: str) -> np.ndarray | None:
             found = pb_utils.get_input_tensor_by_name(request, name)

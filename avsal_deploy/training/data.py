@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from avsal_deploy.config import Config, check_variant
-from avsal_deploy.data.audio import envelope_frames, soundnet_excerpt, vggish_slices
+from avsal_deploy.data.audio import audio_input, envelope_frames
 from avsal_deploy.data.datasets import SaliencyDataset, VideoRecord
 from avsal_deploy.data.preprocess import gather_clip, preprocess_frames
+from avsal_deploy.data.signal import AudioTrack
 from avsal_deploy.errors import ConfigError, DatasetError
 from avsal_deploy.windows import Window, sample_windows
 
@@ -163,8 +164,7 @@ class VideoInputs:
     def audio_input(self, window: Window) -> np.ndarray:
         """The audio encoder's input for ``window``, shaped ``config.audio_input_shape(variant)``."""
         audio, rate = self.track()
-        feature = vggish_slices if self.variant == "diffsal" else soundnet_excerpt
-        return feature(audio, rate, window.frames, self.record.fps, self.config, reverse=window.reversed)
+        return audio_input(AudioTrack(audio, rate, self.record.fps), window, self.config, self.variant)
 
     @property
     def uses_envelope(self) -> bool:

@@ -51,11 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from avsal_deploy.config import Config
+from avsal_deploy.config import Config, resolve_steps
 from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
 from avsal_deploy.data.synthetic import AttentionModel, expected_density, read_annotations
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
-from avsal_deploy.models.build import resolve_steps
 from avsal_deploy.training.checkpoints import load_trained_model
 from avsal_deploy.training.data import VideoInputs
 from avsal_deploy.training.evaluate import (

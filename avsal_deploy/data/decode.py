@@ -46,7 +46,7 @@ averaging (PyAV) or DALI's antialiased linear filter, both suitable for strong d
 from __future__ import annotations
 
 import contextlib
-import functools
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -58,7 +58,8 @@ import av
 import av.logging
 import numpy as np
 
-from avsal_deploy.data.audio import resample
+from avsal_deploy.data.dali import dali_available, dali_pipeline_options, gpu_available, require_dali
+from avsal_deploy.data.signal import AudioTrack, resample
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, MediaError
 
 Backend = Literal["auto", "pyav", "dali", "dali-gpu"]
@@ -116,6 +117,11 @@ class VideoData:
     @property
     def width(self) -> int:
         return int(self.frames.shape[2])
+
+    @property
+    def track(self) -> AudioTrack:
+        """The audio with the frames' clock (what :func:`avsal_deploy.data.audio.audio_input` reads)."""
+        return AudioTrack(self.audio, self.audio_rate, self.fps, self.timestamps)
 
     @property
     def duration(self) -> float:
@@ -295,52 +301,6 @@ def _pyav_frames(
 
 
 # ----------------------------------------------------------------------------- DALI frames
-def dali_pipeline_options(device: str) -> dict[str, Any]:
-    """``pipeline_def`` settings of our one-sample, synchronous DALI pipelines (video and audio)."""
-    return {
-        "batch_size": 1,
-        "num_threads": 1,
-        "device_id": 0 if device == "gpu" else None,
-        "prefetch_queue_depth": 1,
-        "exec_async": False,
-        "exec_pipelined": False,
-    }
-
-
-def require_dali() -> Any:
-    """The ``nvidia.dali`` module, or BackendUnavailableError when it is not installed."""
-    try:
-        import nvidia.dali as dali  # noqa: PLC0415 - optional dependency, imported lazily
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "DALI backend: nvidia-dali is not installed (pip install 'avsal-deploy[dali]')"
-        ) from exc
-    return dali
-
-
-@functools.lru_cache(maxsize=1)
-def dali_available() -> bool:
-    """True when NVIDIA DALI can be imported."""
-    try:
-        require_dali()
-    except BackendUnavailableError:
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_available() -> bool:
-    """True when DALI sees at least one CUDA device."""
-    if not dali_available():
-        return False
-    from nvidia.dali import backend as dali_backend  # noqa: PLC0415
-
-    try:
-        return int(dali_backend.GetCUDADeviceCount()) > 0
-    except RuntimeError:
-        return False
-
-
 def _packet_times(path: Path, stats: _DecodeStats) -> tuple[np.ndarray, float]:
     """Presentation times (sorted, absolute seconds) of the video packets, and the stream fps.
 
@@ -464,6 +424,78 @@ def _frame_source(
     return (lambda: _dali_frames(path, device, max_frames, max_side, size, stats)), stats, False
 
 
+class FrameReader:
+    """Decoded frames of a file, one at a time, and what the decoder learnt about it.
+
+    Iterating yields ``(frame uint8 [H, W, 3], timestamp seconds)`` with timestamps relative to the
+    first frame, as in :class:`VideoData`. :meth:`first` decodes the first frame ahead (iteration
+    still starts with it) so that :attr:`first_time` (absolute, on the container clock: what the
+    audio is aligned to), :attr:`fps` and :attr:`source_size` are known before the loop. See
+    :func:`iter_frames` for the backends, damage and retry rules.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        backend: Backend = "auto",
+        max_frames: int | None = None,
+        max_side: int | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.path = _check_path(path)
+        self._args = (max_frames, max_side, size)
+        make, self._stats, self._may_retry = _frame_source(self.path, backend, max_frames, max_side, size)
+        self._gen = self._decode(make)
+        self._head: tuple[np.ndarray, float] | None = None
+
+    @property
+    def first_time(self) -> float | None:
+        return self._stats.first_time
+
+    @property
+    def fps(self) -> float:
+        return self._stats.fps
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        return self._stats.source_size
+
+    def first(self) -> tuple[np.ndarray, float]:
+        """The first frame (decoded once); :class:`MediaError` when the file has none."""
+        if self._head is None:
+            head = next(self._gen, None)
+            if head is None:
+                raise MediaError(f"{self.path}: no decodable video frame")
+            self._head = head
+        return self._head
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        if self._head is not None:
+            yield self._head
+        yield from self._gen
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def _decode(self, make: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> Iterator[tuple[np.ndarray, float]]:
+        n = 0
+        try:
+            for rgb, t in make():
+                assert self._stats.first_time is not None
+                yield rgb, t - self._stats.first_time
+                n += 1
+        except RuntimeError:  # DALI failed to build or run its pipeline
+            if not self._may_retry or n:
+                raise
+        if self._may_retry and n == 0:
+            make, self._stats, _ = _frame_source(self.path, "pyav", *self._args)
+            for rgb, t in make():
+                assert self._stats.first_time is not None
+                yield rgb, t - self._stats.first_time
+                n += 1
+        _report_damage(self.path, n, self._stats)
+
+
 def iter_frames(
     path: str | os.PathLike[str],
     backend: Backend = "auto",
@@ -478,26 +510,10 @@ def iter_frames(
     Damaged data ends the stream early with a :class:`MediaWarning`; a file with no decodable
     frame raises :class:`MediaError` without yielding. With ``auto``, a file DALI cannot start
     decoding is decoded by PyAV (frames already yielded cannot be taken back, so a DALI failure
-    later on ends the stream with the warning).
+    later on ends the stream with the warning). :class:`FrameReader` is the same stream with the
+    decoder's findings (first frame time, fps, coded size).
     """
-    p = _check_path(path)
-    make, stats, may_retry = _frame_source(p, backend, max_frames, max_side, size)
-    n = 0
-    try:
-        for rgb, t in make():
-            assert stats.first_time is not None
-            yield rgb, t - stats.first_time
-            n += 1
-    except RuntimeError:  # DALI failed to build or run its pipeline
-        if not may_retry or n:
-            raise
-    if may_retry and n == 0:
-        make, stats, _ = _frame_source(p, "pyav", max_frames, max_side, size)
-        for rgb, t in make():
-            assert stats.first_time is not None
-            yield rgb, t - stats.first_time
-            n += 1
-    _report_damage(p, n, stats)
+    yield from FrameReader(path, backend, max_frames, max_side, size)
 
 
 def _report_damage(path: Path, n_frames: int, stats: _DecodeStats) -> None:
@@ -513,53 +529,100 @@ def _report_damage(path: Path, n_frames: int, stats: _DecodeStats) -> None:
 
 
 # ----------------------------------------------------------------------------- audio
-def _pyav_audio(path: Path, start: float | None, stop: float | None) -> tuple[np.ndarray, int] | None:
-    """Mono float32 audio of the first audio stream, sample 0 at absolute time ``start``.
+class AudioReader:
+    """The first audio stream of a file, decoded lazily into mono float32 chunks.
 
-    ``start=None`` keeps the track as decoded (standalone audio files); ``stop`` (absolute
-    seconds) ends decoding early. Returns None when there is no audio stream or none of it decodes.
+    ``start`` (absolute seconds on the container clock, e.g. the first video frame's time) aligns
+    the chunks so that their first sample plays at ``start``: a track that begins later is preceded
+    by zeros, one that begins earlier is cut. ``start=None`` keeps the track as decoded. Damaged
+    packets are dropped (their neighbours still play). :attr:`rate` and :attr:`has_audio` are known
+    as soon as the reader is made (the first audio frame is decoded then); iterate for the chunks.
+    Channels are averaged; the sample rate is the track's own.
     """
-    with _open(path) as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
+
+    def __init__(self, path: str | os.PathLike[str], start: float | None = None) -> None:
+        self.path = _check_path(path)
+        self.start = start
+        self._container = _open(self.path)
+        self.rate = 0
+        self._frames: Iterator[Any] = iter(())
+        self._first: Any = None
+        if self._container.streams.audio:
+            stream = self._container.streams.audio[0]
+            self.rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+            self._frames = self._decoded(stream)
+            self._first = next(self._frames, None)
+            if self._first is not None:
+                self.rate = int(self._first.sample_rate)
+        if self._first is None or self.rate <= 0:
+            self.close()
+
+    @property
+    def has_audio(self) -> bool:
+        return self._first is not None and self.rate > 0
+
+    def _decoded(self, stream: Any) -> Iterator[Any]:
+        try:
+            for packet in self._container.demux(stream):
+                try:
+                    yield from packet.decode()
+                except av.FFmpegError:
+                    continue  # a damaged audio packet is dropped; its neighbours still play
+        except av.FFmpegError:
+            return
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if not self.has_audio:
+            return
         resampler = av.AudioResampler(format="fltp")  # float planar, same layout and rate
-        chunks: list[np.ndarray] = []
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        first: float | None = None
+        first = self._first
+        t0 = float(first.time) if first.time is not None else (self.start or 0.0)
+        skip = 0
+        if self.start is not None:
+            offset = int(round((t0 - self.start) * self.rate))
+            if offset > 0:
+                yield np.zeros(offset, np.float32)
+            skip = max(-offset, 0)
+        try:
+            for frame in itertools.chain([first], self._frames):
+                for converted in resampler.resample(frame):
+                    chunk = converted.to_ndarray().mean(axis=0, dtype=np.float32)
+                    if skip:
+                        cut = min(skip, chunk.shape[0])
+                        chunk, skip = chunk[cut:], skip - cut
+                    if chunk.shape[0]:
+                        yield chunk
+        finally:
+            self.close()
 
-        def frames() -> Iterator[Any]:
-            try:
-                for packet in container.demux(stream):
-                    try:
-                        yield from packet.decode()
-                    except av.FFmpegError:
-                        continue  # a damaged audio packet is dropped; its neighbours still play
-            except av.FFmpegError:
-                return
+    def close(self) -> None:
+        self._container.close()
 
-        for frame in frames():
-            if first is None:
-                first = float(frame.time) if frame.time is not None else (start or 0.0)
-                rate = int(frame.sample_rate)
-            for converted in resampler.resample(frame):
-                chunks.append(converted.to_ndarray().mean(axis=0, dtype=np.float32))
-            if stop is not None and frame.time is not None and frame.time > stop:
-                break
-        if first is None or not chunks or rate <= 0:
-            return None
-        audio = np.concatenate(chunks).astype(np.float32, copy=False)
-    if start is None:
-        return audio, rate
-    # Align sample 0 with the first video frame.
-    offset = int(round((first - start) * rate))
-    if offset > 0:
-        audio = np.concatenate([np.zeros(offset, np.float32), audio])
-    elif offset < 0:
-        audio = audio[-offset:]
-    if stop is not None:
-        audio = audio[: int(np.ceil((stop - start) * rate))]
-    return audio, rate
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pyav_audio(path: Path, start: float | None, stop: float | None) -> tuple[np.ndarray, int] | None:
+    """Mono float32 audio of the first audio stream, sample 0 at absolute time ``start`` (see
+    :class:`AudioReader`), cut at absolute time ``stop``; None without a decodable audio stream."""
+    reader = AudioReader(path, start)
+    if not reader.has_audio:
+        return None
+    limit = None if stop is None or start is None else int(np.ceil((stop - start) * reader.rate))
+    chunks, total = [], 0
+    for chunk in reader:
+        chunks.append(chunk)
+        total += chunk.shape[0]
+        if limit is not None and total >= limit:
+            reader.close()
+            break
+    if not chunks:
+        return None
+    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    return (audio[:limit] if limit is not None else audio), reader.rate
 
 
 def _dali_audio(path: Path) -> tuple[np.ndarray, int]:
