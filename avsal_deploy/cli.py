@@ -140,22 +140,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_build_engines(args: argparse.Namespace) -> int:
     from avsal_deploy.engine.trt import BuildOptions, build_engines
 
-    opts = BuildOptions(
-        fp16=not args.fp32,
-        int8=args.int8,
-        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
-    )
-    calibration = None
-    if args.int8:
-        from avsal_deploy.engine.trt import calibration_batches, import_tensorrt
-
-        import_tensorrt()  # fail before the calibration pass where TensorRT is missing
-        if not args.calib_clips:
-            raise AvsalError("--int8 needs --calib-clips VIDEO [VIDEO ...] to calibrate on")
-        calibration = calibration_batches(Path(args.export), [Path(c) for c in args.calib_clips])
-    plans = build_engines(Path(args.export), Path(args.out) if args.out else None, opts, calibration)
+    opts = BuildOptions(timing_cache=Path(args.timing_cache) if args.timing_cache else None)
+    plans = build_engines(Path(args.export), Path(args.out) if args.out else None, opts)
     for name, plan in plans.items():
         print(f"  {name:<15} {plan}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from avsal_deploy.export.quantize import calibration_feeds, quantize_export
+
+    calibration = None
+    if args.precision == "int8":
+        if not args.calib_clips:
+            raise AvsalError("--precision int8 needs --calib-clips VIDEO [VIDEO ...] to calibrate on")
+        calibration = calibration_feeds(
+            Path(args.export), [Path(c) for c in args.calib_clips], args.max_windows
+        )
+    out = quantize_export(args.export, args.out, args.precision, calibration)
+    print(f"{args.precision} export: {out} (open it like any export; `avsal build-engines` for TensorRT)")
     return 0
 
 
@@ -251,16 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", nargs="+", default=None, help="export only these components")
     p.set_defaults(handler=cmd_export)
 
-    p = sub.add_parser("build-engines", help="build TensorRT plans from an export (needs an NVIDIA GPU)")
-    p.add_argument("--export", required=True, help="directory written by `avsal export`")
-    p.add_argument("--out", default=None, help="where the .plan files go (default: the export directory)")
-    p.add_argument("--fp32", action="store_true", help="no FP16 kernels")
-    p.add_argument("--int8", action="store_true", help="INT8 kernels, calibrated on --calib-clips")
-    p.add_argument(
-        "--calib-clips", nargs="+", default=None, metavar="VIDEO", help="clips for INT8 calibration"
+    p = sub.add_parser(
+        "build-engines", help="build strongly typed TensorRT plans from an export (needs an NVIDIA GPU)"
     )
+    p.add_argument("--export", required=True, help="`avsal export` or `avsal quantize` directory")
+    p.add_argument("--out", default=None, help="where the .plan files go (default: the export directory)")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, read and updated")
     p.set_defaults(handler=cmd_build_engines)
+
+    p = sub.add_parser("quantize", help="an INT8 (Q/DQ, calibrated on clips) or FP16 copy of an export")
+    p.add_argument("--export", required=True, help="directory written by `avsal export`")
+    p.add_argument("--out", required=True, help="output export directory")
+    p.add_argument("--precision", default="int8", choices=["int8", "fp16"])
+    p.add_argument("--calib-clips", nargs="+", default=None, metavar="VIDEO", help="clips to calibrate on")
+    p.add_argument("--max-windows", type=int, default=64, help="calibration windows in all")
+    p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("predict", help="saliency maps, overlay video and contact sheet for a video")
     p.add_argument("video", nargs="?", help="video file (any container/codec FFmpeg reads)")

@@ -18,7 +18,7 @@ from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.export.components import component_specs
 from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
-from avsal_deploy.specs import sample_window
+from avsal_deploy.specs import read_manifest, sample_window
 
 TOL = 1e-4
 
@@ -163,7 +163,7 @@ def test_specs_profile_and_sample_inputs_follow_the_config() -> None:
 def test_open_errors_are_clear(tmp_path, exports) -> None:
     with pytest.raises(AvsalError, match="no manifest"):
         engines.open(tmp_path)
-    with pytest.raises(AvsalError, match="unknown backend"):
+    with pytest.raises(AvsalError, match="unknown engine backend"):
         engines.open(exports["avrsp"], "caffe")
     with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
         engines.open(exports["avrsp"], "tensorrt")
@@ -205,11 +205,11 @@ def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
     """The calibration pass (runs on ONNX Runtime) gives every component real inputs of its spec."""
     from media_utils import write_video
 
-    from avsal_deploy.engine.trt import calibration_batches
+    from avsal_deploy.export.quantize import calibration_feeds, quantize_export
 
     clips = [write_video(tmp_path / f"c{i}.mp4", n=9, size=(64, 96), audio="aac") for i in range(2)]
-    feeds = calibration_batches(exports["hybrid"], clips, max_windows=4)
-    specs = engines.read_manifest(exports["hybrid"])[2]
+    feeds = calibration_feeds(exports["hybrid"], clips, max_windows=4)
+    specs = read_manifest(exports["hybrid"])[2]
     assert set(feeds) == set(specs)
     for name, batches in feeds.items():
         assert len(batches) == 4, name
@@ -221,8 +221,22 @@ def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
     steps = load_config("tiny").diffusion.sampling_steps
     allowed = set(DDIMScheduler.from_config(load_config("tiny").diffusion).timesteps_for(steps))
     assert {int(f["t"][0]) for f in feeds["unet_step"]} <= allowed
+    # The Q/DQ export (what ONNX Runtime INT8 on CPU and TensorRT's strongly typed build take)
+    # opens like any export and stays close to fp32 on the calibration windows.
+    int8 = quantize_export(exports["hybrid"], tmp_path / "int8", "int8", feeds)
+    assert json.loads((int8 / "manifest.json").read_text())["precision"] == "int8"
+    ops = graph_ops(onnx.load(str(int8 / "video_encoder.onnx")))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops)
+    q, f = engines.open(int8, "onnxruntime"), engines.open(exports["hybrid"], "onnxruntime")
+    feed = feeds["video_encoder"][0]
+    a, b = q.run("video_encoder", feed)["v3"], f.run("video_encoder", feed)["v3"]
+    assert np.isfinite(a).all() and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
 
 
-def test_int8_build_needs_tensorrt(tmp_path, exports, capsys) -> None:
-    assert main(["build-engines", "--export", str(exports["avrsp"]), "--int8", "--calib-clips", "x.mp4"]) == 2
-    assert "NVIDIA GPU" in capsys.readouterr().err
+def test_quantize_cli_needs_clips_and_tensorrt_needs_a_gpu(tmp_path, exports, capsys) -> None:
+    assert main(["quantize", "--export", str(exports["avrsp"]), "--out", str(tmp_path / "q")]) == 2
+    assert "--calib-clips" in capsys.readouterr().err
+    assert main(["predict", "--sample", "--engine", "tensorrt", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "NVIDIA GPU" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p" / "maps.npz").exists()

@@ -1,15 +1,35 @@
-"""Native TensorRT: engine build (FP16 / INT8, optimisation profiles, timing cache) and runtime.
+"""Native TensorRT: engine build (strongly typed, TensorRT 10 and 11) and a device-resident runtime.
 
-Written against the TensorRT 10 Python API. TensorRT installs only from NVIDIA's own package index
-and needs an NVIDIA GPU, so on CPU machines every entry point raises
-:class:`~avsal_deploy.errors.BackendUnavailableError`; ``tensorrt`` and CUDA are imported lazily,
-inside the functions that need them. Device buffers are torch CUDA tensors (no pycuda needed).
+Written against the real TensorRT and CUDA Python APIs (``tensorrt`` >= 10, ``cuda-python``
+>= 12.4; the ``gpu`` extra) and **not run** on the machines this was built on: they have no GPU.
+Every entry point checks for TensorRT and a CUDA device first and raises
+:class:`~avsal_deploy.errors.BackendUnavailableError` ("needs an NVIDIA GPU") otherwise; both are
+imported lazily, inside the functions that need them. No torch: device memory, streams, copies
+and CUDA graphs come from ``cuda-python``, the DDIM update kernel from NVRTC.
+
+Precision. TensorRT 11 removed weak typing (``BuilderFlag.FP16/INT8``, the implicit INT8
+calibrators); every network is built strongly typed here (the ``STRONGLY_TYPED`` creation flag on
+10.x, the only mode on 11.x), so the precision is the ONNX graph's own: fp32 as exported, fp16 from
+ModelOpt AutoCast, INT8 from explicit Q/DQ nodes (:mod:`avsal_deploy.export.quantize` makes both,
+on any machine). One build path serves TensorRT 10 and 11.
+
+Runtime (:class:`TensorRTEngine`):
+
+- one CUDA stream per engine: host-to-device copies, every ``execute_async_v3`` and the
+  device-to-host copies are ordered on it;
+- device (and pinned host) buffers are allocated once per component and batch size, then reused;
+- the encoders' and the fusion decoder's outputs stay on the device and are bound directly as the
+  UNet step's inputs; the DDIM loop runs on the device (an NVRTC kernel applies the update between
+  steps), so only the noise goes in and the final map comes out: no host round trip per step;
+- tensor dtypes are read from the engine (an fp16 I/O graph gets fp16 buffers);
+- ``cuda_graph=True`` captures the UNet step's enqueue once per batch size and replays it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,172 +37,107 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.config import Config
+from avsal_deploy.diffusion import normalize_maps
+from avsal_deploy.engine import register_backend, resolve_export
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import BackendUnavailableError
-from avsal_deploy.specs import ComponentSpec
+from avsal_deploy.specs import CONDS, ENVELOPE, SCALES, ComponentSpec, read_manifest
 
-GPU_HINT = "needs an NVIDIA GPU with TensorRT 10 (pip install 'avsal-deploy[gpu]' from NVIDIA's index)"
+GPU_HINT = (
+    "needs an NVIDIA GPU with TensorRT 10 or 11 and cuda-python (pip install 'avsal-deploy[gpu]'; "
+    "TensorRT comes from NVIDIA's package index)"
+)
+#: TensorRT majors this module is written for.
+SUPPORTED_MAJORS = (10, 11)
+
+_DDIM_KERNEL = r"""
+extern "C" __global__ void ddim_update(float* x, const float* x0, float c_x0, float c_xt, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float e = fminf(fmaxf(x0[i], 0.0f), 1.0f);  // clip_x0, as diffusion.ddim_sample
+        x[i] = c_x0 * e + c_xt * x[i];
+    }
+}
+"""
 
 
 def import_tensorrt() -> Any:
+    """The ``tensorrt`` module (10.x or 11.x), or BackendUnavailableError."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError(f"TensorRT is not installed: the tensorrt backend {GPU_HINT}") from exc
+    major = int(str(trt.__version__).split(".")[0])
+    if major not in SUPPORTED_MAJORS:
+        raise BackendUnavailableError(
+            f"TensorRT {trt.__version__}: the tensorrt backend supports {SUPPORTED_MAJORS} majors only"
+        )
     return trt
 
 
-def _require_cuda() -> Any:
-    import torch
+def _cudart() -> Any:
+    """``cuda-python``'s runtime bindings with a visible device, or BackendUnavailableError."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python 12.x layout
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"cuda-python is not installed: the tensorrt backend {GPU_HINT}"
+            ) from exc
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or not count:
+        raise BackendUnavailableError(f"no CUDA device visible ({err}): the tensorrt backend {GPU_HINT}")
+    return cudart
 
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(f"no CUDA device visible: the tensorrt backend {GPU_HINT}")
-    return torch
+
+def _check(result: Any) -> Any:
+    """Unwrap a cuda-python ``(error, value...)`` tuple, raising on a CUDA error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA call failed: {err}")
+    return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
+# ----------------------------------------------------------------------------- build
 @dataclass(frozen=True)
 class BuildOptions:
-    fp16: bool = True
-    int8: bool = False
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None  # read if present, written back after the build
-    calibration_cache: Path | None = None
+    builder_optimization_level: int = 3
 
 
-class EntropyCalibrator:
-    """INT8 calibration from real clips: ``batches`` yields feeds for one component.
-
-    Wrapped into ``trt.IInt8EntropyCalibrator2`` by :func:`make_calibrator`, since the base class
-    only exists where TensorRT is installed.
-    """
-
-    def __init__(self, spec: ComponentSpec, batches: Iterable[Mapping[str, np.ndarray]], cache: Path | None):
-        self.spec = spec
-        self.batches = iter(batches)
-        self.cache = cache
-        self._device: dict[str, Any] = {}
-
-    def get_batch_size(self) -> int:
-        return self.spec.batch_profile[1]
-
-    def get_batch(self, names: list[str]) -> list[int] | None:
-        torch = _require_cuda()
-        try:
-            feeds = next(self.batches)
-        except StopIteration:
-            return None
-        ptrs = []
-        for n in names:
-            self._device[n] = torch.from_numpy(np.ascontiguousarray(feeds[n], np.float32)).cuda()
-            ptrs.append(int(self._device[n].data_ptr()))
-        return ptrs
-
-    def read_calibration_cache(self) -> bytes | None:
-        return self.cache.read_bytes() if self.cache and self.cache.exists() else None
-
-    def write_calibration_cache(self, data: bytes) -> None:
-        if self.cache:
-            self.cache.write_bytes(bytes(data))
-
-
-def make_calibrator(
-    spec: ComponentSpec, batches: Iterable[Mapping[str, np.ndarray]], cache: Path | None
-) -> Any:
-    trt = import_tensorrt()
-
-    class _Calibrator(EntropyCalibrator, trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            EntropyCalibrator.__init__(self, spec, batches, cache)
-
-    return _Calibrator()
-
-
-def calibration_batches(
-    export_dir: Path, clips: Iterable[Path], max_windows: int = 64, seed: int = 0
-) -> dict[str, list[dict[str, np.ndarray]]]:
-    """INT8 calibration inputs for every component, computed from real clips on ONNX Runtime.
-
-    Each window of each clip (at most ``max_windows`` in all, spread over the clips) gives one
-    feed per component: the encoders see the preprocessed clip and audio, the fusion decoder the
-    encoders' outputs, and the UNet step noisy maps ``x_t`` at the DDIM time steps of the
-    profile's default schedule, made by forward-noising the model's own one-shot (or first-step)
-    estimate, so activation ranges match what the sampler feeds it.
-    """
-    import torch
-
-    from avsal_deploy import engine as engines
-    from avsal_deploy.data.preprocess import audio_inputs, envelope_inputs, gather_clips, preprocess_frames
-    from avsal_deploy.pipeline import Predictor
-    from avsal_deploy.windows import plan
-
-    ort = engines.open(export_dir, backend="onnxruntime")
-    reader = Predictor(ort)
-    clips = list(clips)
-    per_clip = max(1, max_windows // max(1, len(clips)))
-    rng = np.random.default_rng(seed)
-    steps = max(1, ort.config.diffusion.sampling_steps)
-    timesteps = ort.scheduler.timesteps_for(steps)
-    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in ort.specs}
-    for clip in clips:
-        video = reader.read(clip)
-        pre = preprocess_frames(video.frames, ort.config)
-        windows = plan(video.n_frames, ort.config, ort.variant).windows
-        picks = sorted(rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False))
-        for i in picks:
-            frames = gather_clips(pre, [windows[i]])
-            audio = audio_inputs(video, [windows[i]], ort.config, ort.variant)
-            envelope = envelope_inputs(video, [windows[i]], ort.config, ort.variant)
-            cond = ort.condition(frames, audio, envelope)
-            values = {"frames": frames, "audio": audio, **cond}
-            if "unet_step" in ort.specs:
-                noise = ort.make_noise(1, int(rng.integers(1 << 31)))
-                x0 = cond["one_shot"] if "one_shot" in cond else ort.sample(cond, 1, noise)
-                t = torch.tensor([int(rng.choice(timesteps))])
-                x_t = ort.scheduler.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), t)
-                values.update(x_t=x_t.numpy().astype(np.float32), t=t.numpy().astype(np.float32))
-            for name, spec in ort.specs.items():
-                if name != "ddim":  # the unrolled loop is calibrated through its unet_step twin
-                    feeds[name].append({n: values[n] for n in spec.input_names})
-    ort.close()
-    return feeds
+def _network_flags(trt: Any) -> int:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)  # 11.x: every network is strongly typed
 
 
 def build_engine(
-    onnx_path: Path,
-    spec: ComponentSpec,
-    plan_path: Path,
-    options: BuildOptions = BuildOptions(),
-    calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+    onnx_path: Path, spec: ComponentSpec, plan_path: Path, options: BuildOptions = BuildOptions()
 ) -> Path:
-    """Parse ``onnx_path``, build a serialized engine with the spec's min/opt/max profile."""
+    """Parse ``onnx_path`` (fp32, fp16 or Q/DQ INT8 graph) into a strongly typed network and build
+    a serialized engine with the spec's min/opt/max batch profile."""
     trt = import_tensorrt()
-    _require_cuda()
+    _cudart()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendUnavailableError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-    if options.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if options.int8:
-        if calibration is None:
-            raise BackendUnavailableError(f"{spec.name}: INT8 needs calibration clips")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = make_calibrator(spec, calibration, options.calibration_cache)
+    config.builder_optimization_level = options.builder_optimization_level
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in spec.trt_profile().items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    cache_blob = (
+    blob = (
         options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.exists() else b""
     )
-    timing_cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendUnavailableError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
@@ -194,43 +149,76 @@ def build_engine(
 
 
 def build_engines(
-    export_dir: Path,
-    out_dir: Path | None = None,
-    options: BuildOptions = BuildOptions(),
-    calibration: Mapping[str, Iterable[Mapping[str, np.ndarray]]] | None = None,
+    export_dir: Path, out_dir: Path | None = None, options: BuildOptions = BuildOptions()
 ) -> dict[str, Path]:
-    """Build a plan per component of an export directory (its manifest.json) into ``out_dir``."""
+    """A plan per component of an export directory (its manifest) into ``out_dir`` (default: beside it).
+
+    The export's precision is its graphs' (``avsal quantize`` writes fp16 / INT8 exports)."""
+    import_tensorrt()
+    _cudart()
     manifest = json.loads((export_dir / "manifest.json").read_text())
     out_dir = out_dir or export_dir
     plans: dict[str, Path] = {}
     for name, entry in manifest["components"].items():
         spec = ComponentSpec.from_manifest(name, entry)
-        plans[name] = build_engine(
-            export_dir / spec.onnx_file,
-            spec,
-            out_dir / f"{name}.plan",
-            options,
-            (calibration or {}).get(name),
-        )
+        plans[name] = build_engine(export_dir / spec.onnx_file, spec, out_dir / f"{name}.plan", options)
     return plans
 
 
+# ----------------------------------------------------------------------------- runtime
+class _Buffers:
+    """Device and pinned host buffers of one component at one batch size (allocated once)."""
+
+    def __init__(self, cudart: Any, engine: Any, ctx: Any, spec: ComponentSpec, batch: int, trt: Any) -> None:
+        self.cudart = cudart
+        self.device: dict[str, int] = {}
+        self.host: dict[str, np.ndarray] = {}
+        self._host_ptrs: list[int] = []
+        for t in (*spec.inputs, *spec.outputs):
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(t.name)))
+            shape = t.full_shape(batch)
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            self.device[t.name] = int(_check(cudart.cudaMalloc(nbytes)))
+            ptr = int(_check(cudart.cudaMallocHost(nbytes)))
+            self._host_ptrs.append(ptr)
+            self.host[t.name] = (
+                np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(ptr))
+                .view(dtype)
+                .reshape(shape)
+            )
+            if t in spec.inputs:
+                ctx.set_input_shape(t.name, shape)
+            ctx.set_tensor_address(t.name, self.device[t.name])
+
+    def free(self) -> None:
+        for ptr in self.device.values():
+            self.cudart.cudaFree(ptr)
+        for ptr in self._host_ptrs:
+            self.cudart.cudaFreeHost(ptr)
+
+
 class TensorRTEngine(Engine):
-    """Runs the serialized plans of an export directory on one CUDA stream."""
+    """Runs the serialized plans of an export directory on one CUDA stream (see the module docstring)."""
 
     backend = "tensorrt"
 
     def __init__(
-        self, directory: Path, config: Config, variant: str, specs: Mapping[str, ComponentSpec]
+        self,
+        directory: Path,
+        config: Config,
+        variant: str,
+        specs: Mapping[str, ComponentSpec],
+        cuda_graph: bool = False,
     ) -> None:
         trt = import_tensorrt()
-        torch = _require_cuda()
+        cudart = _cudart()
         super().__init__(config, variant, specs)
-        self._torch = torch
-        self._stream = torch.cuda.Stream()
+        self._trt, self._cudart = trt, cudart
+        _check(cudart.cudaFree(0))  # initialise the primary context
+        self._stream = _check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engines = {}
-        self._contexts = {}
+        self._engines: dict[str, Any] = {}
+        self._contexts: dict[str, Any] = {}
         for name in self.specs:
             plan = Path(directory) / f"{name}.plan"
             if not plan.exists():
@@ -238,27 +226,218 @@ class TensorRTEngine(Engine):
             engine = runtime.deserialize_cuda_engine(plan.read_bytes())
             self._engines[name] = engine
             self._contexts[name] = engine.create_execution_context()
+        self._buffers: dict[tuple[str, int], _Buffers] = {}
+        self._graphs: dict[int, Any] = {}
+        self._cuda_graph = cuda_graph
+        self._kernel = self._compile_ddim_kernel() if "unet_step" in self.specs else None
 
-    def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> Arrays:
-        torch = self._torch
-        spec = self.specs[component]
+    # ------------------------------------------------------------------ plumbing
+    def _bufs(self, component: str, batch: int) -> _Buffers:
+        key = (component, batch)
+        if key not in self._buffers:
+            spec = self.specs[component]
+            self._buffers[key] = _Buffers(
+                self._cudart, self._engines[component], self._contexts[component], spec, batch, self._trt
+            )
+        buf = self._buffers[key]
         ctx = self._contexts[component]
-        keep = []
-        for n in spec.input_names:
-            x = torch.from_numpy(np.ascontiguousarray(feeds[n], np.float32)).cuda(non_blocking=True)
-            keep.append(x)
-            ctx.set_input_shape(n, tuple(x.shape))
-            ctx.set_tensor_address(n, x.data_ptr())
-        outs = {}
-        for n in spec.output_names:
-            y = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
-            ctx.set_tensor_address(n, y.data_ptr())
-            outs[n] = y
-        if not ctx.execute_async_v3(self._stream.cuda_stream):
+        for t in self.specs[component].inputs:  # rebind: another batch size may have been used last
+            ctx.set_input_shape(t.name, t.full_shape(batch))
+        for name, ptr in buf.device.items():
+            ctx.set_tensor_address(name, ptr)
+        return buf
+
+    def _upload(self, buf: _Buffers, name: str, array: np.ndarray) -> None:
+        host = buf.host[name]
+        np.copyto(host, np.asarray(array, host.dtype).reshape(host.shape))
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        _check(
+            self._cudart.cudaMemcpyAsync(buf.device[name], host.ctypes.data, host.nbytes, kind, self._stream)
+        )
+
+    def _device_copy(self, dst: int, src: int, nbytes: int) -> None:
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        _check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream))
+
+    def _download(self, buf: _Buffers, name: str) -> np.ndarray:
+        host = buf.host[name]
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(
+            self._cudart.cudaMemcpyAsync(host.ctypes.data, buf.device[name], host.nbytes, kind, self._stream)
+        )
+        return host
+
+    def _sync(self) -> None:
+        _check(self._cudart.cudaStreamSynchronize(self._stream))
+
+    def _execute(self, component: str) -> None:
+        if not self._contexts[component].execute_async_v3(int(self._stream)):
             raise RuntimeError(f"TensorRT execution of {component!r} failed")
-        self._stream.synchronize()
-        return {n: y.cpu().numpy() for n, y in outs.items()}
+
+    def _bind(self, component: str, batch: int, sources: Mapping[str, int]) -> _Buffers:
+        """Buffers of ``component`` with the inputs named in ``sources`` read from other
+        components' device buffers (no copy: the addresses are bound directly)."""
+        buf = self._bufs(component, batch)
+        ctx = self._contexts[component]
+        for name, ptr in sources.items():
+            ctx.set_tensor_address(name, ptr)
+        return buf
+
+    # ------------------------------------------------------------------ protocol
+    def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> Arrays:
+        spec = self.specs[component]
+        batch = int(np.asarray(feeds[spec.input_names[0]]).shape[0])
+        buf = self._bufs(component, batch)
+        for name in spec.input_names:
+            self._upload(buf, name, feeds[name])
+        self._execute(component)
+        outs = {n: self._download(buf, n) for n in spec.output_names}
+        self._sync()
+        return {n: np.array(o, np.float32) for n, o in outs.items()}
+
+    def _condition_device(
+        self, frames: np.ndarray, audio: np.ndarray, envelope: np.ndarray | None
+    ) -> tuple[dict[str, int], _Buffers | None]:
+        """Encoders and fusion on the device: the device address of every UNet input by name, and
+        the fusion buffers (for the one-shot map)."""
+        batch = int(frames.shape[0])
+        video = self._bufs("video_encoder", batch)
+        self._upload(video, "frames", frames)
+        self._execute("video_encoder")
+        aud = self._bufs("audio_encoder", batch)
+        self._upload(aud, "audio", audio)
+        self._execute("audio_encoder")
+        addresses = {**{n: video.device[n] for n in SCALES}, "audio_feat": aud.device["audio_feat"]}
+        fusion = None
+        if "fusion" in self.specs:
+            fusion = self._bind("fusion", batch, addresses)
+            if ENVELOPE in self.specs["fusion"].input_names:
+                if envelope is None:
+                    raise BackendUnavailableError("the fusion decoder needs the per-frame audio envelope")
+                self._upload(fusion, ENVELOPE, envelope)
+            self._execute("fusion")
+            addresses.update({c: fusion.device[c] for c in CONDS})
+        else:
+            addresses.update({c: video.device[v] for c, v in zip(CONDS, SCALES, strict=True)})
+        return addresses, fusion
+
+    def predict_window(
+        self,
+        frames: np.ndarray,
+        audio: np.ndarray,
+        steps: int | None = None,
+        noise: np.ndarray | None = None,
+        seed: int = 0,
+        *,
+        envelope: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Maps [B,1,H,W]: the whole window on the device, the DDIM loop included."""
+        from avsal_deploy.config import resolve_steps
+
+        n = resolve_steps(self.config, self.variant, steps)
+        batch = int(frames.shape[0])
+        addresses, fusion = self._condition_device(frames, audio, envelope)
+        if n == 0:
+            assert fusion is not None
+            out = np.array(self._download(fusion, "one_shot"), np.float32)
+            self._sync()
+            return out
+        if noise is None:
+            noise = self.make_noise(batch, seed)
+        unet = self._bind("unet_step", batch, {k: addresses[k] for k in (*CONDS, "audio_feat")})
+        self._upload(unet, "x_t", noise)
+        timesteps = self.scheduler.timesteps_for(n)
+        size = int(np.prod(self.specs["unet_step"].outputs[0].full_shape(batch)))
+        for i, t in enumerate(timesteps):
+            t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            self._upload(unet, "t", np.full((batch,), float(t), np.float32))
+            self._unet_step(batch)
+            if t_next is None:  # the last step returns the (clipped) x0 estimate
+                break
+            c_x0, c_xt = self.scheduler.step_coefficients(t, t_next)
+            self._ddim_update(unet.device["x_t"], unet.device["x0"], c_x0, c_xt, size)
+        x0 = np.array(self._download(unet, "x0"), np.float32)
+        self._sync()
+        return normalize_maps(x0)
+
+    # ------------------------------------------------------------------ DDIM on the device
+    def _unet_step(self, batch: int) -> None:
+        if not self._cuda_graph:
+            self._execute("unet_step")
+            return
+        cudart = self._cudart
+        graph = self._graphs.get(batch)
+        if graph is None:
+            self._execute("unet_step")  # warm-up outside capture (TensorRT allocates lazily)
+            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+            _check(cudart.cudaStreamBeginCapture(self._stream, mode))
+            self._execute("unet_step")
+            captured = _check(cudart.cudaStreamEndCapture(self._stream))
+            graph = _check(cudart.cudaGraphInstantiate(captured, 0))
+            self._graphs[batch] = graph
+        _check(cudart.cudaGraphLaunch(graph, self._stream))
+
+    def _compile_ddim_kernel(self) -> Any:
+        from cuda.bindings import driver, nvrtc
+
+        prog = _check(nvrtc.nvrtcCreateProgram(_DDIM_KERNEL.encode(), b"ddim_update.cu", 0, [], []))
+        _check(nvrtc.nvrtcCompileProgram(prog, 1, [b"--std=c++17"]))
+        size = _check(nvrtc.nvrtcGetPTXSize(prog))
+        ptx = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, ptx))
+        module = _check(driver.cuModuleLoadData(ptx))
+        return _check(driver.cuModuleGetFunction(module, b"ddim_update"))
+
+    def _ddim_update(self, x: int, x0: int, c_x0: float, c_xt: float, n: int) -> None:
+        """``x = c_x0 * clip(x0, 0, 1) + c_xt * x`` on the stream (diffusion.DDIMScheduler.step)."""
+        import ctypes
+
+        from cuda.bindings import driver
+
+        args = [
+            ctypes.c_void_p(x),
+            ctypes.c_void_p(x0),
+            ctypes.c_float(c_x0),
+            ctypes.c_float(c_xt),
+            ctypes.c_int(n),
+        ]
+        pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        threads = 256
+        _check(
+            driver.cuLaunchKernel(
+                self._kernel,
+                (n + threads - 1) // threads,
+                1,
+                1,
+                threads,
+                1,
+                1,
+                0,
+                int(self._stream),
+                ctypes.addressof(pointers),
+                0,
+            )
+        )
 
     def close(self) -> None:
+        for graph in self._graphs.values():
+            self._cudart.cudaGraphExecDestroy(graph)
+        for buf in self._buffers.values():
+            buf.free()
+        self._graphs.clear()
+        self._buffers.clear()
         self._contexts.clear()
         self._engines.clear()
+
+
+def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) -> TensorRTEngine:
+    """The TensorRT engine of an export directory holding ``<component>.plan`` files
+    (``avsal build-engines``); ``options``: ``cuda_graph``."""
+    import_tensorrt()
+    _cudart()
+    directory = resolve_export(source)
+    manifest, config, specs = read_manifest(directory)
+    return TensorRTEngine(directory, config, manifest["variant"], specs, **options)
+
+
+register_backend("tensorrt", open_engine)

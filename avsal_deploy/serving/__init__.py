@@ -7,7 +7,7 @@
 - :mod:`~avsal_deploy.serving.client`: ``open_triton(url)`` gives a ``TritonEngine``, the engine
   protocol over HTTP/gRPC with the DDIM loop on the server (or the client);
 - :mod:`~avsal_deploy.serving.triton_models` and :mod:`~avsal_deploy.serving.bls`: the code the
-  server runs (imported by the ``model.py`` templates of ``triton_repo/``).
+  server runs (imported by the ``model.py`` templates in ``serving/templates/``).
 
 Submodules are not imported here: the python-backend stubs import only what their model needs.
 """

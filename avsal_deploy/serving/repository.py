@@ -1,7 +1,7 @@
 """A Triton model repository generated from an export directory's manifest.
 
 Every name, shape and batch limit comes from the component specs recorded by ``avsal export``
-(:mod:`avsal_deploy.export.components`); nothing is re-typed. Layout (see ``triton_repo/README.md``)::
+(:mod:`avsal_deploy.export.components`); nothing is re-typed. Layout (see ``triton_repo/README.md``; the ``model.py`` templates live in ``serving/templates/``)::
 
     REPO/avsal_<component>/config.pbtxt     one model per exported component, dynamic batching,
     REPO/avsal_<component>/1/model.onnx     max_batch_size = the spec's batch profile maximum
@@ -49,7 +49,8 @@ from avsal_deploy.serving.triton_models import (
 from avsal_deploy.specs import ComponentSpec, TensorSpec, parse_manifest, read_manifest, window_inputs
 
 PLATFORMS = ("python-onnxruntime", "onnxruntime", "tensorrt")
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "triton_repo"
+#: The ``model.py`` templates, shipped inside the package (a plain ``pip install`` can build a repository).
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 VERSION = "1"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 
@@ -188,7 +189,7 @@ def pipeline_manifest(
 def _template(kind: str) -> Path:
     path = TEMPLATE_DIR / kind / "model.py"
     if not path.exists():
-        raise AvsalError(f"{path}: Triton model template missing (needs the avsal-deploy source tree)")
+        raise AvsalError(f"{path}: Triton model template missing (a broken avsal-deploy installation)")
     return path
 
 

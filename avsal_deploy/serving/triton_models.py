@@ -1,11 +1,10 @@
-"""The models Triton runs: the logic behind the thin ``model.py`` files of ``triton_repo/``.
+"""The models Triton runs: the logic behind the thin ``model.py`` templates in ``serving/templates/``.
 
 This module is imported inside Triton's python-backend stub, whose interpreter is the venv's Python
 (the stub finds it on ``PATH``), so ``import avsal_deploy`` works there. The module
 ``triton_python_backend_utils`` only exists inside the stub: it is imported in the methods that
-use it. Component models import nothing heavier than numpy and onnxruntime (every stub is its own
-process; importing torch would cost each of them ~3 s at start); the pipeline imports the engine
-(and torch) once.
+use it. No model imports torch (every stub is its own process; the runtime is torch-free): the
+component models import numpy and onnxruntime, the pipeline the library's engine and sampler.
 
 The wire contract shared by :mod:`~avsal_deploy.serving.repository` (which writes it),
 :mod:`~avsal_deploy.serving.bls` and :mod:`~avsal_deploy.serving.client` (which speak it):
