@@ -32,12 +32,15 @@ def write_video(
     audio_rate: int = 44100,
     stereo: bool = False,
     pts_ms: list[int] | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Encode n frames (and a 440 Hz tone on the left channel) with PyAV."""
     h, w = size
     with av.open(str(path), "w") as out:
         vs = out.add_stream(codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if options:
+            vs.options = options
         if pts_ms is not None:
             vs.codec_context.time_base = vs.time_base = Fraction(1, 1000)
         stream_a = None
