@@ -19,6 +19,8 @@ from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
 AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli")
+#: Modules of the export / training stack (the ``export`` and ``train`` extras).
+TORCH_STACK = ("torch", "onnx", "onnxscript", "matplotlib")
 #: ``--engine`` choices: the built-in backends of :func:`avsal_deploy.engine.open`.
 ENGINES = tuple(BUILTIN_BACKENDS)
 
@@ -307,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except AvsalError as exc:
         print(f"avsal: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in TORCH_STACK:
+            raise
+        print(
+            f"avsal: error: `avsal {args.command}` needs {exc.name}, which the base (runtime) install does "
+            "not carry: pip install 'avsal-deploy[export]' (export, info) or 'avsal-deploy[train]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("avsal: interrupted", file=sys.stderr)

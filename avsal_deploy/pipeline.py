@@ -95,7 +95,7 @@ class FrameFlow:
         )
         self.keep_frames = keep_frames
         self.timings = timings if timings is not None else Timings()
-        self._noise1 = engine.make_noise(1, seed) if self.steps > 0 else None
+        self.noise1 = engine.make_noise(1, seed) if self.steps > 0 else None
         self._ready: list[StreamWindow] = []
         self._maps: dict[int, np.ndarray] = {}
         self._times: dict[int, float] = {}
@@ -117,11 +117,14 @@ class FrameFlow:
         audio: np.ndarray | None = None,
         timestamp: float | None = None,
         keep: np.ndarray | None = None,
+        run: bool = True,
     ) -> list[FrameMap]:
         """Add the next frame (uint8 RGB [H, W, 3]) and its audio; the maps now settled, in order.
 
         With ``keep_frames``, ``keep`` (default: the frame itself, e.g. a smaller copy for an
-        overlay) comes back in the frame's :class:`FrameMap`."""
+        overlay) comes back in the frame's :class:`FrameMap`. ``run=False`` leaves the ready
+        windows queued for a caller that batches several flows (:func:`run_windows`,
+        :meth:`take_ready`, then :meth:`collect`)."""
         index = self.windower.n_frames
         t0 = time.perf_counter()
         ready = self.windower.push(frame, audio, timestamp)
@@ -130,32 +133,38 @@ class FrameFlow:
         if self.keep_frames:
             self._frames[index] = frame if keep is None else keep
         self._ready.extend(ready)
-        if len(self._ready) >= self.batch_size:
+        if run and len(self._ready) >= self.batch_size:
             self._run(whole_batches=True)
-        return self._collect()
+        return self.collect()
 
-    def flush(self) -> list[FrameMap]:
-        """End of stream: every remaining frame's map."""
+    def flush(self, run: bool = True) -> list[FrameMap]:
+        """End of stream: every remaining frame's map (``run=False``: see :meth:`push`)."""
         t0 = time.perf_counter()
         self._ready.extend(self.windower.flush())
         self.timings.preprocess += time.perf_counter() - t0
-        self._run(whole_batches=False)
-        return self._collect()
+        if run:
+            self._run(whole_batches=False)
+        return self.collect()
+
+    def take_ready(self) -> list[StreamWindow]:
+        """The queued ready windows (removed from the flow): run them and :meth:`accept` the maps."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def accept(self, window: StreamWindow, saliency: np.ndarray) -> None:
+        """The engine's map [h, w] of one of this flow's windows."""
+        self._maps[window.window.target] = normalize_map(saliency)
 
     def _run(self, whole_batches: bool) -> None:
-        while self._ready and (len(self._ready) >= self.batch_size or not whole_batches):
-            batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
-            frames = np.stack([w.clip for w in batch])
-            audio = np.stack([w.audio for w in batch])
-            envelope = np.stack([w.envelope for w in batch]) if batch[0].envelope is not None else None
-            noise = None if self._noise1 is None else np.repeat(self._noise1, len(batch), axis=0)
-            t0 = time.perf_counter()
-            maps = self.engine.predict_window(frames, audio, self.steps, noise, envelope=envelope)
-            self.timings.inference += time.perf_counter() - t0
-            for w, m in zip(batch, maps[:, 0], strict=True):
-                self._maps[w.window.target] = normalize_map(m)
+        n = len(self._ready) - (len(self._ready) % self.batch_size if whole_batches else 0)
+        jobs = [(self, w) for w in self._ready[:n]]
+        self._ready = self._ready[n:]
+        t0 = time.perf_counter()
+        run_windows(self.engine, jobs, self.batch_size)
+        self.timings.inference += time.perf_counter() - t0
 
-    def _collect(self) -> list[FrameMap]:
+    def collect(self) -> list[FrameMap]:
+        """The maps of the frames settled so far and not yet returned, in frame order."""
         out = []
         while self._next < self.windower.n_frames:
             src = self.windower.source_of(self._next)
@@ -167,6 +176,27 @@ class FrameFlow:
                 del self._maps[t]
             self._next += 1
         return out
+
+
+def run_windows(engine: Engine, jobs: list[tuple[FrameFlow, StreamWindow]], batch_size: int) -> None:
+    """Run the windows of one or many flows through ``engine`` in batches of up to ``batch_size``
+    (windows of concurrent streams share engine calls) and hand each map to its flow.
+
+    Windows are grouped by their flow's DDIM steps; each row's x_T is its own flow's.
+    """
+    by_steps: dict[int, list[tuple[FrameFlow, StreamWindow]]] = {}
+    for job in jobs:
+        by_steps.setdefault(job[0].steps, []).append(job)
+    for steps, group in by_steps.items():
+        for first in range(0, len(group), batch_size):
+            batch = group[first : first + batch_size]
+            frames = np.stack([w.clip for _, w in batch])
+            audio = np.stack([w.audio for _, w in batch])
+            envelope = np.stack([w.envelope for _, w in batch]) if batch[0][1].envelope is not None else None
+            noise = None if steps == 0 else np.concatenate([f.noise1 for f, _ in batch])
+            maps = engine.predict_window(frames, audio, steps, noise, envelope=envelope)
+            for (flow, w), m in zip(batch, maps[:, 0], strict=True):
+                flow.accept(w, m)
 
 
 def normalize_map(m: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,15 @@ def sample_window(specs: dict[str, ComponentSpec], batch: int = 1, seed: int = 0
 
 
 # ----------------------------------------------------------------------------- manifests
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file (the checksums a manifest records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def parse_manifest(
     manifest: dict[str, Any], source: str
 ) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:

@@ -17,8 +17,8 @@ from avsal_deploy.config import load_config
 from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.export.components import component_specs
-from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops, sha256_file
-from avsal_deploy.specs import read_manifest, sample_window
+from avsal_deploy.export.onnx import TENSORRT_OPS, audit_tensorrt_ops, export_model, graph_ops
+from avsal_deploy.specs import read_manifest, sample_window, sha256_file
 
 TOL = 1e-4
 

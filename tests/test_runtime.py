@@ -143,6 +143,8 @@ def test_runtime_imports_no_torch(clip: Path, tmp_path: Path) -> None:
         "from avsal_deploy.engine import open\n"
         "from avsal_deploy.pipeline import Predictor, predict_to_directory\n"
         f"predict_to_directory({str(clip)!r}, {str(tmp_path / 'o')!r}, Predictor(open()), pngs=False)\n"
+        "from avsal_deploy.engine import DEFAULT_EXPORT\n"
+        f"avsal_deploy.serving.repository.build_repository(DEFAULT_EXPORT, {str(tmp_path / 'repo')!r})\n"
         "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'avsal_deploy.models',"
         " 'avsal_deploy.training', 'avsal_deploy.export'))]\n"
         "print(heavy)\n"
@@ -154,8 +156,7 @@ def test_runtime_imports_no_torch(clip: Path, tmp_path: Path) -> None:
 
 def test_shipped_export_matches_the_shipped_checkpoint(default_engine) -> None:
     """The ONNX components in the package are the shipped checkpoint's (same hash, same maps)."""
-    from avsal_deploy.export.onnx import sha256_file
-    from avsal_deploy.specs import sample_window
+    from avsal_deploy.specs import sample_window, sha256_file
 
     manifest = json.loads((engines.DEFAULT_EXPORT / "manifest.json").read_text())
     assert manifest["checkpoint"]["sha256"] == sha256_file(engines.DEFAULT_CHECKPOINT)

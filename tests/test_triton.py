@@ -32,9 +32,18 @@ pytestmark = pytest.mark.triton
 TOL = 1e-4
 
 
+IDLE_S = 8.0  # the stream models' idle timeout in this module's repository
+
+
 @pytest.fixture(scope="module")
 def repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_repository(tiny_export, tmp_path_factory.mktemp("triton") / "repo")
+    limits = {"stream_idle_timeout_s": IDLE_S, "max_pixels": 640 * 480}
+    return build_repository(
+        tiny_export,
+        tmp_path_factory.mktemp("triton") / "repo",
+        stream_limits=limits,
+        video_limits={"max_pixels": 640 * 480, "max_video_bytes": 4 << 20},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +131,8 @@ def test_repository_platforms_and_options(tiny_export: Path, tmp_path: Path) -> 
     for name in read_manifest(tiny_export)[2]:
         (with_plans / f"{name}.plan").write_bytes(b"plan " + name.encode())
     trt_repo = build_repository(with_plans, tmp_path / "trt", platform="tensorrt")
+    video = parse_config(trt_repo / "avsal_video" / "config.pbtxt")
+    assert video.parameters["decoder"].string_value == "dali"  # the GPU repository decodes on NVDEC
     cfg = parse_config(trt_repo / "avsal_fusion" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan"
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
@@ -142,7 +153,8 @@ def test_cli_triton_repo(tiny_export: Path, tmp_path: Path, capsys: pytest.Captu
         main(["triton-repo", "--export", str(tiny_export), "--out", str(tmp_path / "r"), "--instances", "2"])
         == 0
     )
-    assert "wrote 5 models" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 7 models" in out and "avsal_stream, " in out and "avsal_video," in out
     assert parse_config(tmp_path / "r" / PIPELINE_MODEL / "config.pbtxt").instance_group[0].count == 2
     assert main(["triton-repo", "--export", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 2
     assert "no manifest" in capsys.readouterr().err
@@ -325,3 +337,184 @@ def test_predict_cli_on_triton_matches_embedded_engine(
     assert np.abs(a - b).max() <= 1 / 255 + 1e-6 and np.abs(a - b).mean() < 1e-3
     summary = json.loads((tmp_path / "tri" / "summary.json").read_text())
     assert summary["engine"] == "triton"
+
+
+# ----------------------------------------------------------------------------- raw media models
+def test_stream_and_video_configs(repo: Path) -> None:
+    stream = parse_config(repo / "avsal_stream" / "config.pbtxt")
+    assert stream.backend == "python" and stream.max_batch_size == 8  # one slot per live stream
+    assert [c.name for c in stream.sequence_batching.control_input] == ["START", "END", "CORRID"]
+    assert stream.sequence_batching.max_sequence_idle_microseconds == int(IDLE_S * 1e6)
+    assert [(i.name, list(i.dims)) for i in stream.input][:2] == [("frame", [-1, -1, 3]), ("audio", [-1])]
+    assert [o.name for o in stream.output] == ["maps", "frame_index", "streams"]
+    assert stream.parameters["max_pixels"].string_value == str(640 * 480)
+    video = parse_config(repo / "avsal_video" / "config.pbtxt")
+    assert video.max_batch_size == 0 and video.input[0].name == "video"
+    assert video.parameters["decoder"].string_value == "pyav"
+    assert video.parameters["max_video_bytes"].string_value == str(4 << 20)
+    with pytest.raises(ConfigError, match="unknown limit"):
+        build_repository(repo, repo.parent / "x", stream_limits={"max_pigs": 1})
+
+
+def _media(path: Path) -> tuple[list, list, float, int]:
+    """Frames with timestamps and the audio chunks of a file, as the offline flow reads them."""
+    from avsal_deploy.data.source import MediaSource
+
+    source = MediaSource(path)
+    try:
+        items = list(source.media())
+    finally:
+        source.close()
+    return [(f, ts) for f, ts, _ in items], [c for _, _, c in items], source.fps, source.audio_rate
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from media_utils import write_video
+
+    d = tmp_path_factory.mktemp("stream-clips")
+    return [
+        write_video(d / "a.mp4", n=14, fps=25, size=(64, 96), audio="aac"),
+        write_video(d / "b.mp4", n=11, fps=20, size=(72, 80), audio="aac", audio_rate=22050),
+    ]
+
+
+def _offline(ort, clip: Path, **kw) -> np.ndarray:
+    from avsal_deploy.pipeline import Predictor
+
+    return Predictor(ort, **kw).predict(clip).frame_maps
+
+
+def test_two_interleaved_streams_equal_offline_prediction(server: TritonServer, ort, clips) -> None:
+    from itertools import zip_longest
+
+    from avsal_deploy.serving.client import stream
+
+    gens, want = [], []
+    for k, clip in enumerate(clips):
+        frames, chunks, fps, rate = _media(clip)
+        stride = 1 if k == 0 else 3
+        gens.append(stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, stride=stride, seed=k))
+        want.append(_offline(ort, clip, stride=stride, seed=k))
+    got: list[dict[int, np.ndarray]] = [{}, {}]
+    for pair in zip_longest(*gens):  # one request of each stream in turn
+        for k, item in enumerate(pair):
+            if item is not None:
+                index, m = item
+                assert index not in got[k]
+                got[k][index] = m
+    for k in range(2):
+        assert sorted(got[k]) == list(range(want[k].shape[0]))
+        assert max(np.abs(got[k][i] - want[k][i]).max() for i in got[k]) <= TOL
+
+
+def test_eight_concurrent_streams_are_batched_and_complete(server: TritonServer, clips) -> None:
+    from avsal_deploy.serving.client import stream
+
+    frames, chunks, fps, rate = _media(clips[0])
+
+    def run(k: int) -> list[int]:
+        return [i for i, _ in stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, seed=k)]
+
+    def counts() -> tuple[int, int]:
+        with urllib.request.urlopen(f"{server.http_url}/v2/models/avsal_stream/stats", timeout=5) as r:
+            stats = json.loads(r.read())["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+
+    before = counts()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(8)))
+    assert all(r == list(range(len(frames))) for r in results)
+    inferences, executions = (a - b for a, b in zip(counts(), before, strict=True))
+    assert inferences == 8 * len(frames) and executions < inferences  # streams shared executions
+
+
+def _raw(server: TritonServer):
+    import tritonclient.grpc as grpc
+
+    return grpc, grpc.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+
+
+def _frame_input(grpc, array: np.ndarray):
+    from tritonclient.utils import np_to_triton_dtype
+
+    item = grpc.InferInput("frame", list(array.shape), np_to_triton_dtype(array.dtype))
+    item.set_data_from_numpy(array)
+    return item
+
+
+def test_bad_stream_requests_are_refused_and_the_server_keeps_serving(server: TritonServer) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    grpc, client = _raw(server)
+    good = np.zeros((1, 48, 64, 3), np.uint8)
+
+    def send(frame, cid, start=False, end=False, extra=()):
+        inputs = [_frame_input(grpc, frame), *extra]
+        return client.infer("avsal_stream", inputs, sequence_id=cid, sequence_start=start, sequence_end=end)
+
+    def refused(match, *args, **kw):
+        with pytest.raises(InferenceServerException, match=match):
+            send(*args, **kw)
+
+    def scalar(name, value, dtype):
+        from tritonclient.utils import np_to_triton_dtype
+
+        item = grpc.InferInput(name, [1, 1], np_to_triton_dtype(np.dtype(dtype)))
+        item.set_data_from_numpy(np.array([[value]], dtype))
+        return item
+
+    refused("data-type|FP32|UINT8", good.astype(np.float32), 501, start=True)  # wrong dtype
+    refused("shape|dims", good[:, :, :, :2], 502, start=True)  # wrong rank / last dim
+    refused("exceeds max_pixels", np.zeros((1, 600, 800, 3), np.uint8), 503, start=True)
+    refused(r"steps=99 outside \[0, 50\]", good, 504, start=True, extra=[scalar("steps", 99, np.int32)])
+    refused(r"stride=0 outside", good, 505, start=True, extra=[scalar("stride", 0, np.int32)])
+    refused("START", good, 506)  # a stream that was never started
+    nan = grpc.InferInput("audio", [1, 4], "FP32")
+    nan.set_data_from_numpy(np.array([[0.0, np.nan, 0.0, 0.0]], np.float32))
+    send(good, 507, start=True)
+    refused("non-finite", good, 507, extra=[nan])
+    refused("size changed from 64x48 to 96x48", np.zeros((1, 48, 96, 3), np.uint8), 507)
+    out = send(good, 507, end=True)  # the stream survived its bad requests
+    assert out.as_numpy("frame_index")[0].tolist() == [0, 1]
+    client.close()
+
+
+def test_expired_stream_is_freed(server: TritonServer) -> None:
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    grpc, client = _raw(server)
+    frame = np.zeros((1, 48, 64, 3), np.uint8)
+    first = client.infer("avsal_stream", [_frame_input(grpc, frame)], sequence_id=901, sequence_start=True)
+    assert int(first.as_numpy("streams")[0, 0]) >= 1
+    time.sleep(IDLE_S + 1.5)
+    with pytest.raises(InferenceServerException, match="START|no live stream"):
+        client.infer("avsal_stream", [_frame_input(grpc, frame)], sequence_id=901)
+    other = client.infer(
+        "avsal_stream", [_frame_input(grpc, frame)], sequence_id=902, sequence_start=True, sequence_end=True
+    )
+    assert int(other.as_numpy("streams")[0, 0]) == 0  # 901 was dropped, 902 ended with this request
+    client.close()
+
+
+def test_video_model_equals_offline_and_refuses_bad_files(server: TritonServer, ort, clips, tmp_path) -> None:
+    from avsal_deploy.serving.client import predict_video
+
+    maps, fps = predict_video(server.grpc_url, clips[1], stride=2, seed=4)
+    want = _offline(ort, clips[1], stride=2, seed=4)
+    assert fps == pytest.approx(20.0) and maps.shape == want.shape
+    assert np.abs(maps - want).max() <= TOL
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(TritonRequestError, match="avsal_video"):
+        predict_video(server.grpc_url, tmp_path / "junk.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(TritonRequestError, match="empty video"):
+        predict_video(server.grpc_url, tmp_path / "empty.mp4")
+    from media_utils import write_video
+
+    big = write_video(tmp_path / "big.mp4", n=2, size=(600, 800))
+    with pytest.raises(TritonRequestError, match="exceeds max_pixels"):
+        predict_video(server.grpc_url, big)
+    assert predict_video(server.grpc_url, clips[0])[0].shape[0] == 14  # still serving

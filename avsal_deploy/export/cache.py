@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from avsal_deploy import __version__
-from avsal_deploy.export.onnx import export_model, sha256_file
+from avsal_deploy.export.onnx import export_model
 from avsal_deploy.models.build import load_pretrained
+from avsal_deploy.specs import sha256_file
 
 
 def cache_root() -> Path:

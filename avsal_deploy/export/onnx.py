@@ -8,7 +8,6 @@ torch backend and for provenance) and ``manifest.json``, which :func:`avsal_depl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -24,7 +23,7 @@ from avsal_deploy.errors import AvsalError
 from avsal_deploy.export.components import component_module, component_specs
 from avsal_deploy.models.build import AVSaliencyModel
 from avsal_deploy.models.weights import save_checkpoint
-from avsal_deploy.specs import ComponentSpec
+from avsal_deploy.specs import ComponentSpec, sha256_file
 
 # TensorRT 10's ONNX parser handles opsets 9-20; 18 is the dynamo exporter's native opset.
 OPSET = 18
@@ -47,14 +46,6 @@ TENSORRT_OPS = frozenset(
     Unsqueeze Where Xor
     """.split()
 )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_ops(model: onnx.ModelProto) -> set[str]:

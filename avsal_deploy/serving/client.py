@@ -232,3 +232,143 @@ def _open_engine(source: str | None = None, **options: Any) -> TritonEngine:
 
 
 register_backend("triton", _open_engine)
+
+
+# ----------------------------------------------------------------------------- raw media
+def _grpc_client(url: str, retries: int, backoff_s: float) -> Any:
+    """A gRPC client whose server answers, retrying connection loss at start-up with backoff."""
+    import time
+
+    grpc = _client_module("grpc")
+    address = _address(url)
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        client = grpc.InferenceServerClient(address)
+        try:
+            if client.is_server_ready():
+                return client
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and grpc's errors
+            last = exc
+        client.close()
+        if attempt < retries:
+            time.sleep(backoff_s * (2**attempt))
+    raise BackendUnavailableError(f"no Triton server ready at {address} after {retries + 1} tries ({last})")
+
+
+def _input(grpc: Any, name: str, array: np.ndarray) -> Any:
+    from tritonclient.utils import np_to_triton_dtype
+
+    item = grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    item.set_data_from_numpy(np.ascontiguousarray(array))
+    return item
+
+
+def stream(
+    url: str,
+    frames: Any,
+    audio_chunks: Any = None,
+    *,
+    fps: float = 25.0,
+    audio_rate: int = 16000,
+    steps: int | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+    sequence_id: int | None = None,
+    retries: int = 5,
+    backoff_s: float = 0.2,
+    timeout_s: float = 120.0,
+) -> Any:
+    """Play a stream through ``avsal_stream`` over gRPC: a generator of ``(frame_index, map)``.
+
+    ``frames`` yields uint8 RGB [H, W, 3] frames (or ``(frame, timestamp)`` pairs); ``audio_chunks``
+    (optional) yields, per frame, the mono float32 samples that came with it at ``audio_rate``.
+    Maps are float32 [h, w] at the model's size, each frame's exactly once, in frame order; the
+    last ones arrive with the END request. Connection loss at start-up is retried with
+    exponential backoff; later failures raise :class:`TritonRequestError` or
+    :class:`BackendUnavailableError` with the server's message.
+    """
+    import itertools
+    import random
+
+    from tritonclient.utils import InferenceServerException
+
+    grpc = _client_module("grpc")
+    client = _grpc_client(url, retries, backoff_s)
+    cid = int(sequence_id if sequence_id is not None else random.getrandbits(62) + 1)
+    chunks = iter(audio_chunks) if audio_chunks is not None else itertools.repeat(None)
+    try:
+        items = iter(frames)
+        current = next(items, None)
+        first = True
+        while current is not None:
+            upcoming = next(items, None)
+            frame, ts = current if isinstance(current, tuple) else (current, None)
+            inputs = [_input(grpc, "frame", np.asarray(frame, np.uint8)[None])]
+            chunk = next(chunks, None)
+            if chunk is not None:
+                inputs.append(_input(grpc, "audio", np.asarray(chunk, np.float32).reshape(1, -1)))
+            if ts is not None:
+                inputs.append(_input(grpc, "timestamp", np.array([[ts]], np.float64)))
+            if first:
+                inputs.append(_input(grpc, "audio_rate", np.array([[audio_rate]], np.int32)))
+                inputs.append(_input(grpc, "fps", np.array([[fps]], np.float64)))
+                inputs.append(_input(grpc, "seed", np.array([[seed]], np.int64)))
+                if steps is not None:
+                    inputs.append(_input(grpc, "steps", np.array([[steps]], np.int32)))
+                if stride is not None:
+                    inputs.append(_input(grpc, "stride", np.array([[stride]], np.int32)))
+            try:
+                result = client.infer(
+                    "avsal_stream",
+                    inputs,
+                    sequence_id=cid,
+                    sequence_start=first,
+                    sequence_end=upcoming is None,
+                    client_timeout=timeout_s,
+                )
+            except InferenceServerException as exc:
+                if exc.status() == "StatusCode.UNAVAILABLE":
+                    raise BackendUnavailableError(
+                        f"Triton server at {url} went away: {exc.message()}"
+                    ) from exc
+                raise TritonRequestError(f"{url} avsal_stream: {exc.message()}") from exc
+            maps, index = result.as_numpy("maps")[0], result.as_numpy("frame_index")[0]
+            for i, m in zip(index.tolist(), maps, strict=True):
+                yield int(i), np.array(m)
+            first, current = False, upcoming
+    finally:
+        client.close()
+
+
+def predict_video(
+    url: str,
+    path: str | Path,
+    *,
+    steps: int | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+    retries: int = 5,
+    backoff_s: float = 0.2,
+    timeout_s: float = 600.0,
+) -> tuple[np.ndarray, float]:
+    """Maps float32 [N, h, w] (model size) and fps of a whole video file, decoded server-side by
+    ``avsal_video``."""
+    from tritonclient.utils import InferenceServerException
+
+    grpc = _client_module("grpc")
+    data = Path(path).read_bytes()
+    client = _grpc_client(url, retries, backoff_s)
+    item = grpc.InferInput("video", [1], "BYTES")
+    item.set_data_from_numpy(np.array([data], dtype=np.object_))
+    inputs = [item, _input(grpc, "seed", np.array([seed], np.int64))]
+    if steps is not None:
+        inputs.append(_input(grpc, "steps", np.array([steps], np.int32)))
+    if stride is not None:
+        inputs.append(_input(grpc, "stride", np.array([stride], np.int32)))
+    try:
+        result = client.infer("avsal_video", inputs, client_timeout=timeout_s)
+    except InferenceServerException as exc:
+        raise TritonRequestError(f"{url} avsal_video ({path}): {exc.message()}") from exc
+    finally:
+        client.close()
+    return np.array(result.as_numpy("maps")), float(result.as_numpy("fps")[0])

@@ -35,6 +35,7 @@ from typing import Any
 
 from avsal_deploy.config import Config
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
+from avsal_deploy.serving.stream_models import STREAM_LIMITS, STREAM_MODEL, VIDEO_LIMITS, VIDEO_MODEL
 from avsal_deploy.serving.triton_models import (
     MANIFEST_PARAMETER,
     MAX_BATCH_PARAMETER,
@@ -46,7 +47,14 @@ from avsal_deploy.serving.triton_models import (
     model_name,
     wire_shape,
 )
-from avsal_deploy.specs import ComponentSpec, TensorSpec, parse_manifest, read_manifest, window_inputs
+from avsal_deploy.specs import (
+    ComponentSpec,
+    TensorSpec,
+    parse_manifest,
+    read_manifest,
+    sha256_file,
+    window_inputs,
+)
 
 PLATFORMS = ("python-onnxruntime", "onnxruntime", "tensorrt")
 #: The ``model.py`` templates, shipped inside the package (a plain ``pip install`` can build a repository).
@@ -173,6 +181,93 @@ def pipeline_config(
     }
 
 
+def _control(name: str, kind: str, **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": _Enum(kind)}
+    entry.update(extra)
+    return {"name": name, "control": [entry]}
+
+
+def _limits(values: Mapping[str, float]) -> dict[str, str]:
+    return {k: (str(int(v)) if float(v).is_integer() else str(v)) for k, v in values.items()}
+
+
+def stream_config(
+    manifest: Mapping[str, Any], instances: int, limits: Mapping[str, float], window_batch: int
+) -> dict[str, Any]:
+    """The config of ``avsal_stream``: python model under the sequence batcher, one slot per live
+    stream (``max_batch_size`` = ``max_streams``), Triton's idle timeout = ours."""
+    slots = int(limits["max_streams"])
+    opt = {"optional": True}
+    inputs = [
+        {"name": "frame", "data_type": _Enum("TYPE_UINT8"), "dims": [-1, -1, 3]},
+        {"name": "audio", "data_type": _Enum("TYPE_FP32"), "dims": [-1], **opt},
+        {"name": "audio_rate", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+        {"name": "fps", "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
+        {"name": "timestamp", "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
+        {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+        {"name": "stride", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+        {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},
+    ]
+    idle_us = int(float(limits["stream_idle_timeout_s"]) * 1e6)
+    return {
+        "name": STREAM_MODEL,
+        "backend": "python",
+        "max_batch_size": slots,
+        "input": inputs,
+        "output": [
+            {"name": "maps", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
+            {"name": "frame_index", "data_type": _Enum("TYPE_INT64"), "dims": [-1]},
+            {"name": "streams", "data_type": _Enum("TYPE_INT32"), "dims": [1]},
+        ],
+        "sequence_batching": {
+            "max_sequence_idle_microseconds": idle_us,
+            "control_input": [
+                _control("START", "CONTROL_SEQUENCE_START", int32_false_true=[0, 1]),
+                _control("END", "CONTROL_SEQUENCE_END", int32_false_true=[0, 1]),
+                _control("CORRID", "CONTROL_SEQUENCE_CORRID", data_type=_Enum("TYPE_UINT64")),
+            ],
+        },
+        "instance_group": [{"count": instances, "kind": _Enum("KIND_CPU")}],
+        "parameters": _parameters(
+            {
+                MANIFEST_PARAMETER: json.dumps(manifest, separators=(",", ":"), sort_keys=True),
+                "window_batch": str(window_batch),
+                **_limits(limits),
+            }
+        ),
+    }
+
+
+def video_config(
+    manifest: Mapping[str, Any], instances: int, limits: Mapping[str, float], decoder: str
+) -> dict[str, Any]:
+    """The config of ``avsal_video``: one encoded file per request (unbatched)."""
+    opt = {"optional": True}
+    return {
+        "name": VIDEO_MODEL,
+        "backend": "python",
+        "max_batch_size": 0,
+        "input": [
+            {"name": "video", "data_type": _Enum("TYPE_STRING"), "dims": [1]},
+            {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+            {"name": "stride", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+            {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},
+        ],
+        "output": [
+            {"name": "maps", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
+            {"name": "fps", "data_type": _Enum("TYPE_FP64"), "dims": [1]},
+        ],
+        "instance_group": [{"count": instances, "kind": _Enum("KIND_CPU")}],
+        "parameters": _parameters(
+            {
+                MANIFEST_PARAMETER: json.dumps(manifest, separators=(",", ":"), sort_keys=True),
+                "decoder": decoder,
+                **_limits(limits),
+            }
+        ),
+    }
+
+
 def pipeline_manifest(
     model_config: Mapping[str, Any],
 ) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
@@ -208,8 +303,6 @@ def _model_file(
     if not onnx_path.exists():
         raise AvsalError(f"{onnx_path}: missing ONNX file for component {spec.name!r}")
     if "sha256" in entry:
-        from avsal_deploy.export.onnx import sha256_file
-
         if sha256_file(onnx_path) != entry["sha256"]:
             raise AvsalError(f"{onnx_path}: checksum differs from manifest.json (re-run `avsal export`)")
     return onnx_path, "model.onnx"
@@ -231,14 +324,23 @@ def build_repository(
     max_batch: int | None = None,
     platform: str = "python-onnxruntime",
     overwrite: bool = False,
+    stream_limits: Mapping[str, float] | None = None,
+    video_limits: Mapping[str, float] | None = None,
 ) -> Path:
     """Write a Triton model repository for the export in ``export_dir`` into ``out_dir``.
 
     ``instances`` model instances per model; ``max_batch`` caps every component's batch (default:
     the maximum of each spec's batch profile, which a TensorRT plan cannot exceed). Other models
-    already in ``out_dir`` are left alone; ours are replaced only with ``overwrite``. Returns
-    ``out_dir``.
+    already in ``out_dir`` are left alone; ours are replaced only with ``overwrite``.
+    ``stream_limits`` / ``video_limits`` override the limits of ``avsal_stream`` / ``avsal_video``
+    (:data:`~avsal_deploy.serving.stream_models.STREAM_LIMITS`, ``VIDEO_LIMITS``). Returns ``out_dir``.
     """
+    s_limits = {**STREAM_LIMITS, **(stream_limits or {})}
+    v_limits = {**VIDEO_LIMITS, **(video_limits or {})}
+    for key in {*(stream_limits or {}), *(video_limits or {})} - {*STREAM_LIMITS, *VIDEO_LIMITS}:
+        raise ConfigError(
+            f"unknown limit {key!r}: choose from {', '.join(sorted({*STREAM_LIMITS, *VIDEO_LIMITS}))}"
+        )
     if platform not in PLATFORMS:
         raise ConfigError(f"platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
     if instances < 1:
@@ -255,7 +357,7 @@ def build_repository(
             "(re-export with a larger --max-batch)"
         )
     batches = {name: max_batch or limit for name, limit in limits.items()}
-    names = [model_name(n) for n in specs] + [PIPELINE_MODEL]
+    names = [model_name(n) for n in specs] + [PIPELINE_MODEL, STREAM_MODEL, VIDEO_MODEL]
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise AvsalError(f"{out}: already has model(s) {', '.join(existing)} (pass overwrite / --force)")
@@ -270,6 +372,12 @@ def build_repository(
         _write_model(
             out / model_name(name), component_config(spec, platform, instances, batches[name]), files
         )
-    pipeline = pipeline_config(manifest, config, specs, instances, min(batches.values()))
+    window_batch = min(batches.values())
+    pipeline = pipeline_config(manifest, config, specs, instances, window_batch)
     _write_model(out / PIPELINE_MODEL, pipeline, {"model.py": _template("pipeline")})
+    stream = stream_config(manifest, instances, s_limits, window_batch)
+    _write_model(out / STREAM_MODEL, stream, {"model.py": _template("stream")})
+    decoder = "pyav" if platform == "python-onnxruntime" else "dali"  # GPU repositories decode on NVDEC
+    video = video_config(manifest, instances, v_limits, decoder)
+    _write_model(out / VIDEO_MODEL, video, {"model.py": _template("video")})
     return out
