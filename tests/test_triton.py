@@ -518,3 +518,19 @@ def test_video_model_equals_offline_and_refuses_bad_files(server: TritonServer, 
     with pytest.raises(TritonRequestError, match="exceeds max_pixels"):
         predict_video(server.grpc_url, big)
     assert predict_video(server.grpc_url, clips[0])[0].shape[0] == 14  # still serving
+
+
+def test_stream_cli_writes_maps_and_overlay(server: TritonServer, ort, clips, tmp_path) -> None:
+    import av
+
+    out = tmp_path / "s"
+    assert main(["stream", str(clips[0]), "--url", server.grpc_url, "--fast", "--out", str(out)]) == 0
+    got = load_maps(out / "maps.npz")
+    from avsal_deploy.pipeline import Predictor
+
+    want = Predictor(ort).predict(clips[0]).maps()
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1 / 255 + 1e-4
+    report = json.loads((out / "stream.json").read_text())
+    assert report["frames"] == 14 and report["latency_ms"]["p50"] > 0
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert len(c.streams.audio) == 1 and sum(1 for _ in c.decode(video=0)) == 14

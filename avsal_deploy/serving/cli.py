@@ -64,6 +64,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from avsal_deploy.serving.player import play
+
+    report = play(
+        args.url,
+        args.video,
+        args.out,
+        realtime=not args.fast,
+        overlay=not args.no_overlay,
+        steps=args.steps,
+        stride=args.stride,
+        seed=args.seed,
+    )
+    lat = report["latency_ms"]
+    print(
+        f"{report['frames']} frames streamed in {report['seconds']:.2f} s ({report['frames_per_second']:.1f} "
+        f"frames/s); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
+    )
+    print(f"outputs in {args.out}: maps.npz, {'overlay.mp4, ' if not args.no_overlay else ''}stream.json")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this area's sub-commands to the `avsal` parser."""
     p = sub.add_parser("triton-repo", help="write a Triton model repository from an export directory")
@@ -84,3 +106,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("stream", help="play a video through a server's avsal_stream model, in real time")
+    p.add_argument("video", help="video file (any container FFmpeg reads)")
+    p.add_argument("--url", required=True, help="the server's gRPC endpoint (host:port)")
+    p.add_argument("--out", default="out/stream", help="where maps.npz, overlay.mp4, stream.json go")
+    p.add_argument("--fast", action="store_true", help="send frames as fast as the server answers")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
+    p.add_argument("--stride", type=int, default=None, help="run the networks every K-th frame")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stream's x_T")
+    p.set_defaults(handler=cmd_stream)

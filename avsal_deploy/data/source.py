@@ -1,0 +1,94 @@
+"""A video file as the frame flow reads it: frames one at a time, the aligned audio beside them.
+
+:class:`MediaSource` decodes the frames (:class:`~avsal_deploy.data.decode.FrameReader`) and the
+audio track (:class:`~avsal_deploy.data.decode.AudioReader`, aligned to the first frame) of one
+file in a single pass each, handing out with every frame the audio decoded since the previous
+one. Offline prediction, batch scoring and INT8 calibration read files through it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avsal_deploy.data.decode import SILENT_AUDIO_RATE, AudioReader, Backend, FrameReader, MediaWarning, probe
+
+#: Audio decoded ahead of a frame before it enters the windower (seconds past its own span): a
+#: window then reads exactly the samples the whole-file decode would give it, resampling filter
+#: included, however the container interleaves its audio and video packets.
+AUDIO_LEAD_S = 0.1
+
+@dataclass
+class Timings:
+    """Seconds spent per stage (``decode``, ``preprocess``, ``inference``, ``write``)."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    write: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+
+class MediaSource:
+    """An opened video file for the frame flow: its frames (decoded one at a time) and the audio
+    aligned to them, with what is known before the loop (fps, size, audio, estimated length)."""
+
+    def __init__(self, path: str | os.PathLike[str], backend: Backend = "auto") -> None:
+        self.path = Path(path)
+        info = probe(self.path)  # bad files fail here, before any output exists
+        self.estimated_frames = info.n_frames
+        self._frames = FrameReader(self.path, backend=backend)
+        self._frames.first()  # the first frame's absolute time aligns the audio
+        self.fps = self._frames.fps
+        self.source_size = self._frames.source_size
+        self._audio: AudioReader | None = AudioReader(self.path, start=self._frames.first_time)
+        self.has_audio = self._audio.has_audio
+        if not self.has_audio:
+            self._audio = None
+            warnings.warn(
+                f"{self.path}: no audio track (or none decodable); predicting with silence",
+                MediaWarning,
+                stacklevel=3,
+            )
+        self.audio_rate = self._audio.rate if self._audio is not None else SILENT_AUDIO_RATE
+        self._audio_iter = iter(self._audio) if self._audio is not None else iter(())
+
+    def media(self, timings: Timings | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+        """``(frame, timestamp, audio chunk)`` per frame: the chunk holds the audio decoded since the
+        previous frame, decoded until it covers the frame's span plus :data:`AUDIO_LEAD_S`."""
+        timings = timings if timings is not None else Timings()
+        frames = iter(self._frames)
+        have = 0  # audio samples handed out so far
+        while True:
+            t0 = time.perf_counter()
+            item = next(frames, None)
+            if item is None:
+                timings.decode += time.perf_counter() - t0
+                return
+            frame, ts = item
+            need = int(np.ceil((ts + 1.0 / self.fps + AUDIO_LEAD_S) * self.audio_rate))
+            chunks = []
+            while have < need and (chunk := next(self._audio_iter, None)) is not None:
+                chunks.append(chunk)
+                have += chunk.shape[0]
+            timings.decode += time.perf_counter() - t0
+            yield frame, ts, (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+
+    def rest_of_audio(self) -> np.ndarray:
+        """The audio after the last frame's chunk (the tail of the soundtrack)."""
+        rest = list(self._audio_iter)
+        return np.concatenate(rest) if rest else np.zeros(0, np.float32)
+
+    def close(self) -> None:
+        self._frames.close()
+        if self._audio is not None:
+            self._audio.close()

@@ -1,0 +1,104 @@
+"""Play a video file through ``avsal_stream`` as a live source would, and keep what comes back.
+
+:func:`play` decodes the file with the offline flow's own :class:`~avsal_deploy.data.source.MediaSource`,
+sends each frame with its audio (at the pace of its timestamps with ``realtime``), and writes the
+returned maps (``maps.npz``) and an overlay video with the soundtrack, reporting per-frame latency
+(from sending a frame to receiving its map; start-up frames wait for their reversed windows) and
+throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avsal_deploy.data.preprocess import postprocess_map
+from avsal_deploy.data.source import MediaSource
+from avsal_deploy.serving.client import stream
+
+
+def play(
+    url: str,
+    video: str | Path,
+    out_dir: str | Path,
+    *,
+    realtime: bool = True,
+    overlay: bool = True,
+    steps: int | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Stream ``video`` through the server at ``url`` (gRPC); returns and writes ``stream.json``."""
+    from avsal_deploy import outputs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = MediaSource(video)
+    sent: dict[int, tuple[np.ndarray, float, float]] = {}
+    chunks: list[np.ndarray] = []
+    writer = outputs.MapWriter(out / "maps.npz", source.source_size, source.fps)
+    size = outputs.overlay_size(source.source_size, 1280)
+    rate = source.audio_rate if source.has_audio else 0
+    video_out = outputs.OverlayWriter(out / "overlay.mp4", source.fps, size, rate) if overlay else None
+    latencies: list[float] = []
+    t_start = time.perf_counter()
+
+    def frames() -> Iterator[tuple[np.ndarray, float]]:
+        for i, (frame, ts, chunk) in enumerate(source.media()):
+            if realtime:
+                time.sleep(max(0.0, t_start + ts - time.perf_counter()))
+            sent[i] = (frame, ts, time.perf_counter())
+            chunks.append(chunk)
+            if video_out is not None:
+                video_out.add_audio(chunk)
+            yield frame, ts
+
+    def audio() -> Iterator[np.ndarray]:
+        while True:
+            yield chunks.pop(0) if chunks else np.zeros(0, np.float32)
+
+    try:
+        for index, saliency in stream(
+            url,
+            frames(),
+            audio(),
+            fps=source.fps,
+            audio_rate=source.audio_rate,
+            steps=steps,
+            stride=stride,
+            seed=seed,
+        ):
+            frame, ts, t_sent = sent.pop(index)
+            latencies.append(time.perf_counter() - t_sent)
+            full = postprocess_map(saliency, source.source_size)
+            writer.write(full, ts)
+            if video_out is not None:
+                video_out.add_frame(frame, full, ts)
+        writer.close()
+        if video_out is not None:
+            video_out.add_audio(source.rest_of_audio())
+            video_out.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        source.close()
+    seconds = time.perf_counter() - t_start
+    lat = np.asarray(latencies) * 1000.0
+    report = {
+        "video": str(video),
+        "frames": len(latencies),
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(len(latencies) / max(seconds, 1e-9), 2),
+        "realtime": realtime,
+        "latency_ms": {
+            q: round(float(np.percentile(lat, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
+        },
+    }
+    (out / "stream.json").write_text(json.dumps(report, indent=2))
+    return report
