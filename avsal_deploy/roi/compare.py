@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from avsal_deploy.errors import AvsalError, MediaError
+from avsal_deploy.errors import AvsalError, BackendUnavailableError, MediaError
 from avsal_deploy.roi import quality
 from avsal_deploy.roi.encode import Clip, EncodeResult, decode_planes, encode, match_bitrate, read_clip
 from avsal_deploy.roi.mapping import RoiParams, codec_block, default_params, flicker, offsets_for_maps
@@ -194,7 +194,12 @@ def rate_distortion(
 
 def plot_rd(rd: dict[str, Any], path: Path, title: str = "") -> Path:
     """RD curves (EWPSNR and PSNR against bitrate) as a PNG."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the RD plot needs matplotlib: pip install 'avsal-deploy[roi]'"
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

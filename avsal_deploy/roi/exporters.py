@@ -243,9 +243,12 @@ def rois_from_offsets(
 ) -> list[Region]:
     """Few rectangles reproducing one frame's offsets [rows, cols] after :func:`quantize_offsets`.
 
-    The most common level becomes one whole-picture region placed LAST (the first region wins
-    where regions overlap), omitted when it is 0 (blocks without a region get 0). The other levels
-    are runs of equal level along each block row, merged with identical runs of the rows below.
+    Uses the overlap rule (the first region in the list wins): the most common level becomes one
+    whole-picture region placed LAST (omitted when it is 0: blocks without a region get 0). The
+    other levels are listed from the farthest from that background level to the nearest, and a
+    level's rectangles may also cover blocks of the levels listed before it (already decided), so
+    the nested level sets of a saliency bump become a few nested rectangles. Each rectangle grows
+    greedily from its first uncovered block: rightwards, then downwards while the whole span is allowed.
     """
     o = quantize_offsets(offsets, step)
     if o.ndim != 2:
@@ -254,27 +257,26 @@ def rois_from_offsets(
     if o.shape != block_grid((h, w), block):
         raise AvsalError(f"offsets grid {o.shape} does not match {h}x{w} with {block}x{block} blocks")
     background = Counter(o.ravel().tolist()).most_common(1)[0][0]
-    open_runs: dict[tuple[int, int, float], int] = {}  # (c0, c1, level) -> first row
-    rects: list[tuple[int, int, int, int, float]] = []  # r0, r1, c0, c1 (exclusive), level
+    levels = sorted({float(v) for v in np.unique(o)} - {background}, key=lambda v: (-abs(v - background), v))
     rows, cols = o.shape
-    for r in range(rows + 1):
-        runs: set[tuple[int, int, float]] = set()
-        if r < rows:
-            c = 0
-            while c < cols:
-                level = float(o[r, c])
-                c1 = c + 1
-                while c1 < cols and o[r, c1] == level:
-                    c1 += 1
-                if level != background:
-                    runs.add((c, c1, level))
-                c = c1
-        for key in list(open_runs):
-            if key not in runs:
-                rects.append((open_runs.pop(key), r, key[0], key[1], key[2]))
-        for key in runs:
-            open_runs.setdefault(key, r)
-    rects.sort()
+    decided = np.zeros(o.shape, bool)
+    rects: list[tuple[int, int, int, int, float]] = []  # r0, r1, c0, c1 (exclusive), level
+    for level in levels:
+        mine = o == level
+        allowed = mine | decided
+        todo = mine.copy()
+        for r, c in zip(*np.nonzero(mine), strict=True):
+            if not todo[r, c]:
+                continue
+            c1 = c + 1
+            while c1 < cols and allowed[r, c1]:
+                c1 += 1
+            r1 = r + 1
+            while r1 < rows and allowed[r1, c:c1].all():
+                r1 += 1
+            todo[r:r1, c:c1] = False
+            rects.append((int(r), int(r1), int(c), int(c1), level))
+        decided |= mine
     regions = [
         Region(r0 * block, min(r1 * block, h), c0 * block, min(c1 * block, w), _qoffset(level, qp_range))
         for r0, r1, c0, c1, level in rects
