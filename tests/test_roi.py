@@ -14,10 +14,11 @@ from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import make_sample_clip
 from avsal_deploy.errors import AvsalError, MediaError
 from avsal_deploy.outputs import load_maps
+from avsal_deploy.roi import encode as encoding
 from avsal_deploy.roi import exporters as ex
 from avsal_deploy.roi import quality
 from avsal_deploy.roi.compare import compare_video, predict_maps, read_maps_for, run_comparison
-from avsal_deploy.roi.encode import _attach_rois, encode, read_clip
+from avsal_deploy.roi.encode import _attach_rois, block_side_data, encode, read_clip, side_data_writer
 from avsal_deploy.roi.mapping import (
     OffsetSmoother,
     RoiParams,
@@ -189,6 +190,31 @@ def test_side_data_reaches_the_encoder(sample: dict, codec: str) -> None:
     # uniformly negative offsets must cost bits: the encoder applies them
     finer = encode(clip, 30, codec, np.full_like(o, -6), preset="ultrafast", threads=1)
     assert finer.bitrate_kbps > 1.5 * plain.bitrate_kbps
+
+
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_ctypes_route_gives_the_same_bitstream_as_the_filter_graph(sample: dict, codec: str) -> None:
+    if side_data_writer() is None:
+        pytest.skip(f"ctypes route unavailable: {encoding.ctypes_unavailable}")
+    clip = sample["clip"]
+    o = offsets_for_maps(sample["gt"], clip.size, codec)
+    graph = encode(clip, 28, codec, o, preset="veryfast", threads=1, route="graph")
+    fast = encode(clip, 28, codec, o, preset="veryfast", threads=1, route="ctypes")
+    assert fast.route == "ctypes" and graph.route == "graph"
+    assert fast.data == graph.data
+    # its per-block regions rasterise to the same grid as the merged rectangles
+    regions = ex.unpack_side_data(block_side_data(o[5], clip.size))
+    assert np.array_equal(ex.offsets_from_rois(regions, clip.size), ex.quantize_offsets(o[5]))
+    frame = av.VideoFrame(SIZE[1], SIZE[0], "yuv420p")
+    side_data_writer().attach(frame, ex.pack_side_data(regions))
+    got = [bytes(sd) for sd in frame.side_data if "REGIONS_OF_INTEREST" in str(sd.type)]
+    assert got == [ex.pack_side_data(regions)]
+
+
+def test_ctypes_route_refuses_unchecked_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "CTYPES_PYAV_MAJORS", (999,))
+    with pytest.raises(RuntimeError, match="not checked"):
+        encoding.SideDataWriter()
 
 
 def test_aq_mode_zero_is_refused(sample: dict) -> None:

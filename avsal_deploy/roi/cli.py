@@ -38,6 +38,7 @@ def cmd_roi(args: argparse.Namespace) -> int:
         step=args.step,
         rate_points=args.rate_points or 0,
         threads=args.threads,
+        route=args.roi_route,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -96,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--step", type=float, default=1.0, help="QP quantisation of the offsets (default 1)")
     p.add_argument(
         "--not-neutral", action="store_true", help="offsets relative to mean importance, not mean zero"
+    )
+    p.add_argument(
+        "--roi-route",
+        default="graph",
+        choices=("graph", "ctypes"),
+        help="how ROI side data reaches the encoder: addroi filter graphs (default) or the guarded ctypes route",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_roi)

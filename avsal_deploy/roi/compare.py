@@ -88,13 +88,15 @@ def run_comparison(
     rate_points: int = 0,
     crf_span: float = 12.0,
     threads: int = 0,
+    route: str = "graph",
 ) -> tuple[dict[str, Any], EncodeResult, EncodeResult]:
     """Encode ``clip`` with the ROI offsets of ``maps`` [N, H, W] and uniformly at the same bitrate.
 
     Exactly one of ``bitrate_kbps`` (the ROI encode's CRF is bisected to it) or ``crf`` (the ROI
     encode's CRF) is given. EWPSNR is weighted by ``gt`` [N, H, W] when given, else by ``maps``.
     ``rate_points >= 4`` adds RD curves at CRFs spread over ``crf_span`` around the ROI CRF and
-    BD-rates (uniform = reference; negative = ROI saves bits). Returns (report, roi, uniform).
+    BD-rates (uniform = reference; negative = ROI saves bits). ``route``: how side data is attached
+    (:func:`~avsal_deploy.roi.encode.encode`). Returns (report, roi, uniform).
     """
     if (bitrate_kbps is None) == (crf is None):
         raise AvsalError("give exactly one of --bitrate or --crf")
@@ -108,7 +110,9 @@ def run_comparison(
     weights = gt if gt is not None else maps
 
     def at(c: float, roi: bool) -> EncodeResult:
-        return encode(clip, c, codec, offsets if roi else None, preset=preset, step=step, threads=threads)
+        return encode(
+            clip, c, codec, offsets if roi else None, preset=preset, step=step, threads=threads, route=route
+        )
 
     if crf is not None:
         roi = at(float(crf), True)
@@ -144,6 +148,7 @@ def run_comparison(
             "target_bitrate_kbps": bitrate_kbps,
             "crf": crf,
             "offset_step_qp": step,
+            "roi_route": route,
             "mapping": p.to_dict(),
             "weights": "gt" if gt is not None else "maps",
             "frames": clip.n_frames,
@@ -157,7 +162,7 @@ def run_comparison(
     }
     if rate_points:
         report["rd"] = rate_distortion(
-            clip, offsets, weights, codec, roi.crf, rate_points, crf_span, preset, step, threads
+            clip, offsets, weights, codec, roi.crf, rate_points, crf_span, preset, step, threads, route
         )
     return report, roi, uniform
 
@@ -173,6 +178,7 @@ def rate_distortion(
     preset: str = "medium",
     step: float = 1.0,
     threads: int = 0,
+    route: str = "graph",
 ) -> dict[str, Any]:
     """RD curves of the ROI and uniform encodes at ``points`` CRFs spread evenly over ``span`` around
     ``centre_crf`` (clipped to [0, 51]) and their BD-rate / BD-quality on EWPSNR and PSNR."""
@@ -181,7 +187,7 @@ def rate_distortion(
     curves: dict[str, list[dict[str, float]]] = {"roi": [], "uniform": []}
     for c in crfs:
         for name, offs in (("roi", offsets), ("uniform", None)):
-            res = encode(clip, c, codec, offs, preset=preset, step=step, threads=threads)
+            res = encode(clip, c, codec, offs, preset=preset, step=step, threads=threads, route=route)
             s = quality.score(clip.frames, decode_planes(res.data), weights, with_ssim=False)
             curves[name].append({"crf": c, "bitrate_kbps": res.bitrate_kbps, **s})
     out: dict[str, Any] = {"crfs": crfs, **curves, "bd_rate_percent": {}, "bd_quality_db": {}}

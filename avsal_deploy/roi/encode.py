@@ -9,6 +9,10 @@ be on (aq-mode >= 1, the encoders' default except in the ``ultrafast`` presets),
 silently skip ROI: an ``aq-mode=0`` option is refused here and ``ultrafast`` gets ``aq-mode=1`` (for
 the ROI and the uniform encodes alike, so comparisons stay fair).
 
+A faster route, opt-in (``route="ctypes"``): :class:`SideDataWriter` attaches the side data with
+libavutil's ``av_frame_new_side_data`` through ctypes, guarded by version pins and self-checks; the
+tests check that both routes give bit-identical bitstreams.
+
 Frames are yuv420p arrays ``[H * 3 / 2, W]`` uint8 (PyAV's planar layout: Y rows, then U, then V);
 :func:`to_yuv420p` converts RGB frames once, so every encode of a comparison gets identical input
 and the metrics compare planes without colour-conversion error.
@@ -16,18 +20,21 @@ and the metrics compare planes without colour-conversion error.
 
 from __future__ import annotations
 
+import ctypes
 import io
+import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avsal_deploy.errors import AvsalError, MediaError
-from avsal_deploy.roi.exporters import Region, rois_from_offsets
-from avsal_deploy.roi.mapping import block_grid, codec_block
+from avsal_deploy.errors import AvsalError, BackendUnavailableError, MediaError
+from avsal_deploy.roi.exporters import Region, qoffset_fraction, quantize_offsets, rois_from_offsets
+from avsal_deploy.roi.mapping import QP_RANGE_8BIT, block_grid, codec_block
 
 ENCODERS = {"x264": "libx264", "x265": "libx265"}
 
@@ -105,6 +112,7 @@ class EncodeResult:
     roi_seconds: float  # of which: offsets -> regions -> filter graph
     regions_per_frame: float
     roi: bool
+    route: str
     options: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -142,6 +150,118 @@ def _attach_rois(frame: Any, regions: Sequence[Region], width: int, height: int,
     return graph.pull()
 
 
+#: PyAV major versions and libavutil major versions whose layouts the ctypes route was checked on
+#: (PyAV's ``Frame`` object: the ``AVFrame *`` after the object header and vtable; libavutil's
+#: ``AVFrame`` width/height/format offsets, ``AVFrameSideData`` and ``AVRegionOfInterest``).
+CTYPES_PYAV_MAJORS = (18,)
+CTYPES_AVUTIL_MAJORS = (60,)
+_AVFRAME_WIDTH = 104  # offsetof(AVFrame, width) in libavutil 60: data[8], linesize[8], extended_data
+_ROI_SIDE_DATA = 18  # AV_FRAME_DATA_REGIONS_OF_INTEREST
+
+
+class _SideDataSD(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("data", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+class SideDataWriter:
+    """The fast route: ROI side data attached with libavutil's ``av_frame_new_side_data`` via ctypes.
+
+    It reaches into PyAV's frame object for its ``AVFrame *``, so it is guarded: PyAV and libavutil
+    majors must be in :data:`CTYPES_PYAV_MAJORS` / :data:`CTYPES_AVUTIL_MAJORS`, the pointer is
+    located and checked on probe frames of two odd sizes (width, height and pixel format read
+    through it must match), and a probe attachment must read back through PyAV's own side-data API
+    byte for byte. :func:`side_data_writer` returns None (and :data:`ctypes_unavailable` the
+    reason) when any check fails; the filter-graph route is then the only one.
+    """
+
+    def __init__(self) -> None:
+        import av
+        from av.sidedata.sidedata import Type
+
+        major = int(av.__version__.split(".")[0])
+        avutil = av.library_versions["libavutil"][0]
+        if major not in CTYPES_PYAV_MAJORS or avutil not in CTYPES_AVUTIL_MAJORS:
+            raise RuntimeError(f"PyAV {av.__version__} / libavutil {avutil} not checked for the ctypes route")
+        if int(Type.REGIONS_OF_INTEREST.value) != _ROI_SIDE_DATA:
+            raise RuntimeError("AV_FRAME_DATA_REGIONS_OF_INTEREST has another value")
+        lib = self._libavutil(Path(av.__file__).parent)
+        fn = lib.av_frame_new_side_data
+        fn.restype = ctypes.POINTER(_SideDataSD)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+        self._new = fn
+        self._offset = self._find_offset(av)
+        probe = av.VideoFrame(94, 46, "yuv420p")
+        payload = b"".join(struct.pack("<I4i2i", 28, 0, 16, 16, 48, -7, 51) for _ in range(2))  # two regions
+        self.attach(probe, payload)
+        got = [bytes(sd) for sd in probe.side_data if int(sd.type.value) == _ROI_SIDE_DATA]
+        if got != [payload]:
+            raise RuntimeError("side data attached through ctypes does not read back through PyAV")
+
+    @staticmethod
+    def _libavutil(package: Path) -> ctypes.CDLL:
+        candidates = sorted((package.parent / "av.libs").glob("libavutil*.so*"))
+        if not candidates:
+            maps = Path("/proc/self/maps")
+            if maps.exists():
+                paths = {line.split()[-1] for line in maps.read_text().splitlines() if "libavutil" in line}
+                candidates = sorted(Path(p) for p in paths)
+        if not candidates:
+            raise RuntimeError("libavutil of PyAV not found")
+        return ctypes.CDLL(str(candidates[0]))
+
+    @staticmethod
+    def _find_offset(av: Any) -> int:
+        probes = [av.VideoFrame(1234, 778, "yuv420p"), av.VideoFrame(366, 202, "yuv420p")]
+        size = type(probes[0]).__basicsize__
+        for off in range(16, size - 7, 8):
+            ok = True
+            for f in probes:
+                ptr = ctypes.c_uint64.from_address(id(f) + off).value
+                if ptr < 0x10000 or ptr % 8:
+                    ok = False
+                    break
+                w, h, _, fmt = (ctypes.c_int * 4).from_address(ptr + _AVFRAME_WIDTH)
+                if (w, h, fmt) != (f.width, f.height, 0):  # AV_PIX_FMT_YUV420P = 0
+                    ok = False
+                    break
+            if ok:
+                return off
+        raise RuntimeError("AVFrame pointer not found in PyAV's frame object")
+
+    def attach(self, frame: Any, payload: bytes) -> Any:
+        """Add ``payload`` (packed ``AVRegionOfInterest`` array) to ``frame`` as ROI side data."""
+        if not payload:
+            return frame
+        ptr = ctypes.c_uint64.from_address(id(frame) + self._offset).value
+        w, h = (ctypes.c_int * 2).from_address(ptr + _AVFRAME_WIDTH)
+        if (w, h) != (frame.width, frame.height):
+            raise RuntimeError("PyAV frame layout changed under the ctypes route")
+        sd = self._new(ptr, _ROI_SIDE_DATA, len(payload))
+        if not sd:
+            raise MemoryError("av_frame_new_side_data failed")
+        ctypes.memmove(sd.contents.data, payload, len(payload))
+        return frame
+
+
+ctypes_unavailable: str | None = None
+_writer: list[SideDataWriter | None] = []
+
+
+def side_data_writer() -> SideDataWriter | None:
+    """The guarded ctypes route, or None when this PyAV / FFmpeg build fails its checks."""
+    global ctypes_unavailable
+    if not _writer:
+        try:
+            _writer.append(SideDataWriter())
+        except (RuntimeError, OSError, AttributeError, ValueError) as exc:
+            ctypes_unavailable = str(exc)
+            _writer.append(None)
+    return _writer[0]
+
+
+ROUTES = ("graph", "ctypes")
+
+
 def encode(
     clip: Clip,
     crf: float,
@@ -152,14 +272,24 @@ def encode(
     step: float = 1.0,
     threads: int = 0,
     options: dict[str, str] | None = None,
+    route: str = "graph",
 ) -> EncodeResult:
     """Encode ``clip`` at ``crf`` (float) with ``codec``; with ``offsets`` (one float32 [rows, cols]
     QP map per frame, 16x16 grid, negative = more bits) each frame carries its ROI side data.
 
     ``step``: offsets are quantised to multiples of ``step`` QP before they become rectangles.
-    ``threads``: encoder threads (0 = the encoder's choice). Returns the mp4 bytes and timings.
+    ``threads``: encoder threads (0 = the encoder's choice). ``route``: ``graph`` (default, public
+    API: addroi filter graphs) or ``ctypes`` (:class:`SideDataWriter`; AvsalError if this build
+    fails its guard). Both give the encoder the same per-block offsets, so the same bitstream.
+    Returns the mp4 bytes and timings.
     """
     import av
+
+    if route not in ROUTES:
+        raise AvsalError(f"unknown ROI route {route!r}: choose one of {', '.join(ROUTES)}")
+    writer = side_data_writer() if route == "ctypes" and offsets is not None else None
+    if route == "ctypes" and offsets is not None and writer is None:
+        raise BackendUnavailableError(f"the ctypes ROI route is not available here: {ctypes_unavailable}")
 
     if codec not in ENCODERS:
         raise AvsalError(f"unknown codec {codec!r}: choose one of {', '.join(ENCODERS)}")
@@ -202,10 +332,15 @@ def encode(
                     raise AvsalError(f"QP offsets for {i} frames, the clip has {clip.n_frames}") from None
                 if o.shape != grid:
                     raise AvsalError(f"QP offsets of shape {o.shape} for a {h}x{w} {codec} grid {grid}")
-                regions = rois_from_offsets(o, (h, w), codec_block(codec), step)
-                n_regions += len(regions)
-                if regions:
-                    frame = _attach_rois(frame, regions, w, h, time_base)
+                if writer is not None:
+                    side_data = block_side_data(o, (h, w), codec_block(codec), step)
+                    n_regions += len(side_data) // 28
+                    writer.attach(frame, side_data)
+                else:
+                    regions = rois_from_offsets(o, (h, w), codec_block(codec), step)
+                    n_regions += len(regions)
+                    if regions:
+                        frame = _attach_rois(frame, regions, w, h, time_base)
                 roi_s += time.perf_counter() - t1
             for packet in stream.encode(frame):
                 payload += packet.size
@@ -225,8 +360,35 @@ def encode(
         roi_seconds=roi_s,
         regions_per_frame=n_regions / clip.n_frames if it is not None else 0.0,
         roi=it is not None,
+        route=route if it is not None else "none",
         options=opts,
     )
+
+
+def block_side_data(
+    offsets: np.ndarray, source_size: tuple[int, int], block: int = 16, step: float = 1.0
+) -> bytes:
+    """The ctypes route's side data for one frame, vectorised: one ``AVRegionOfInterest`` per block
+    whose quantised offset is not 0 (no merging: the region count does not cost here), with the
+    qoffset fractions of :func:`~avsal_deploy.roi.exporters.rois_from_offsets` (same floats in the encoder)."""
+    q = quantize_offsets(offsets, step)
+    h, w = int(source_size[0]), int(source_size[1])
+    r, c = np.nonzero(q)
+    if not len(r):
+        return b""
+    levels, inverse = np.unique(q[r, c], return_inverse=True)
+    fracs = [qoffset_fraction(float(v), QP_RANGE_8BIT) for v in levels]
+    num = np.array([f.numerator for f in fracs], np.int32)[inverse]
+    den = np.array([f.denominator for f in fracs], np.int32)[inverse]
+    rec = np.empty((len(r), 7), np.int32)
+    rec[:, 0] = 28
+    rec[:, 1] = r * block
+    rec[:, 2] = np.minimum((r + 1) * block, h)
+    rec[:, 3] = c * block
+    rec[:, 4] = np.minimum((c + 1) * block, w)
+    rec[:, 5] = num
+    rec[:, 6] = den
+    return rec.astype("<i4").tobytes()
 
 
 def decode_planes(data: bytes) -> Iterator[np.ndarray]:

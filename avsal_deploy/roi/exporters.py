@@ -229,7 +229,8 @@ def quantize_offsets(offsets: np.ndarray, step: float = 1.0) -> np.ndarray:
     return (np.rint(np.asarray(offsets, np.float64) / step) * step).astype(np.float32)
 
 
-def _qoffset(level: float, qp_range: int) -> Fraction:
+def qoffset_fraction(level: float, qp_range: int = QP_RANGE_8BIT) -> Fraction:
+    """A QP offset as FFmpeg's ``qoffset`` rational (``level / qp_range``, clipped to [-1, 1])."""
     q = Fraction(float(level)).limit_denominator(1000) / qp_range
     return max(Fraction(-1), min(Fraction(1), q))
 
@@ -278,11 +279,13 @@ def rois_from_offsets(
             rects.append((int(r), int(r1), int(c), int(c1), level))
         decided |= mine
     regions = [
-        Region(r0 * block, min(r1 * block, h), c0 * block, min(c1 * block, w), _qoffset(level, qp_range))
+        Region(
+            r0 * block, min(r1 * block, h), c0 * block, min(c1 * block, w), qoffset_fraction(level, qp_range)
+        )
         for r0, r1, c0, c1, level in rects
     ]
     if background != 0:
-        regions.append(Region(0, h, 0, w, _qoffset(background, qp_range)))
+        regions.append(Region(0, h, 0, w, qoffset_fraction(background, qp_range)))
     return regions
 
 

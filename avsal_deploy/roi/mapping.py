@@ -120,26 +120,23 @@ def block_means(values: np.ndarray, block: int) -> np.ndarray:
     """Area average of ``values`` [H, W] over each ``block`` x ``block`` block (partial edge blocks
     average their real pixels): float64 [ceil(H/block), ceil(W/block)]."""
     h, w = values.shape
-    rows, cols = block_grid((h, w), block)
-    padded = np.zeros((rows * block, cols * block), np.float64)
-    padded[:h, :w] = values
-    count = np.zeros_like(padded)
-    count[:h, :w] = 1.0
-    sums = padded.reshape(rows, block, cols, block).sum(axis=(1, 3))
-    n = count.reshape(rows, block, cols, block).sum(axis=(1, 3))
-    return sums / n
+    starts_r, starts_c = np.arange(0, h, block), np.arange(0, w, block)
+    sums = np.add.reduceat(np.add.reduceat(values, starts_c, axis=1), starts_r, axis=0)
+    n_r = np.diff(np.append(starts_r, h))
+    n_c = np.diff(np.append(starts_c, w))
+    return sums.astype(np.float64) / np.outer(n_r, n_c)
 
 
 def block_saliency(saliency: np.ndarray, source_size: tuple[int, int], block: int = 16) -> np.ndarray:
     """Step 1: the map (any size; resized to ``source_size`` = (H, W)) area-averaged per block,
-    float64 [rows, cols], values >= 0."""
+    float64 [rows, cols], values >= 0 (block means below 0 become 0)."""
     m = np.asarray(saliency, dtype=np.float32)
     if m.ndim != 2:
         raise AvsalError(f"saliency map of shape {m.shape}: expected [H, W]")
-    if not np.all(np.isfinite(m)):
+    b = block_means(_resize(m, (int(source_size[0]), int(source_size[1]))), block)
+    if not np.all(np.isfinite(b)):  # a NaN / inf pixel reaches its block mean
         raise AvsalError("saliency map has NaN or infinite values")
-    m = np.clip(_resize(m, (int(source_size[0]), int(source_size[1]))), 0.0, None)
-    return block_means(m, block)
+    return np.maximum(b, 0.0)  # saliency is >= 0 (maps are in [0, 1]; negatives count as 0 per block)
 
 
 def importance(block_sal: np.ndarray, params: RoiParams) -> np.ndarray:
@@ -156,8 +153,11 @@ def _zero_mean_clamp(u: np.ndarray, limit: float) -> np.ndarray:
     """``clip(u - c, -limit, limit)`` with the shift ``c`` that makes the mean exactly zero."""
     if limit == 0:
         return np.zeros_like(u)
+    c = float(u.mean())
+    if float(np.abs(u - c).max()) <= limit:  # the clamp is not active: the shift is the mean
+        return u - c
     lo, hi = float(u.min()) - limit, float(u.max()) + limit  # mean(clip(u - c)) is +limit at lo, -limit at hi
-    for _ in range(100):
+    for _ in range(60):
         c = 0.5 * (lo + hi)
         m = float(np.clip(u - c, -limit, limit).mean())
         if m > 0:
@@ -166,8 +166,7 @@ def _zero_mean_clamp(u: np.ndarray, limit: float) -> np.ndarray:
             hi = c
         if hi - lo < 1e-9:
             break
-    out = np.clip(u - 0.5 * (lo + hi), -limit, limit)
-    return out - out.mean() if np.all(np.abs(out) < limit) else out
+    return np.clip(u - 0.5 * (lo + hi), -limit, limit)
 
 
 def offsets_from_importance(w: np.ndarray, params: RoiParams) -> np.ndarray:
