@@ -331,7 +331,13 @@ def envelope_input(track: AudioTrack, window: Window | Sequence[int], config: Co
     order, so a reversed window's envelope is reversed too); see :func:`envelope_frames`."""
     frames, _ = _frames_of(window)
     return envelope_frames(
-        track.samples, track.rate, frames, track.fps, config, timestamps=track.timestamps, audio_offset=track.offset
+        track.samples,
+        track.rate,
+        frames,
+        track.fps,
+        config,
+        timestamps=track.timestamps,
+        audio_offset=track.offset,
     )
 
 

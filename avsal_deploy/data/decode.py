@@ -477,7 +477,9 @@ class FrameReader:
     def close(self) -> None:
         self._gen.close()
 
-    def _decode(self, make: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> Iterator[tuple[np.ndarray, float]]:
+    def _decode(
+        self, make: Callable[[], Iterator[tuple[np.ndarray, float]]]
+    ) -> Iterator[tuple[np.ndarray, float]]:
         n = 0
         try:
             for rgb, t in make():

@@ -24,6 +24,7 @@ from avsal_deploy.data.decode import SILENT_AUDIO_RATE, AudioReader, Backend, Fr
 #: included, however the container interleaves its audio and video packets.
 AUDIO_LEAD_S = 0.1
 
+
 @dataclass
 class Timings:
     """Seconds spent per stage (``decode``, ``preprocess``, ``inference``, ``write``)."""
@@ -35,7 +36,6 @@ class Timings:
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.__dict__.items()}
-
 
 
 class MediaSource:

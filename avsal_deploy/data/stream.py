@@ -194,7 +194,11 @@ class StreamWindower:
             clip = np.stack([self._frames[i] for i in window.frames], axis=1)
             track = AudioTrack(audio, self.audio_rate, self.fps, self._times, self._audio_offset)
             audio_in = audio_input(track, window, self.config, self.variant)
-            envelope = envelope_input(track, window, self.config) if self.config.uses_envelope(self.variant) else None
+            envelope = (
+                envelope_input(track, window, self.config)
+                if self.config.uses_envelope(self.variant)
+                else None
+            )
             out.append(
                 StreamWindow(
                     window=window, clip=clip, audio=audio_in, timestamp=self._times[target], envelope=envelope
