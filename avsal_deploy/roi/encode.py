@@ -82,7 +82,7 @@ def clip_from_frames(frames: Iterable[np.ndarray], fps: float) -> Clip:
 
 def read_clip(path: str, max_frames: int | None = None) -> Clip:
     """Decode a video file into a :class:`Clip` (raises MediaError naming the file)."""
-    from avsal_deploy.data.video import iter_frames, probe
+    from avsal_deploy.data.decode import iter_frames, probe
 
     info = probe(path)
     frames = []
