@@ -346,7 +346,7 @@ def test_stream_and_video_configs(repo: Path) -> None:
     assert [c.name for c in stream.sequence_batching.control_input] == ["START", "END", "CORRID"]
     assert stream.sequence_batching.max_sequence_idle_microseconds == int(IDLE_S * 1e6)
     assert [(i.name, list(i.dims)) for i in stream.input][:2] == [("frame", [-1, -1, 3]), ("audio", [-1])]
-    assert [o.name for o in stream.output] == ["maps", "frame_index", "streams"]
+    assert [o.name for o in stream.output] == ["maps", "frame_index", "qp_offsets", "streams"]
     assert stream.parameters["max_pixels"].string_value == str(640 * 480)
     video = parse_config(repo / "avsal_video" / "config.pbtxt")
     assert video.max_batch_size == 0 and video.input[0].name == "video"
@@ -524,7 +524,19 @@ def test_stream_cli_writes_maps_and_overlay(server: TritonServer, ort, clips, tm
     import av
 
     out = tmp_path / "s"
-    assert main(["stream", str(clips[0]), "--url", server.grpc_url, "--fast", "--out", str(out)]) == 0
+    roi = tmp_path / "roi.mp4"
+    args = [
+        "stream",
+        str(clips[0]),
+        "--url",
+        server.grpc_url,
+        "--fast",
+        "--out",
+        str(out),
+        "--roi-out",
+        str(roi),
+    ]
+    assert main(args) == 0
     got = load_maps(out / "maps.npz")
     from avsal_deploy.pipeline import Predictor
 
@@ -534,3 +546,19 @@ def test_stream_cli_writes_maps_and_overlay(server: TritonServer, ort, clips, tm
     assert report["frames"] == 14 and report["latency_ms"]["p50"] > 0
     with av.open(str(out / "overlay.mp4")) as c:
         assert len(c.streams.audio) == 1 and sum(1 for _ in c.decode(video=0)) == 14
+    with av.open(str(roi)) as c:  # encoded with the QP offsets the server sent per frame
+        assert sum(1 for _ in c.decode(video=0)) == 14
+
+
+def test_stream_returns_qp_offsets_for_roi_coding(server: TritonServer, ort, clips) -> None:
+    from avsal_deploy.roi.mapping import OffsetSmoother
+    from avsal_deploy.serving.client import stream
+
+    frames, chunks, fps, rate = _media(clips[0])
+    got = list(stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, roi_codec="x264"))
+    smoother = OffsetSmoother((64, 96), "x264")
+    for _, saliency, qp in got:
+        assert qp.shape == (4, 6)  # ceil(64 / 16) x ceil(96 / 16) blocks of the stream's frames
+        np.testing.assert_allclose(qp, smoother(saliency), atol=1e-5)
+        assert abs(float(qp.mean())) < 1e-4  # budget-neutral offsets
+    assert [i for i, _, _ in got] == list(range(14))

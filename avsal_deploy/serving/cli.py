@@ -76,6 +76,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         steps=args.steps,
         stride=args.stride,
         seed=args.seed,
+        roi_out=args.roi_out,
+        roi_codec=args.roi_codec,
+        roi_crf=args.roi_crf,
     )
     lat = report["latency_ms"]
     print(
@@ -116,4 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
     p.add_argument("--stride", type=int, default=None, help="run the networks every K-th frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream's x_T")
+    p.add_argument("--roi-out", default=None, help="also encode the stream with the server's QP offsets")
+    p.add_argument("--roi-codec", default="x264", choices=["x264", "x265"], help="encoder of --roi-out")
+    p.add_argument("--roi-crf", type=float, default=28.0, help="CRF of --roi-out (default 28)")
     p.set_defaults(handler=cmd_stream)

@@ -274,6 +274,7 @@ def stream(
     stride: int | None = None,
     seed: int = 0,
     sequence_id: int | None = None,
+    roi_codec: str | None = None,
     retries: int = 5,
     backoff_s: float = 0.2,
     timeout_s: float = 120.0,
@@ -283,7 +284,8 @@ def stream(
     ``frames`` yields uint8 RGB [H, W, 3] frames (or ``(frame, timestamp)`` pairs); ``audio_chunks``
     (optional) yields, per frame, the mono float32 samples that came with it at ``audio_rate``.
     Maps are float32 [h, w] at the model's size, each frame's exactly once, in frame order; the
-    last ones arrive with the END request. Connection loss at start-up is retried with
+    last ones arrive with the END request. With ``roi_codec`` (``x264`` / ``x265``) it yields
+    ``(frame_index, map, qp_offsets)``, the frame's QP offset grid for a live encoder. Connection loss at start-up is retried with
     exponential backoff; later failures raise :class:`TritonRequestError` or
     :class:`BackendUnavailableError` with the server's message.
     """
@@ -317,6 +319,10 @@ def stream(
                     inputs.append(_input(grpc, "steps", np.array([[steps]], np.int32)))
                 if stride is not None:
                     inputs.append(_input(grpc, "stride", np.array([[stride]], np.int32)))
+                if roi_codec is not None:
+                    codec = grpc.InferInput("roi_codec", [1, 1], "BYTES")
+                    codec.set_data_from_numpy(np.array([[roi_codec.encode()]], dtype=np.object_))
+                    inputs.append(codec)
             try:
                 result = client.infer(
                     "avsal_stream",
@@ -333,8 +339,9 @@ def stream(
                     ) from exc
                 raise TritonRequestError(f"{url} avsal_stream: {exc.message()}") from exc
             maps, index = result.as_numpy("maps")[0], result.as_numpy("frame_index")[0]
-            for i, m in zip(index.tolist(), maps, strict=True):
-                yield int(i), np.array(m)
+            qp = result.as_numpy("qp_offsets")[0]
+            for k, (i, m) in enumerate(zip(index.tolist(), maps, strict=True)):
+                yield (int(i), np.array(m), np.array(qp[k])) if roi_codec else (int(i), np.array(m))
             first, current = False, upcoming
     finally:
         client.close()

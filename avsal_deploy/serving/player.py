@@ -32,8 +32,15 @@ def play(
     steps: int | None = None,
     stride: int | None = None,
     seed: int = 0,
+    roi_out: str | Path | None = None,
+    roi_codec: str = "x264",
+    roi_crf: float = 28.0,
 ) -> dict[str, Any]:
-    """Stream ``video`` through the server at ``url`` (gRPC); returns and writes ``stream.json``."""
+    """Stream ``video`` through the server at ``url`` (gRPC); returns and writes ``stream.json``.
+
+    ``roi_out``: also encode the stream with the QP offsets the server returns per frame
+    (``roi_codec``, CRF ``roi_crf``; :func:`avsal_deploy.roi.encode.encode`; the frames are kept
+    as yuv420p until the end of the stream, then encoded)."""
     from avsal_deploy import outputs
 
     out = Path(out_dir)
@@ -46,6 +53,8 @@ def play(
     rate = source.audio_rate if source.has_audio else 0
     video_out = outputs.OverlayWriter(out / "overlay.mp4", source.fps, size, rate) if overlay else None
     latencies: list[float] = []
+    roi_frames: list[np.ndarray] = []
+    roi_offsets: list[np.ndarray] = []
     t_start = time.perf_counter()
 
     def frames() -> Iterator[tuple[np.ndarray, float]]:
@@ -63,7 +72,7 @@ def play(
             yield chunks.pop(0) if chunks else np.zeros(0, np.float32)
 
     try:
-        for index, saliency in stream(
+        results = stream(
             url,
             frames(),
             audio(),
@@ -72,8 +81,16 @@ def play(
             steps=steps,
             stride=stride,
             seed=seed,
-        ):
+            roi_codec=roi_codec if roi_out is not None else None,
+        )
+        for item in results:
+            index, saliency = item[0], item[1]
             frame, ts, t_sent = sent.pop(index)
+            if roi_out is not None:
+                from avsal_deploy.roi.encode import to_yuv420p
+
+                roi_frames.append(to_yuv420p(frame))
+                roi_offsets.append(item[2])
             latencies.append(time.perf_counter() - t_sent)
             full = postprocess_map(saliency, source.source_size)
             writer.write(full, ts)
@@ -83,6 +100,11 @@ def play(
         if video_out is not None:
             video_out.add_audio(source.rest_of_audio())
             video_out.close()
+        if roi_out is not None:
+            from avsal_deploy.roi.encode import Clip, encode
+
+            encoded = encode(Clip(roi_frames, source.fps), roi_crf, roi_codec, roi_offsets)
+            Path(roi_out).write_bytes(encoded.data)
     except BaseException:
         writer.abort()
         raise

@@ -207,6 +207,7 @@ def stream_config(
         {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": "stride", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},
+        {"name": "roi_codec", "data_type": _Enum("TYPE_STRING"), "dims": [1], **opt},
     ]
     idle_us = int(float(limits["stream_idle_timeout_s"]) * 1e6)
     return {
@@ -217,6 +218,7 @@ def stream_config(
         "output": [
             {"name": "maps", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
             {"name": "frame_index", "data_type": _Enum("TYPE_INT64"), "dims": [-1]},
+            {"name": "qp_offsets", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
             {"name": "streams", "data_type": _Enum("TYPE_INT32"), "dims": [1]},
         ],
         "sequence_batching": {

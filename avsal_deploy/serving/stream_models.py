@@ -10,9 +10,12 @@ inputs). Per correlation id an instance keeps one flow (a :class:`StreamWindower
 preprocessed frames and the audio they need: bounded memory). Each request carries one decoded
 frame (``frame`` UINT8 [H, W, 3], RGB; the first frame fixes the size) and the audio that came with
 it (``audio`` FP32 [n], n >= 0); the first request may set ``audio_rate`` (INT32, default 16000),
-``fps`` (FP64, default 25), ``steps``, ``stride`` and ``seed``. The response has the maps of every
-frame whose window became ready (``maps`` FP32 [K, h, w] at the model's size, ``frame_index`` INT64
-[K]) and ``streams`` (INT32 [1], live streams on this instance); the END request flushes the
+``fps`` (FP64, default 25), ``steps``, ``stride``, ``seed`` and ``roi_codec`` (BYTES, ``x264`` or
+``x265``). The response has the maps of every frame whose window became ready (``maps`` FP32
+[K, h, w] at the model's size, ``frame_index`` INT64 [K]), with ``roi_codec`` their temporally
+smoothed QP offset grids for the stream's frame size (``qp_offsets`` FP32 [K, rows, cols], negative =
+more bits, :class:`avsal_deploy.roi.mapping.OffsetSmoother`; [K, 0, 0] without), and ``streams``
+(INT32 [1], live streams on this instance); the END request flushes the
 start-up frames, so every frame of a stream gets exactly one map. Windows of the streams in one
 batch of requests go through the networks together (:func:`~avsal_deploy.pipeline.run_windows`).
 
@@ -65,6 +68,8 @@ VIDEO_LIMITS: dict[str, float] = {
     "max_video_seconds": 3600.0,
 }
 DEFAULT_FPS = 25.0
+#: Encoders whose QP offset grids ``avsal_stream`` returns (``roi_codec``; avsal_deploy.roi).
+ROI_CODECS = ("x264", "x265")
 DEFAULT_AUDIO_RATE = 16000
 
 
@@ -139,6 +144,7 @@ class _Stream:
     flow: Any  # FrameFlow
     size: tuple[int, int]
     last_seen: float
+    roi: Any = None  # avsal_deploy.roi.mapping.OffsetSmoother when the stream asked for QP offsets
 
 
 class StreamSessions:
@@ -184,13 +190,25 @@ class StreamSessions:
             seed=settings.seed,
         )
         stream = _Stream(flow, tuple(frame.shape[:2]), time.monotonic())
+        codec = get("roi_codec")
+        if codec is not None:
+            from avsal_deploy.roi.mapping import OffsetSmoother
+
+            name = codec.reshape(-1)[0]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name not in ROI_CODECS:
+                raise RequestError(
+                    f"{STREAM_MODEL}: roi_codec={name!r}: choose one of {', '.join(ROI_CODECS)}"
+                )
+            stream.roi = OffsetSmoother(stream.size, name)
         self.streams[cid] = stream
         return stream
 
     def step(self, requests: list[dict[str, Any]]) -> list[Any]:
         """Handle one batch of requests (each a dict with ``cid``, ``start``, ``end``, ``frame``,
         ``audio``, ``timestamp`` and ``get(name)`` for optional inputs). Returns, per request,
-        ``(frame_index [K], maps [K, h, w])`` or the :class:`AvsalError` that refuses it."""
+        ``(frame_index [K], maps [K, h, w], qp_offsets [K, rows, cols])`` (``rows = cols = 0``
+        unless the stream asked for ``roi_codec``) or the :class:`AvsalError` that refuses it."""
         self.expire()
         results: list[Any] = [None] * len(requests)
         touched: list[tuple[int, _Stream, bool]] = []
@@ -228,7 +246,12 @@ class StreamSessions:
             index = np.asarray([m.index for m in maps], np.int64)
             h, w = self.engine.config.map_shape()[1:]
             stack = np.stack([m.saliency for m in maps]) if maps else np.zeros((0, h, w), np.float32)
-            results[i] = (index, stack.astype(np.float32, copy=False))
+            if stream.roi is not None:
+                qp = np.stack([stream.roi(m.saliency) for m in maps]) if maps else None
+                qp = qp if qp is not None else np.zeros((0, *stream.roi.grid), np.float32)
+            else:
+                qp = np.zeros((len(maps), 0, 0), np.float32)
+            results[i] = (index, stack.astype(np.float32, copy=False), qp.astype(np.float32, copy=False))
             if end:
                 self.streams = {c: s for c, s in self.streams.items() if s is not stream}
         return results
@@ -301,11 +324,12 @@ def _response(pb_utils: Any, result: Any, live: np.ndarray) -> Any:
         return pb_utils.InferenceResponse(
             error=pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
         )
-    index, maps = result
+    index, maps, qp = result
     return pb_utils.InferenceResponse(
         output_tensors=[
             pb_utils.Tensor("maps", np.ascontiguousarray(maps[None])),
             pb_utils.Tensor("frame_index", np.ascontiguousarray(index[None])),
+            pb_utils.Tensor("qp_offsets", np.ascontiguousarray(qp[None])),
             pb_utils.Tensor("streams", live),
         ]
     )
