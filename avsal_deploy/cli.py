@@ -17,7 +17,7 @@ from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config, parse_o
 from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
-AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli")
+AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli", "avsal_deploy.scoring.cli")
 
 
 def _config(args: argparse.Namespace) -> Config:
