@@ -67,3 +67,11 @@ def tiny_export(cache_dir: Path, tiny_checkpoint: Path) -> Path:
     from avsal_deploy.pipeline import cached_export
 
     return cached_export(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Triton model repository of the tiny export (python-onnxruntime platform)."""
+    from avsal_deploy.serving.repository import build_repository
+
+    return build_repository(tiny_export, tmp_path_factory.mktemp("triton") / "repo")
