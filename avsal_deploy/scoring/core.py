@@ -246,7 +246,9 @@ class Scorer:
     give the video to another server.
     """
 
-    def __init__(self, out_dir: str | Path, settings: ScoreSettings, run: dict[str, Any], server: str | None):
+    def __init__(
+        self, out_dir: str | Path, settings: ScoreSettings, run: dict[str, Any], server: str | None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.settings = settings
         self.run = run
