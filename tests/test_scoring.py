@@ -109,6 +109,13 @@ def test_bad_usage_exits_2(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest
     )
 
 
+def test_cli_repeats_url_without_swallowing_inputs() -> None:
+    from avsal_deploy.cli import build_parser
+
+    args = build_parser().parse_args(["score", "--url", "a:1", "videos", "--url", "b:2", "--out", "o"])
+    assert args.url == ["a:1", "b:2"] and args.inputs == ["videos"]
+
+
 # ----------------------------------------------------------------------------- a run
 def test_collection_scores_with_bad_videos_recorded(
     collection: Path, tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]

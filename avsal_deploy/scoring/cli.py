@@ -128,11 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--export-dir", default=None, help="use this `avsal export` directory")
     p.add_argument(
         "--url",
-        action="extend",
-        nargs="+",
+        action="append",
         default=None,
         metavar="URL",
-        help="Triton server(s) for --engine triton (host:port; several spread the work)",
+        help="a Triton server for --engine triton (host:port); repeat it to spread the work over servers",
     )
     p.add_argument("--jobs", type=int, default=1, help="videos in flight (threads, or Ray actors with --ray)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (0 = one-shot map on hybrid)")
