@@ -182,47 +182,57 @@ def test_resume_rules(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert set(run(steps=2, seed=1).values()) == {"skipped"}
 
 
-def test_sigkill_mid_run_resumes_with_identical_outputs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_interrupted_runs_resume_with_identical_outputs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """SIGTERM part-way (exit 130), then SIGKILL part-way through the resumed run, then a run to
+    the end: each run redoes only what was not finished, and the maps equal an uninterrupted run's."""
     videos = tmp_path / "videos"
-    names = [f"v{i}.mp4" for i in range(8)]
-    _good(videos, names, n=10)
+    names = [f"v{i}.mp4" for i in range(6)]
+    _good(videos, names, n=8)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-
-    def command(out: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "avsal_deploy.cli",
-            "score",
-            str(videos),
-            "--out",
-            str(out),
-            *_torch(tiny_checkpoint),
-        ]
+    command = [sys.executable, "-m", "avsal_deploy.cli", "score", str(videos), *_torch(tiny_checkpoint)]
 
     reference = tmp_path / "reference"
-    subprocess.run(command(reference), cwd=REPO_ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*command, "--out", str(reference)], cwd=REPO_ROOT, env=env, check=True, capture_output=True
+    )
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        command(out), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob(f"*/{RECORD}")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    finished = {p.parent.name for p in out.glob(f"*/{RECORD}")}
-    assert 1 <= len(finished) < len(names), "the kill should land part-way through the run"
+
+    def finished() -> set[str]:
+        return {p.parent.name for p in out.glob(f"*/{RECORD}")}
+
+    def interrupt(sig: signal.Signals) -> tuple[int, set[str]]:
+        """Run until one more video is finished, then send ``sig``."""
+        before = finished()
+        proc = subprocess.Popen(
+            [*command, "--out", str(out)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while len(finished()) <= len(before) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(sig)
+        finally:
+            proc.wait()
+        return proc.returncode, finished()
+
+    code, after_term = interrupt(signal.SIGTERM)
+    assert code == 130 and 1 <= len(after_term) < len(names), "SIGTERM should land part-way through the run"
+    code, after_kill = interrupt(signal.SIGKILL)
+    assert code == -signal.SIGKILL and after_term < after_kill and len(after_kill) < len(names)
     assert not (out / "summary.json").exists()
 
-    rerun = subprocess.run(command(out), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(
+        [*command, "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr
     status = {Path(v["path"]).stem: v["status"] for v in _summary(out)["videos"]}
-    assert {n for n, s in status.items() if s == "skipped"} == finished
-    assert {n for n, s in status.items() if s == "done"} == {Path(n).stem for n in names} - finished
+    assert {n for n, s in status.items() if s == "skipped"} == after_kill
+    assert {n for n, s in status.items() if s == "done"} == {Path(n).stem for n in names} - after_kill
     assert not (out / PARTIAL).exists()
     for name in names:
         stem = Path(name).stem
