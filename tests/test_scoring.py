@@ -97,16 +97,30 @@ def test_inputs_files_directories_and_list_files(collection: Path, tmp_path: Pat
 
 
 def test_bad_usage_exits_2(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video = write_video(tmp_path / "v.mp4", n=8, size=SIZE)
     out = str(tmp_path / "out")
-    assert main(["score", str(tmp_path / "missing"), "--out", out, *_torch(tiny_checkpoint)]) == 2
-    assert "missing: no such file" in capsys.readouterr().err
-    assert main(["score", "--out", out, *_torch(tiny_checkpoint)]) == 2
-    assert main(["score", str(tmp_path), "--out", out, "--jobs", "0"]) == 2
-    assert main(["score", str(tmp_path), "--out", out, "--url", "127.0.0.1:1"]) == 2  # --url without triton
-    assert (
-        main(["score", str(tmp_path), "--out", out, "--engine", "torch", "--checkpoint", str(tmp_path / "x")])
-        == 2
-    )
+    cases = [
+        (
+            ["score", str(tmp_path / "missing"), "--out", out, *_torch(tiny_checkpoint)],
+            "missing: no such file",
+        ),
+        (["score", "--out", out, *_torch(tiny_checkpoint)], "nothing to score"),
+        (["score", str(video), "--out", out, "--jobs", "0"], "--jobs 0"),
+        (["score", str(video), "--out", out, "--url", "127.0.0.1:1"], "--url is for --engine triton"),
+        (
+            ["score", str(video), "--out", out, "--engine", "torch", "--checkpoint", str(tmp_path / "x")],
+            "x: no such checkpoint",
+        ),
+        (
+            ["score", str(video), "--out", str(video / "out"), *_torch(tiny_checkpoint)],
+            "cannot create the output directory",
+        ),
+        (["score", str(video), "--out", out, "--dataset", "synthetic"], "--dataset is used with --gt"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_repeats_url_without_swallowing_inputs() -> None:

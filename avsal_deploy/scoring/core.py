@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy import __version__
-from avsal_deploy.errors import AvsalError
+from avsal_deploy.errors import AvsalError, BackendUnavailableError
 from avsal_deploy.scoring.engines import SCORING_ENGINES, model_identity, open_scoring_engine, predict_item
 from avsal_deploy.scoring.inputs import VideoItem, check_unique, collect_inputs, input_hash, input_stat
 
@@ -131,10 +131,17 @@ class VideoResult:
 # ----------------------------------------------------------------------------- settings
 def run_settings(settings: ScoreSettings) -> dict[str, Any]:
     """What makes two runs' outputs for the same input identical (compared for resume)."""
-    url = settings.urls[0] if settings.urls else None
+    model = None
+    for url in settings.urls or (None,):  # the first server that answers names the served model
+        try:
+            model = model_identity(settings.engine, settings.checkpoint, settings.export_dir, url)
+            break
+        except BackendUnavailableError:
+            if url == (settings.urls or (None,))[-1]:
+                raise
     return {
         "engine": settings.engine,
-        "model": model_identity(settings.engine, settings.checkpoint, settings.export_dir, url),
+        "model": model,
         "steps": settings.steps,
         "stride": settings.stride,
         "seed": settings.seed,
@@ -599,22 +606,26 @@ def score(
         raise AvsalError(
             "--overlay needs video files: data-set records are frames without a video to overlay"
         )
+    run = run_settings(settings)  # a missing checkpoint or unreachable server is a usage error, now
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return _score(items, out, settings, jobs, ray_address, progress)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AvsalError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from exc
+    return _score(items, out, settings, run, jobs, ray_address, progress)
 
 
 def _score(
     items: list[VideoItem],
     out: Path,
     settings: ScoreSettings,
+    run: dict[str, Any],
     jobs: int,
     ray_address: str | None,
     progress: ScoreProgress | None,
 ) -> Iterator[VideoResult]:
     with _locked(out):
         _prepare(out)
-        run = run_settings(settings)
         t0 = time.perf_counter()
         results: list[VideoResult | None] = [None] * len(items)
         if progress is not None:
