@@ -18,7 +18,12 @@ from avsal_deploy.engine import BUILTIN_BACKENDS
 from avsal_deploy.errors import AvsalError
 
 Handler = Callable[[argparse.Namespace], int]
-AREA_COMMANDS = ("avsal_deploy.training.cli", "avsal_deploy.serving.cli", "avsal_deploy.roi.cli")
+AREA_COMMANDS = (
+    "avsal_deploy.training.cli",
+    "avsal_deploy.serving.cli",
+    "avsal_deploy.roi.cli",
+    "avsal_deploy.scoring.cli",
+)
 #: Modules of the export / training stack (the ``export`` and ``train`` extras).
 TORCH_STACK = ("torch", "onnx", "onnxscript", "matplotlib")
 #: ``--engine`` choices: the built-in backends of :func:`avsal_deploy.engine.open`.

@@ -39,7 +39,7 @@ import numpy as np
 from avsal_deploy import __version__
 from avsal_deploy.config import resolve_steps
 from avsal_deploy.data.preprocess import postprocess_map, postprocess_maps
-from avsal_deploy.data.source import MediaSource, Timings
+from avsal_deploy.data.source import ArraySource, MediaSource, Timings
 from avsal_deploy.data.stream import StreamWindow, StreamWindower
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import AvsalError, MediaError
@@ -475,7 +475,7 @@ def _thumbnail(frame: np.ndarray, width: int = 320) -> np.ndarray:
 
 
 def predict_to_directory(
-    video_path: str | os.PathLike[str],
+    video_path: str | os.PathLike[str] | MediaSource | ArraySource,
     out_dir: str | os.PathLike[str],
     predictor: Predictor,
     *,
@@ -494,14 +494,17 @@ def predict_to_directory(
     when all of it is complete, so a failed run leaves no partial files and loses nothing written
     before. ``map_size``: ``"source"`` stores maps at the video's size, ``"model"`` at the model's
     (``load_maps`` resizes them back). ``progress(frames written, frames expected)``.
+    ``video_path`` may also be an opened source (:class:`~avsal_deploy.data.source.MediaSource`,
+    :class:`~avsal_deploy.data.source.ArraySource` for frames in memory); it is closed here.
     """
     if map_size not in MAP_SIZES:
         raise AvsalError(f"map_size={map_size!r}: choose one of {', '.join(MAP_SIZES)}")
-    video_path, out = Path(video_path), Path(out_dir)
+    out = Path(out_dir)
     check_writable(out)
     t_start = time.perf_counter()
     timings = Timings()
-    source = MediaSource(video_path)
+    source = video_path if isinstance(video_path, MediaSource | ArraySource) else MediaSource(video_path)
+    video_path = source.path
     tmp = Path(tempfile.mkdtemp(prefix=".avsal-", dir=out))
     writers = None
     try:

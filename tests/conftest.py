@@ -67,3 +67,22 @@ def tiny_export(cache_dir: Path, tiny_checkpoint: Path) -> Path:
     from avsal_deploy.export.cache import cached_export
 
     return cached_export(tiny_checkpoint)
+
+
+#: The idle timeout of ``triton_repo``'s ``avsal_stream`` (seconds).
+STREAM_IDLE_S = 8.0
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Triton model repository of the tiny export (python-onnxruntime platform), its stream
+    models' idle timeout and media limits small enough to test."""
+    from avsal_deploy.serving.repository import build_repository
+
+    limits = {"stream_idle_timeout_s": STREAM_IDLE_S, "max_pixels": 640 * 480}
+    return build_repository(
+        tiny_export,
+        tmp_path_factory.mktemp("triton") / "repo",
+        stream_limits=limits,
+        video_limits={"max_pixels": 640 * 480, "max_video_bytes": 4 << 20},
+    )

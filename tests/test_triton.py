@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STREAM_IDLE_S as IDLE_S
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -32,23 +33,9 @@ pytestmark = pytest.mark.triton
 TOL = 1e-4
 
 
-IDLE_S = 8.0  # the stream models' idle timeout in this module's repository
-
-
 @pytest.fixture(scope="module")
-def repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    limits = {"stream_idle_timeout_s": IDLE_S, "max_pixels": 640 * 480}
-    return build_repository(
-        tiny_export,
-        tmp_path_factory.mktemp("triton") / "repo",
-        stream_limits=limits,
-        video_limits={"max_pixels": 640 * 480, "max_video_bytes": 4 << 20},
-    )
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path):
-    with TritonServer(repo) as srv:
+def server(triton_repo: Path):
+    with TritonServer(triton_repo) as srv:
         yield srv
 
 
@@ -76,10 +63,10 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
 
 
 # ----------------------------------------------------------------------------- repository
-def test_repository_configs_follow_manifest(repo: Path, tiny_export: Path) -> None:
+def test_repository_configs_follow_manifest(triton_repo: Path, tiny_export: Path) -> None:
     manifest, config, specs = read_manifest(tiny_export)
     for name, spec in specs.items():
-        model = repo / model_name(name)
+        model = triton_repo / model_name(name)
         cfg = parse_config(model / "config.pbtxt")
         assert cfg.name == model_name(name) and cfg.backend == "python"
         assert cfg.max_batch_size == spec.batch_profile[2]
@@ -95,7 +82,7 @@ def test_repository_configs_follow_manifest(repo: Path, tiny_export: Path) -> No
             assert entry.HasField("reshape") == (t.shape == ())
         assert (model / "1" / "model.onnx").read_bytes() == (tiny_export / spec.onnx_file).read_bytes()
         assert "ComponentModel" in (model / "1" / "model.py").read_text()
-    pipe = parse_config(repo / PIPELINE_MODEL / "config.pbtxt")
+    pipe = parse_config(triton_repo / PIPELINE_MODEL / "config.pbtxt")
     assert pipe.max_batch_size == 0
     dims = {i.name: (list(i.dims), i.optional) for i in pipe.input}
     assert dims == {
@@ -277,9 +264,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_server_stops_cleanly(repo: Path, tmp_path: Path) -> None:
+def test_server_stops_cleanly(triton_repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    with TritonServer(repo, log_path=log, models=[model_name("audio_encoder")]) as srv:
+    with TritonServer(triton_repo, log_path=log, models=[model_name("audio_encoder")]) as srv:
         port = srv.ports.http
         with urllib.request.urlopen(f"{srv.http_url}/v2/models/{model_name('audio_encoder')}/ready") as r:
             assert r.status == 200
@@ -289,9 +276,9 @@ def test_server_stops_cleanly(repo: Path, tmp_path: Path) -> None:
         pass
 
 
-def test_server_reports_broken_repository(repo: Path, tmp_path: Path) -> None:
+def test_server_reports_broken_repository(triton_repo: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(repo / model_name("audio_encoder"), broken / "avsal_broken")
+    shutil.copytree(triton_repo / model_name("audio_encoder"), broken / "avsal_broken")
     config = broken / "avsal_broken" / "config.pbtxt"
     config.write_text(
         config.read_text().replace('name: "avsal_audio_encoder"', 'name: "avsal_broken"\nbogus: 1')
@@ -340,7 +327,8 @@ def test_predict_cli_on_triton_matches_embedded_engine(
 
 
 # ----------------------------------------------------------------------------- raw media models
-def test_stream_and_video_configs(repo: Path) -> None:
+def test_stream_and_video_configs(triton_repo: Path) -> None:
+    repo = triton_repo
     stream = parse_config(repo / "avsal_stream" / "config.pbtxt")
     assert stream.backend == "python" and stream.max_batch_size == 8  # one slot per live stream
     assert [c.name for c in stream.sequence_batching.control_input] == ["START", "END", "CORRID"]

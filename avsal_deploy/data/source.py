@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from avsal_deploy.data.decode import SILENT_AUDIO_RATE, AudioReader, Backend, FrameReader, MediaWarning, probe
+from avsal_deploy.data.decode import (
+    SILENT_AUDIO_RATE,
+    AudioReader,
+    Backend,
+    FrameReader,
+    MediaWarning,
+    VideoData,
+    probe,
+)
 
 #: Audio decoded ahead of a frame before it enters the windower (seconds past its own span): a
 #: window then reads exactly the samples the whole-file decode would give it, resampling filter
@@ -92,3 +100,36 @@ class MediaSource:
         self._frames.close()
         if self._audio is not None:
             self._audio.close()
+
+
+class ArraySource:
+    """Decoded media held in memory (a :class:`~avsal_deploy.data.decode.VideoData`, e.g. a data
+    set's frames and soundtrack) with :class:`MediaSource`'s interface, so the frame flow and the
+    writers run on it unchanged; each frame comes with the audio up to its span plus
+    :data:`AUDIO_LEAD_S`, as from a file."""
+
+    def __init__(self, video: VideoData) -> None:
+        self.video = video
+        self.path = Path(video.path)
+        self.fps = video.fps
+        self.source_size = tuple(video.source_size)
+        self.has_audio = video.has_audio
+        self.audio_rate = video.audio_rate
+        self.estimated_frames = video.n_frames
+        self._given = 0
+
+    def media(self, timings: Timings | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+        audio = self.video.audio
+        for frame, ts in zip(self.video.frames, self.video.timestamps, strict=True):
+            need = min(int(np.ceil((ts + 1.0 / self.fps + AUDIO_LEAD_S) * self.audio_rate)), audio.shape[0])
+            chunk = audio[self._given : max(need, self._given)]
+            self._given = max(need, self._given)
+            yield frame, float(ts), chunk
+
+    def rest_of_audio(self) -> np.ndarray:
+        rest = self.video.audio[self._given :]
+        self._given = self.video.audio.shape[0]
+        return rest
+
+    def close(self) -> None:
+        pass

@@ -156,12 +156,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             progress=progress,
+            engine=args.engine,
+            noise=args.noise,
+            export_dir=args.export_dir,
+            triton_url=args.triton_url,
         )
     finally:
         bar.close()
     report = ev.to_dict()
     print(
-        f"{ev.checkpoint}: {ev.variant} ({ev.profile}), {ev.steps} DDIM step(s), audio {ev.audio}, "
+        f"{ev.checkpoint}: {ev.variant} ({ev.profile}) on {ev.engine}, {ev.steps} DDIM step(s), "
+        f"noise {ev.noise}, audio {ev.audio}, "
         f"{ev.dataset} {ev.split}, stride {ev.stride}"
     )
     print("\nper video")
@@ -267,6 +272,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the DDIM noise")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "onnxruntime", "tensorrt", "triton"),
+        help="engine running the networks (default: torch, the checkpoint in process)",
+    )
+    p.add_argument(
+        "--noise",
+        default="per-video",
+        choices=("per-video", "per-window"),
+        help="sampling noise: one x_T per video as deployed (default), or fresh per window (torch only)",
+    )
+    p.add_argument("--export-dir", default=None, help="`avsal export` directory for onnxruntime/tensorrt")
+    p.add_argument("--triton-url", default=None, help="Triton server for --engine triton (host:port)")
     p.add_argument("--json", help="write the per-video / per-condition / data-set report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

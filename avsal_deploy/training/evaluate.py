@@ -2,10 +2,13 @@
 
 A predictor maps a video's windows to maps; :func:`evaluate_predictor` scores them against the
 ground truth at its stored size (:func:`avsal_deploy.metrics.evaluate_frames` resizes the
-prediction, never the ground truth). Two predictors are provided: a trained model
-(:func:`model_predictor`, windows batched, encoders once per window, DDIM with a noise generator
-seeded per video so results are reproducible) and the centre-bias baseline
-(:func:`center_predictor`, one Gaussian centred map for every frame).
+prediction, never the ground truth). Three predictors are provided: any
+engine with the deployed noise policy (:func:`engine_predictor`: one x_T per video shared by its
+windows, as ``avsal predict`` and ``avsal score`` run), a trained model in process
+(:func:`model_predictor`, windows batched, encoders once per window, DDIM with fresh noise per
+window from a generator seeded per video, as training validation runs) and the centre-bias
+baseline (:func:`center_predictor`, one Gaussian centred map for every frame). The per-video
+scoring rule (:func:`frame_metrics`) is shared with ``avsal score --gt``.
 
 Which frames are scored: the windows of :func:`avsal_deploy.windows.plan` at ``stride``; at stride
 1 that is every frame of every video (causal windows, reversed for the first frames, exactly as
@@ -33,9 +36,11 @@ import torch
 
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
+from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.metrics import METRIC_NAMES, aggregate, evaluate_frames
 from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.pipeline import normalize_map
 from avsal_deploy.training.data import AudioMode, VideoInputs, check_audio_mode
 from avsal_deploy.windows import Window, plan
 
@@ -140,6 +145,33 @@ def model_predictor(
                 maps = model(frames, audio, steps=n_steps, noise=noise, envelope=envelope)
                 out.append(maps[:, 0].float().cpu().numpy())
         model.train(was_training)
+        return np.stack(out)
+
+    return predict
+
+
+def engine_predictor(
+    engine: Engine, steps: int | None = None, batch_size: int = 1, seed: int = 0
+) -> Predictor:
+    """A predictor running any :class:`~avsal_deploy.engine.base.Engine` (torch, ONNX Runtime,
+    TensorRT, Triton) with the DEPLOYED noise policy: one x_T per video, drawn from ``seed`` by
+    :meth:`Engine.make_noise` and shared by all its windows, exactly as
+    :class:`avsal_deploy.pipeline.Predictor` (``avsal predict`` / ``avsal score``) does.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+
+    def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
+        noise1 = engine.make_noise(1, seed)
+        out = []
+        for first in range(0, len(windows), batch_size):
+            chunk = windows[first : first + batch_size]
+            frames = np.stack([video.clip(w) for w in chunk])
+            audio = np.stack([video.audio_input(w) for w in chunk])
+            envelope = np.stack([video.envelope(w) for w in chunk]) if engine.uses_envelope else None
+            noise = np.repeat(noise1, len(chunk), axis=0)
+            maps = engine.predict_window(frames, audio, steps, noise, envelope=envelope)
+            out += [normalize_map(m) for m in np.asarray(maps, np.float32)[:, 0]]  # as the frame flow does
         return np.concatenate(out)
 
     return predict
@@ -208,6 +240,32 @@ def _other_fixations(
     return other
 
 
+def frame_metrics(
+    predictions: np.ndarray,
+    targets: Sequence[int],
+    maps: np.ndarray,
+    fixations: np.ndarray,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    other_fixations: Callable[[int], np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per-frame metric values of one video: ``predictions[i]`` (any size) against the ground truth
+    of frame ``targets[i]`` at its stored size (``maps`` / ``fixations`` [N, H, W]).
+
+    The one per-video scoring rule shared by :func:`evaluate_predictor` (``avsal eval``) and
+    :mod:`avsal_deploy.scoring` (``avsal score --gt``).
+    """
+    idx = list(targets)
+    return evaluate_frames(
+        np.asarray(predictions, dtype=np.float32),
+        maps[idx],
+        fixations[idx],
+        metrics,
+        other_fixations,
+        seed=seed,
+    )
+
+
 def evaluate_predictor(
     predict: Predictor,
     videos: Sequence[VideoInputs],
@@ -227,12 +285,10 @@ def evaluate_predictor(
     for n, video in enumerate(videos, start=1):
         windows = plan(video.n_frames, video.config, video.variant, stride=stride).windows
         targets = [w.target for w in windows]
-        preds = np.asarray(predict(video, windows), dtype=np.float32)
+        preds = predict(video, windows)
         maps, fixations = video.native_annotations()
         other = _other_fixations(pool, video.name, targets, seed) if pool else None
-        result.per_frame[video.name] = evaluate_frames(
-            preds, maps[targets], fixations[targets], metrics, other, seed=seed
-        )
+        result.per_frame[video.name] = frame_metrics(preds, targets, maps, fixations, metrics, other, seed)
         result.conditions[video.name] = video.condition
         result.frames[video.name] = targets
         if progress is not None:
@@ -266,16 +322,25 @@ class CheckpointEvaluation:
     stride: int
     audio: str
     result: EvalResult
+    engine: str = "torch"
+    noise: str = "per-video"
 
     def to_dict(self) -> dict[str, Any]:
         head = {k: getattr(self, k) for k in ("checkpoint", "dataset", "split", "variant", "profile")}
         return {
             **head,
+            "engine": self.engine,
+            "noise": self.noise,
             "steps": self.steps,
             "stride": self.stride,
             "audio": self.audio,
             **self.result.to_dict(),
         }
+
+
+#: ``per-video``: one x_T per video shared by its windows (what every deployed engine does);
+#: ``per-window``: fresh noise per window from a per-video generator (the in-process torch model only).
+NOISE_POLICIES: tuple[str, ...] = ("per-video", "per-window")
 
 
 def evaluate_checkpoint(
@@ -293,23 +358,56 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: EvalProgress | None = None,
+    engine: str = "torch",
+    noise: str = "per-video",
+    export_dir: str | Path | None = None,
+    triton_url: str | None = None,
 ) -> CheckpointEvaluation:
     """Load a trained checkpoint and score it on one split of a data set.
 
     ``audio=None`` uses the audio mode the checkpoint was trained with (its ``audio`` metadata:
     a visual-only twin is tested on silence), ``"real"`` or ``"silent"`` force one.
+
+    ``engine`` runs the networks: ``torch`` (the checkpoint in process, on ``device``),
+    ``onnxruntime`` (``export_dir``, else the checkpoint exported once into the cache),
+    ``tensorrt`` (``export_dir`` with plans) or ``triton`` (a server at ``triton_url`` serving the
+    checkpoint's export). ``noise`` is the sampling-noise policy (:data:`NOISE_POLICIES`); the
+    default is the deployed one, so the numbers are those ``avsal score --gt`` reports.
     """
     from avsal_deploy.training.checkpoints import load_trained_model
 
+    if noise not in NOISE_POLICIES:
+        raise ConfigError(f"noise policy {noise!r}: choose one of {', '.join(NOISE_POLICIES)}")
+    if noise == "per-window" and engine != "torch":
+        raise ConfigError(f"noise policy per-window runs the torch model only, not engine {engine!r}")
     model, config, variant, meta = load_trained_model(checkpoint, device)
     mode = check_audio_mode(audio if audio is not None else str(meta.get("audio", "real")))
     dataset = open_dataset(root, name, split, fold)
     videos = dataset_inputs(dataset, config, variant, mode)  # type: ignore[arg-type]
     n_steps = model.resolve_steps(steps)
-    predictor = model_predictor(model, n_steps, batch_size, seed, device)
-    result = evaluate_predictor(
-        predictor, videos, metrics=metrics, stride=stride, seed=seed, progress=progress
-    )
+    opened: Engine | None = None
+    if noise == "per-window":
+        predictor = model_predictor(model, n_steps, batch_size, seed, device)
+    else:
+        if engine == "torch":
+            from avsal_deploy.engine.eager import TorchEngine
+
+            opened = TorchEngine(model, device=device)
+        else:
+            from avsal_deploy.scoring.engines import open_scoring_engine
+
+            opened = open_scoring_engine(engine, checkpoint, export_dir, triton_url)
+            if opened.config.architecture_fingerprint() != config.architecture_fingerprint():
+                opened.close()
+                raise ConfigError(f"{engine} engine: its model is not the architecture of {checkpoint}")
+        predictor = engine_predictor(opened, n_steps, batch_size, seed)
+    try:
+        result = evaluate_predictor(
+            predictor, videos, metrics=metrics, stride=stride, seed=seed, progress=progress
+        )
+    finally:
+        if opened is not None:
+            opened.close()
     return CheckpointEvaluation(
         checkpoint=str(checkpoint),
         dataset=dataset.name,
@@ -320,4 +418,6 @@ def evaluate_checkpoint(
         stride=stride,
         audio=mode,
         result=result,
+        engine=engine,
+        noise=noise,
     )
