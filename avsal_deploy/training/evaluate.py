@@ -172,7 +172,7 @@ def engine_predictor(
             noise = np.repeat(noise1, len(chunk), axis=0)
             maps = engine.predict_window(frames, audio, steps, noise, envelope=envelope)
             out += [normalize_map(m) for m in np.asarray(maps, np.float32)[:, 0]]  # as the frame flow does
-        return np.concatenate(out)
+        return np.stack(out)
 
     return predict
 
