@@ -145,7 +145,7 @@ def model_predictor(
                 maps = model(frames, audio, steps=n_steps, noise=noise, envelope=envelope)
                 out.append(maps[:, 0].float().cpu().numpy())
         model.train(was_training)
-        return np.stack(out)
+        return np.concatenate(out)
 
     return predict
 

@@ -1,0 +1,123 @@
+"""Streams through Triton (issue 11): per-frame latency and aggregate frames/s for 1, 2, 4 and 8
+concurrent streams at stride 1 and 4, tiny and small profiles; Triton's per-window latency over
+in-process ONNX Runtime. Run with ``pytest benchmarks/test_streams.py --benchmark-enable -s``.
+
+Each case plays a generated clip through ``avsal_stream`` from N client threads at once (frames
+sent as fast as the server answers); ``extra_info`` holds the aggregate frames/s and per-frame
+latency percentiles (send to map). The small profile runs randomly initialised weights (its cost
+is the architecture's, not the weights').
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avsal_deploy import engine as engines
+from avsal_deploy.data.source import MediaSource
+from avsal_deploy.serving.client import open_triton, stream
+from avsal_deploy.serving.repository import build_repository
+from avsal_deploy.serving.server import TritonServer
+from avsal_deploy.specs import sample_window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from media_utils import write_video  # noqa: E402
+
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def exports(small_export) -> dict[str, Path]:
+    return {"tiny": engines.DEFAULT_EXPORT, "small": small_export}
+
+
+@pytest.fixture(scope="module")
+def servers(exports, tmp_path_factory):
+    out = {}
+    opened = []
+    for profile, export in exports.items():
+        repo = build_repository(export, tmp_path_factory.mktemp(f"repo-{profile}") / "repo")
+        server = TritonServer(repo, startup_timeout=300)
+        server.__enter__()
+        opened.append(server)
+        out[profile] = server
+    yield out
+    for server in opened:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    clip = write_video(
+        tmp_path_factory.mktemp("clip") / "c.mp4", n=FRAMES, fps=25, size=(180, 320), audio="aac"
+    )
+    source = MediaSource(clip)
+    items = list(source.media())
+    source.close()
+    return [(f, ts) for f, ts, _ in items], [c for _, _, c in items], source.audio_rate
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small"])
+@pytest.mark.parametrize("stride", [1, 4])
+@pytest.mark.parametrize("n_streams", [1, 2, 4, 8])
+def test_streams_fps_and_latency(benchmark, servers, media, profile, stride, n_streams) -> None:
+    frames, chunks, rate = media
+    url = servers[profile].grpc_url
+    latencies: list[float] = []
+
+    def one(k: int) -> int:
+        sent: dict[int, float] = {}
+
+        def paced():
+            for i, item in enumerate(frames):
+                sent[i] = time.perf_counter()
+                yield item
+
+        n = 0
+        for index, _ in stream(url, paced(), chunks, fps=25.0, audio_rate=rate, stride=stride, seed=k):
+            latencies.append(time.perf_counter() - sent[index])
+            n += 1
+        return n
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(n_streams) as pool:
+            total = sum(pool.map(one, range(n_streams)))
+        return total / (time.perf_counter() - t0)
+
+    fps = benchmark.pedantic(run, rounds=1, warmup_rounds=1, iterations=1)
+    lat = np.asarray(latencies) * 1000.0
+    benchmark.group = f"streams through Triton ({profile}, stride {stride})"
+    benchmark.extra_info.update(
+        profile=profile,
+        stride=stride,
+        streams=n_streams,
+        aggregate_fps=round(fps, 2),
+        latency_ms={
+            q: round(float(np.percentile(lat, v)), 1) for q, v in (("p50", 50), ("p95", 95), ("p99", 99))
+        },
+    )
+    print(f"\n{profile} stride {stride} x{n_streams}: {benchmark.extra_info}")
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small"])
+@pytest.mark.parametrize("engine", ["onnxruntime", "triton"])
+def test_window_latency_triton_vs_in_process(benchmark, servers, exports, profile, engine) -> None:
+    """One window (default DDIM steps): in-process ONNX Runtime vs avsal_pipeline over gRPC
+    (no shared memory: the client sends the preprocessed window over the socket)."""
+    ort = engines.open(exports[profile], "onnxruntime")
+    eng = (
+        ort
+        if engine == "onnxruntime"
+        else open_triton(servers[profile].grpc_url, exports[profile], protocol="grpc")
+    )
+    w = sample_window(ort.specs, batch=1, seed=0)
+    benchmark.group = f"one window ({profile}): Triton vs in-process"
+    benchmark.extra_info.update(engine=engine, profile=profile)
+    out = benchmark(eng.predict_window, w["frames"], w["audio"], envelope=w.get("envelope"))
+    assert out.shape[0] == 1
