@@ -28,19 +28,6 @@ SECONDS = 2.0  # 50 frames a clip at 25 fps
 SIZE = (192, 320)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Torch only resizes frames and maps here (ONNX Runtime runs the networks, with its own
-    threads); two torch threads on this loaded 2-core machine made the write stage of a lone
-    video 10x slower (busy OpenMP workers), which would inflate the --jobs 2 ratio."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench-clips")
