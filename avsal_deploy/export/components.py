@@ -6,22 +6,7 @@ and the benchmarks read) from the :class:`~avsal_deploy.config.Config` by runnin
 on the "meta" device, so nothing re-types a shape; :func:`component_module` gives the
 ``nn.Module`` whose forward is the component's graph.
 
-Components (the deployment split of the model):
-
-==============  ====================================  =====================================
-component       inputs                                outputs
-==============  ====================================  =====================================
-video_encoder   frames                                v0, v1, v2, v3
-audio_encoder   audio                                 audio_feat
-fusion          v0..v3, audio_feat   (avrsp, hybrid) one_shot, c0..c3
-                [, envelope]
-unet_step       x_t, t, c0..c3, audio_feat            x0
-ddim            noise, c0..c3, audio_feat             x0   (all DDIM steps unrolled, optional)
-==============  ====================================  =====================================
-
-For ``diffsal`` the UNet conditions ``c0..c3`` are the video features ``v0..v3`` themselves.
-``envelope`` (the per-frame audio envelope, :func:`avsal_deploy.data.audio.envelope_frames`) is a
-fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync``).
+The components and their inputs and outputs are listed in :mod:`avsal_deploy.specs`.
 """
 
 from __future__ import annotations
