@@ -293,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-png", action="store_true", help="skip the per-frame PNG maps")
     p.add_argument(
         "--map-size",
-        default="source",
-        choices=["source", "model"],
-        help="store maps.npz at the video's size (default) or the model's (load_maps resizes back)",
+        default="model",
+        choices=["model", "source"],
+        help="store maps.npz at the model's size (default: what the network computed, ~100x smaller "
+        "at 720p; load_maps returns the video's size) or upsampled to the video's",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)

@@ -6,6 +6,7 @@ in memory at once: maps are produced by a callable ``map_at(frame_index) -> [H, 
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import tempfile
@@ -48,11 +49,24 @@ def colorize(saliency: np.ndarray) -> np.ndarray:
     return COLORMAP[idx]
 
 
+@functools.lru_cache(maxsize=8)
+def _blend_table(alpha: float) -> np.ndarray:
+    """Per saliency level (0..255): the heat map's weight ``alpha * sqrt(s)`` in 1/128 units
+    (``255 * 128 * alpha`` stays inside int16 for ``alpha <= 1``)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha={alpha}: must be in [0, 1]")
+    return np.rint(128.0 * alpha * np.sqrt(np.arange(256) / 255.0)).astype(np.int16)
+
+
 def overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend the heat map onto an RGB frame; weight grows with saliency so low values stay clear."""
-    heat = colorize(saliency).astype(np.float32)
-    w = (alpha * np.clip(saliency, 0.0, 1.0) ** 0.5)[..., None]
-    return np.clip(frame.astype(np.float32) * (1.0 - w) + heat * w, 0, 255).astype(np.uint8)
+    """Blend the heat map onto an RGB frame; weight ``alpha * sqrt(saliency)`` grows with saliency so
+    low values stay clear. Integer arithmetic on the map's 256 levels (one table look-up per pixel):
+    ``frame + (heat - frame) * w / 128``."""
+    idx = quantize_map(saliency)
+    heat = COLORMAP[idx].astype(np.int16)
+    w = _blend_table(float(alpha))[idx][..., None]
+    base = frame.astype(np.int16)
+    return (base + (((heat - base) * w) >> 7)).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- maps.npz
@@ -211,8 +225,8 @@ class MapWriter:
     The format (version 2, a plain NumPy ``.npz``; :func:`load_maps` reads it):
 
     - ``maps``: uint8 ``[N, h, w]``, ``round(255 * map)`` (maps are in [0, 1]; the quantisation
-      error is at most 1/510), deflate-compressed. ``(h, w)`` is the video's size by default, or
-      the model's (``avsal predict --map-size model``), a hundred times smaller at 720p;
+      error is at most 1/510), deflate-compressed. ``(h, w)`` is the model's size (``avsal
+      predict``'s default, what the network computed) or the video's (``--map-size source``);
     - ``source_size``: int64 ``[2]``, the video's (H, W); ``load_maps`` resizes to it;
     - ``timestamps``: float64 ``[N]``, seconds from the first frame; ``fps``: float64 ``[1]``;
     - ``format_version``: int64 ``[1]`` (2).

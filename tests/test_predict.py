@@ -255,6 +255,6 @@ def test_npz_is_a_plain_numpy_archive(tmp_path, clip, tiny_checkpoint, tiny_expo
         ]
         assert z.testzip() is None  # every CRC checks
     with np.load(out / "maps.npz") as z:
-        assert z["maps"].dtype == np.uint8 and z["maps"].shape == (12, 80, 120)
+        assert z["maps"].dtype == np.uint8 and z["maps"].shape == (12, 64, 96)  # the model's size
         assert z["source_size"].tolist() == [80, 120] and int(z["format_version"][0]) == 2
     assert not (out / "overlay.mp4").exists() and not (out / "maps").exists()

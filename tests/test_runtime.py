@@ -124,12 +124,13 @@ def test_predict_writes_compact_maps_and_the_summary(tmp_path: Path, clip: Path,
         "write",
     }
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["frames"] == 30
-    model = predict_to_directory(
-        clip, tmp_path / "m", Predictor(default_engine), overlay=False, pngs=False, map_size="model"
+    assert summary["map_size"] == [default_engine.config.video.height, default_engine.config.video.width]
+    source = predict_to_directory(
+        clip, tmp_path / "m", Predictor(default_engine), overlay=False, pngs=False, map_size="source"
     )
-    assert model["map_size"] == [default_engine.config.video.height, default_engine.config.video.width]
-    small = load_maps(tmp_path / "m" / "maps.npz")
-    assert small.shape == maps.shape and np.abs(small - maps).mean() < 0.02
+    assert source["map_size"] == [120, 160]
+    full = load_maps(tmp_path / "m" / "maps.npz")
+    assert full.shape == maps.shape and np.abs(full - maps).mean() < 0.02
     with pytest.raises(AvsalError, match="map_size"):
         predict_to_directory(clip, tmp_path / "x", Predictor(default_engine), map_size="huge")
 
