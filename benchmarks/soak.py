@@ -56,7 +56,7 @@ def _processes(server_pid: int) -> dict[str, int]:
         ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), -1)
         if ppid == server_pid and cmd and b"triton_python_backend_stub" in cmd[0]:
             model = next(
-                (Path(c.decode()).parent.name for c in cmd[1:] if c.endswith(b"model.py")), proc.name
+                (Path(c.decode()).parent.parent.name for c in cmd[1:] if c.endswith(b"model.py")), proc.name
             )
             out[f"{model}:{proc.name}"] = int(proc.name)
     return out
@@ -150,13 +150,17 @@ def main(argv: list[str] | None = None) -> int:
                     drill["killed_at_s"] = round(time.monotonic() - t0, 1)
                     drill["frames_before"] = done_frames[0]
                     killed = True
+            healed = server.heal()  # what `avsal serve` does twice a second
+            if healed:
+                drill["reloaded"] = healed
+                drill["reloaded_at_s"] = round(time.monotonic() - t0, 1)
             if (
                 killed
                 and "recovered_at_s" not in drill
                 and done_frames[0] > drill["frames_before"] + args.streams
             ):
                 drill["recovered_at_s"] = round(time.monotonic() - t0, 1)
-            time.sleep(10.0)
+            time.sleep(1.0 if killed and "recovered_at_s" not in drill else 10.0)
         elapsed = time.monotonic() - t0
 
     lat = np.asarray(latencies) * 1000.0

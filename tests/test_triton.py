@@ -382,7 +382,18 @@ def test_two_interleaved_streams_equal_offline_prediction(server: TritonServer, 
     for k, clip in enumerate(clips):
         frames, chunks, fps, rate = _media(clip)
         stride = 1 if k == 0 else 3
-        gens.append(stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, stride=stride, seed=k))
+        gens.append(
+            stream(  # the second stream sends its frames through system shared memory
+                server.grpc_url,
+                frames,
+                chunks,
+                fps=fps,
+                audio_rate=rate,
+                stride=stride,
+                seed=k,
+                shared_memory=k == 1,
+            )
+        )
         want.append(_offline(ort, clip, stride=stride, seed=k))
     got: list[dict[int, np.ndarray]] = [{}, {}]
     for pair in zip_longest(*gens):  # one request of each stream in turn
@@ -550,3 +561,38 @@ def test_stream_returns_qp_offsets_for_roi_coding(server: TritonServer, ort, cli
         np.testing.assert_allclose(qp, smoother(saliency), atol=1e-5)
         assert abs(float(qp.mean())) < 1e-4  # budget-neutral offsets
     assert [i for i, _, _ in got] == list(range(14))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_pipeline_through_shared_memory_matches(
+    server: TritonServer, ort, tiny_export, window, protocol
+) -> None:
+    frames, audio, env = window
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with open_triton(url, tiny_export, protocol=protocol, shared_memory=True) as shm_engine:
+        for _ in range(2):  # the registered regions are reused
+            got = shm_engine.predict_window(frames, audio, envelope=env, seed=3)
+            np.testing.assert_allclose(got, ort.predict_window(frames, audio, envelope=env, seed=3), atol=TOL)
+        small = shm_engine.predict_window(frames[:1], audio[:1], envelope=env[:1], seed=3)
+        assert small.shape[0] == 1
+
+
+def test_a_killed_stub_gives_clear_errors_and_is_reloaded(server: TritonServer, clips) -> None:
+    """The fault drill: the stream model's stub dies mid-stream; its clients get a clear error,
+    `heal` (what `avsal serve` runs twice a second) reloads the model, and new streams work."""
+    import os
+    import signal
+
+    from avsal_deploy.serving.client import stream
+
+    frames, chunks, fps, rate = _media(clips[0])
+    live = stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate)
+    next(live)  # mid-stream (the first map arrives once the start-up windows can run)
+    for pid in server.stubs()["avsal_stream"]:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TritonRequestError, match="avsal_stream"):
+        list(live)
+    assert server.heal() == ["avsal_stream"]
+    got = [i for i, _ in stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate)]
+    assert got == list(range(len(frames)))
+    assert server.heal() == []

@@ -55,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("serving; Ctrl-C (or SIGTERM) stops the server", flush=True)
             while True:
                 server.check_alive()
+                for model in server.heal():  # a stub died: reload its model
+                    print(f"reloaded {model} (its python stub process had died)", flush=True)
                 time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping ...", flush=True)

@@ -104,6 +104,64 @@ class _Connection:
         # tritonclient hands out read-only views of its receive buffer; callers (and torch) want to own them
         return {n: np.array(result.as_numpy(n)) for n in outputs}
 
+    def infer_shm(
+        self, model: str, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, tuple[tuple[int, ...], Any]]
+    ) -> Arrays:
+        """:meth:`infer` with the tensors in system shared memory (server on this host): inputs are
+        copied into one registered region and outputs read from another, instead of crossing the
+        socket. ``outputs``: name -> (shape, dtype) of what the server returns."""
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        arrays = {n: np.ascontiguousarray(a) for n, a in feeds.items()}
+        in_size = sum(a.nbytes for a in arrays.values())
+        out_size = sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in outputs.values())
+        self._ensure_regions(in_size, out_size)
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self._shm["in"][0], list(arrays.values()))
+        inputs, offset = [], 0
+        for name, array in arrays.items():
+            item = self.module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            item.set_shared_memory(self._shm["in"][1], array.nbytes, offset=offset)
+            inputs.append(item)
+            offset += array.nbytes
+        requested, offset, where = [], 0, {}
+        for name, (shape, dtype) in outputs.items():
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            out = self.module.InferRequestedOutput(name)
+            out.set_shared_memory(self._shm["out"][1], size, offset=offset)
+            requested.append(out)
+            where[name] = (offset, shape, dtype)
+            offset += size
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            self.client.infer(model, inputs, outputs=requested, **kwargs)
+        except (InferenceServerException, OSError) as exc:
+            raise self._error(model, exc) from exc
+        return {
+            name: np.array(shm.get_contents_as_numpy(self._shm["out"][0], np.dtype(d), s, offset=o))
+            for name, (o, s, d) in where.items()
+        }
+
+    def _ensure_regions(self, in_size: int, out_size: int) -> None:
+        import os
+        import uuid
+
+        import tritonclient.utils.shared_memory as shm
+
+        self._shm = getattr(self, "_shm", {})
+        for kind, size in (("in", in_size), ("out", out_size)):
+            have = self._shm.get(kind)
+            if have is not None and have[2] >= size:
+                continue
+            if have is not None:
+                self.client.unregister_system_shared_memory(have[1])
+                shm.destroy_shared_memory_region(have[0])
+            name = f"avsal_{kind}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            handle = shm.create_shared_memory_region(name, "/" + name, size)
+            self.client.register_system_shared_memory(name, "/" + name, size)
+            self._shm[kind] = (handle, name, size)
+
     def model_config(self, model: str) -> dict[str, Any]:
         from tritonclient.utils import InferenceServerException
 
@@ -116,6 +174,15 @@ class _Connection:
         return config["config"] if self.protocol == "grpc" else config
 
     def close(self) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        for handle, name, _ in getattr(self, "_shm", {}).values():
+            try:
+                self.client.unregister_system_shared_memory(name)
+            except Exception:  # noqa: BLE001 - the server may be gone already
+                pass
+            shm.destroy_shared_memory_region(handle)
+        self._shm = {}
         self.client.close()
 
 
@@ -139,10 +206,12 @@ class TritonEngine(Engine):
         protocol: str = "http",
         server_loop: bool = True,
         timeout_s: float = 600.0,
+        shared_memory: bool = False,
     ) -> None:
         super().__init__(config, variant, specs)
         self.connection = _Connection(url, protocol, timeout_s)
         self.server_loop = server_loop
+        self.shared_memory = shared_memory
 
     def run(self, component: str, feeds: Mapping[str, np.ndarray]) -> Arrays:
         spec = self.specs[component]
@@ -184,6 +253,10 @@ class TritonEngine(Engine):
             feeds[STEPS_INPUT] = np.array([steps], np.int32)
         if noise is not None:
             feeds[NOISE_INPUT] = np.ascontiguousarray(noise, np.float32)
+        if self.shared_memory:
+            shape = (int(frames.shape[0]), *self.config.map_shape())
+            out = {PIPELINE_OUTPUT: (shape, np.float32)}
+            return self.connection.infer_shm(PIPELINE_MODEL, feeds, out)[PIPELINE_OUTPUT]
         return self.connection.infer(PIPELINE_MODEL, feeds, [PIPELINE_OUTPUT])[PIPELINE_OUTPUT]
 
     def close(self) -> None:
@@ -197,8 +270,10 @@ def open_triton(
     protocol: str = "http",
     server_loop: bool = True,
     timeout_s: float = 600.0,
+    shared_memory: bool = False,
 ) -> TritonEngine:
-    """A :class:`TritonEngine` for the server at ``url``.
+    """A :class:`TritonEngine` for the server at ``url``; ``shared_memory`` passes whole windows
+    through system shared memory (the server must run on this host).
 
     The config and component specs come from ``export_dir``'s manifest when given, else from the
     manifest that ``avsal_pipeline``'s model config carries (one request to the server).
@@ -219,6 +294,7 @@ def open_triton(
         protocol=protocol,
         server_loop=server_loop,
         timeout_s=timeout_s,
+        shared_memory=shared_memory,
     )
 
 
@@ -275,6 +351,7 @@ def stream(
     seed: int = 0,
     sequence_id: int | None = None,
     roi_codec: str | None = None,
+    shared_memory: bool = False,
     retries: int = 5,
     backoff_s: float = 0.2,
     timeout_s: float = 120.0,
@@ -285,7 +362,9 @@ def stream(
     (optional) yields, per frame, the mono float32 samples that came with it at ``audio_rate``.
     Maps are float32 [h, w] at the model's size, each frame's exactly once, in frame order; the
     last ones arrive with the END request. With ``roi_codec`` (``x264`` / ``x265``) it yields
-    ``(frame_index, map, qp_offsets)``, the frame's QP offset grid for a live encoder. Connection loss at start-up is retried with
+    ``(frame_index, map, qp_offsets)``, the frame's QP offset grid for a live encoder.
+    ``shared_memory`` sends the frames through a system shared-memory region (the server must run
+    on this host); the maps come back over gRPC (they are small). Connection loss at start-up is retried with
     exponential backoff; later failures raise :class:`TritonRequestError` or
     :class:`BackendUnavailableError` with the server's message.
     """
@@ -298,6 +377,7 @@ def stream(
     client = _grpc_client(url, retries, backoff_s)
     cid = int(sequence_id if sequence_id is not None else random.getrandbits(62) + 1)
     chunks = iter(audio_chunks) if audio_chunks is not None else itertools.repeat(None)
+    regions: dict[str, Any] = {}
     try:
         items = iter(frames)
         current = next(items, None)
@@ -305,7 +385,11 @@ def stream(
         while current is not None:
             upcoming = next(items, None)
             frame, ts = current if isinstance(current, tuple) else (current, None)
-            inputs = [_input(grpc, "frame", np.asarray(frame, np.uint8)[None])]
+            frame = np.ascontiguousarray(np.asarray(frame, np.uint8)[None])
+            if shared_memory:
+                inputs = [_shm_frame(client, grpc, frame, regions)]
+            else:
+                inputs = [_input(grpc, "frame", frame)]
             chunk = next(chunks, None)
             if chunk is not None:
                 inputs.append(_input(grpc, "audio", np.asarray(chunk, np.float32).reshape(1, -1)))
@@ -344,7 +428,40 @@ def stream(
                 yield (int(i), np.array(m), np.array(qp[k])) if roi_codec else (int(i), np.array(m))
             first, current = False, upcoming
     finally:
+        _drop_regions(client, regions)
         client.close()
+
+
+def _shm_frame(client: Any, grpc: Any, frame: np.ndarray, regions: dict[str, Any]) -> Any:
+    """The ``frame`` input in a system shared-memory region (made and registered once per size)."""
+    import os
+    import uuid
+
+    import tritonclient.utils.shared_memory as shm
+
+    if regions.get("size") != frame.nbytes:
+        _drop_regions(client, regions)
+        name = f"avsal_frame_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        regions.update(handle=shm.create_shared_memory_region(name, "/" + name, frame.nbytes), name=name)
+        client.register_system_shared_memory(name, "/" + name, frame.nbytes)
+        regions["size"] = frame.nbytes
+    shm.set_shared_memory_region(regions["handle"], [frame])
+    item = grpc.InferInput("frame", list(frame.shape), "UINT8")
+    item.set_shared_memory(regions["name"], frame.nbytes)
+    return item
+
+
+def _drop_regions(client: Any, regions: dict[str, Any]) -> None:
+    if "handle" not in regions:
+        return
+    import tritonclient.utils.shared_memory as shm
+
+    try:
+        client.unregister_system_shared_memory(regions["name"])
+    except Exception:  # noqa: BLE001 - the server may be gone already
+        pass
+    shm.destroy_shared_memory_region(regions["handle"])
+    regions.clear()
 
 
 def predict_video(

@@ -256,6 +256,7 @@ class TritonServer:
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as response:
                     if response.status == 200:
+                        self._stub_counts = {m: len(p) for m, p in self.stubs().items()}
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -267,6 +268,46 @@ class TritonServer:
         code = self.returncode
         if code is not None:
             raise self._fail(f"tritonserver exited with code {code}")
+
+    def stubs(self) -> dict[str, list[int]]:
+        """The python-backend stub processes of the running server, by model: {model: [pid, ...]}."""
+        out: dict[str, list[int]] = {}
+        if self.process is None:
+            return out
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != self.process.pid or not cmd or b"triton_python_backend_stub" not in cmd[0]:
+                continue
+            for arg in cmd[1:]:
+                if arg.endswith(b"model.py"):
+                    out.setdefault(Path(arg.decode()).parent.parent.name, []).append(int(proc.name))
+        return out
+
+    def heal(self) -> list[str]:
+        """Reload every python model whose stub process died (killed, crashed, OOM): Triton marks it
+        unhealthy and answers its requests with errors until it is loaded again. Returns the models
+        reloaded. ``avsal serve`` calls this twice a second, so a lost stub costs the requests in
+        flight, not a manual restart."""
+        now = {m: len(p) for m, p in self.stubs().items()}
+        if not hasattr(self, "_stub_counts"):
+            self._stub_counts = now
+            return []
+        lost = [m for m, n in self._stub_counts.items() if now.get(m, 0) < n]
+        for model in lost:
+            request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{model}/load", data=b"{}")
+            request.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(request, timeout=max(60.0, self.startup_timeout)):
+                pass
+        if lost:
+            self._stub_counts = {m: len(p) for m, p in self.stubs().items()}
+        return lost
 
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL to its process group); returns its exit code."""
