@@ -67,7 +67,7 @@ class Engine(ABC):
                 if envelope is None:
                     raise ConfigError(
                         f"{self.backend} engine ({self.variant}, fusion.av_sync): the fusion decoder needs "
-                        "the per-frame audio envelope (avsal_deploy.data.preprocess.envelope_inputs)"
+                        "the per-frame audio envelope (avsal_deploy.data.audio.envelope_input)"
                     )
                 feats[ENVELOPE] = envelope
             feats.update(self._call("fusion", feats))

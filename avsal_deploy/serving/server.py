@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -301,13 +301,44 @@ class TritonServer:
             return []
         lost = [m for m, n in self._stub_counts.items() if now.get(m, 0) < n]
         for model in lost:
-            request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{model}/load", data=b"{}")
-            request.add_header("Content-Type", "application/json")
-            with urllib.request.urlopen(request, timeout=max(60.0, self.startup_timeout)):
-                pass
+            # Unload first: a load request for a model that is still loaded may keep the broken
+            # instance. Then load, and wait until the model is ready with all its stubs again.
+            self._repository(model, "unload")
+            self._wait(lambda m=model: not self._ready(m), 30.0, f"{model} did not unload")
+            self._repository(model, "load")
+            want = self._stub_counts[model]
+            self._wait(
+                lambda m=model, n=want: self._ready(m) and len(self.stubs().get(m, [])) >= n,
+                max(60.0, self.startup_timeout),
+                f"{model} did not come back after its stub died",
+            )
         if lost:
             self._stub_counts = {m: len(p) for m, p in self.stubs().items()}
         return lost
+
+    def _repository(self, model: str, action: str) -> None:
+        url = f"{self.http_url}/v2/repository/models/{model}/{action}"
+        request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=max(60.0, self.startup_timeout)):
+                pass
+        except urllib.error.HTTPError as exc:
+            if action == "load":
+                raise self._fail(f"reloading {model} failed: HTTP {exc.code} {exc.read()[:200]!r}") from exc
+
+    def _ready(self, model: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/ready", timeout=5.0) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _wait(self, condition: Callable[[], bool], timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise self._fail(message)
+            time.sleep(0.1)
 
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL to its process group); returns its exit code."""
