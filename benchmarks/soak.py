@@ -42,26 +42,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _processes(server_pid: int) -> dict[str, int]:
-    """The server and its stub processes: {"tritonserver": pid, "<model dir>": pid, ...}."""
-    out = {"tritonserver": server_pid}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), -1)
-        if ppid == server_pid and cmd and b"triton_python_backend_stub" in cmd[0]:
-            model = next(
-                (Path(c.decode()).parent.parent.name for c in cmd[1:] if c.endswith(b"model.py")), proc.name
-            )
-            out[f"{model}:{proc.name}"] = int(proc.name)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, default=8)
@@ -139,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             t.start()
         killed = False
         while any(t.is_alive() for t in threads):
-            procs = _processes(pid)
+            procs = {"tritonserver": pid}
+            procs.update({f"{m}:{q}": q for m, pids in server.stubs().items() for q in pids})
             rss.append(
                 {"t": round(time.monotonic() - t0, 1), **{n: round(_rss_mb(q), 1) for n, q in procs.items()}}
             )

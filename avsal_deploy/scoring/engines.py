@@ -20,6 +20,7 @@ import numpy as np
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.scoring.inputs import VideoItem
+from avsal_deploy.specs import sha256_file
 
 #: Engines ``avsal score`` and ``avsal eval --engine`` accept.
 SCORING_ENGINES: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt", "triton")
@@ -53,14 +54,6 @@ def open_scoring_engine(
     return engines.open(export_dir or checkpoint, engine)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_identity(
     engine: str, checkpoint: str | Path | None, export_dir: str | Path | None, url: str | None
 ) -> str:
@@ -70,7 +63,7 @@ def model_identity(
         path = Path(export_dir) / "manifest.json"
         if not path.is_file():
             raise AvsalError(f"{path}: no manifest; create the directory with `avsal export`")
-        return "manifest:" + _sha256(path)
+        return "manifest:" + sha256_file(path)
     if engine == "triton":
         from avsal_deploy.serving.client import _Connection
         from avsal_deploy.serving.repository import pipeline_manifest
@@ -87,7 +80,7 @@ def model_identity(
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if not ckpt.is_file():
         raise AvsalError(f"{ckpt}: no such checkpoint file")
-    return "checkpoint:" + _sha256(ckpt)
+    return "checkpoint:" + sha256_file(ckpt)
 
 
 def _record_video(item: VideoItem) -> Any:
