@@ -106,16 +106,15 @@ def test_streams_fps_and_latency(benchmark, servers, media, profile, stride, n_s
 
 
 @pytest.mark.parametrize("profile", ["tiny", "small"])
-@pytest.mark.parametrize("engine", ["onnxruntime", "triton"])
+@pytest.mark.parametrize("engine", ["onnxruntime", "triton", "triton-shm"])
 def test_window_latency_triton_vs_in_process(benchmark, servers, exports, profile, engine) -> None:
-    """One window (default DDIM steps): in-process ONNX Runtime vs avsal_pipeline over gRPC
-    (no shared memory: the client sends the preprocessed window over the socket)."""
+    """One window (default DDIM steps): in-process ONNX Runtime vs avsal_pipeline over gRPC, the
+    window sent over the socket (triton) or through system shared memory (triton-shm)."""
     ort = engines.open(exports[profile], "onnxruntime")
-    eng = (
-        ort
-        if engine == "onnxruntime"
-        else open_triton(servers[profile].grpc_url, exports[profile], protocol="grpc")
-    )
+    eng = ort
+    if engine != "onnxruntime":
+        shm = engine == "triton-shm"
+        eng = open_triton(servers[profile].grpc_url, exports[profile], protocol="grpc", shared_memory=shm)
     w = sample_window(ort.specs, batch=1, seed=0)
     benchmark.group = f"one window ({profile}): Triton vs in-process"
     benchmark.extra_info.update(engine=engine, profile=profile)
