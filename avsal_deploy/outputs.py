@@ -456,6 +456,10 @@ class OverlayWriter:
         for packet in self._audio.encode(af):
             self._out.mux(packet)
 
+    def abort(self) -> None:
+        """Close the file without flushing the encoders (a failed prediction; the file is discarded)."""
+        self._out.close()
+
     def close(self) -> None:
         for stream in (self._video, self._audio):
             if stream is not None:

@@ -404,6 +404,8 @@ class _Writers:
             self._queue.put(self._END)
             self._thread.join()
         self.maps.abort()
+        if self.overlay is not None:
+            self.overlay.abort()
 
     def _work(self) -> None:
         try:

@@ -33,6 +33,12 @@ from avsal_deploy.data.decode import (
 AUDIO_LEAD_S = 0.1
 
 
+def audio_needed(timestamp: float, fps: float, rate: int) -> int:
+    """Samples of audio (from the first frame) to hand out with the frame at ``timestamp``: its span
+    (1/fps) plus :data:`AUDIO_LEAD_S`."""
+    return int(np.ceil((timestamp + 1.0 / fps + AUDIO_LEAD_S) * rate))
+
+
 @dataclass
 class Timings:
     """Seconds spent per stage (``decode``, ``preprocess``, ``inference``, ``write``)."""
@@ -83,7 +89,7 @@ class MediaSource:
                 timings.decode += time.perf_counter() - t0
                 return
             frame, ts = item
-            need = int(np.ceil((ts + 1.0 / self.fps + AUDIO_LEAD_S) * self.audio_rate))
+            need = audio_needed(ts, self.fps, self.audio_rate)
             chunks = []
             while have < need and (chunk := next(self._audio_iter, None)) is not None:
                 chunks.append(chunk)
@@ -121,7 +127,7 @@ class ArraySource:
     def media(self, timings: Timings | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
         audio = self.video.audio
         for frame, ts in zip(self.video.frames, self.video.timestamps, strict=True):
-            need = min(int(np.ceil((ts + 1.0 / self.fps + AUDIO_LEAD_S) * self.audio_rate)), audio.shape[0])
+            need = min(audio_needed(float(ts), self.fps, self.audio_rate), audio.shape[0])
             chunk = audio[self._given : max(need, self._given)]
             self._given = max(need, self._given)
             yield frame, float(ts), chunk
