@@ -34,7 +34,8 @@ from avsal_deploy.training.data import VideoInputs, WindowDataset, channel_shuff
 from avsal_deploy.training.evaluate import center_bias_map
 from avsal_deploy.training.experiment import audio_relevance_recipe, mismatched_inputs
 from avsal_deploy.training.recipe import TrainConfig, from_dict, load_recipe
-from avsal_deploy.training.trainer import Trainer, resolve_precision
+from avsal_deploy.training.precision import resolve_precision
+from avsal_deploy.training.trainer import Trainer
 from avsal_deploy.windows import window_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,7 +370,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from avsal_deploy.training.recipe import from_dict
-    from avsal_deploy.training.trainer import Trainer, resolve_precision
+    from avsal_deploy.training.trainer import Trainer
     recipe = from_dict(json.loads(sys.argv[1]))
     trainer = Trainer(recipe, sys.argv[2])
     result = trainer.fit()

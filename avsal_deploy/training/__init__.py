@@ -2,7 +2,10 @@
 
 - :mod:`~avsal_deploy.training.recipe`: typed TOML recipes (``training/*.toml``).
 - :mod:`~avsal_deploy.training.data`: windows of a data set as model inputs, with augmentation.
-- :mod:`~avsal_deploy.training.trainer`: the loop (stages, DDP, AMP, checkpoints, resumption).
+- :mod:`~avsal_deploy.training.trainer`: the loop (stages, epochs, validation, checkpoints, resumption),
+  driving :mod:`~avsal_deploy.training.distributed` (torchrun / DDP),
+  :mod:`~avsal_deploy.training.precision` (autocast, gradient scaler) and
+  :mod:`~avsal_deploy.training.objective` (the losses per variant).
 - :mod:`~avsal_deploy.training.evaluate`: MIT metrics per video / condition / data set.
 - :mod:`~avsal_deploy.training.checkpoints`: :func:`load_trained_model` and the trainer's state.
 - :mod:`~avsal_deploy.training.experiment`: AV model vs visual-only twin vs centre bias.

@@ -1,4 +1,4 @@
-"""The training loop: stages, DDP, mixed precision, validation, checkpoints, resumption.
+"""The training loop: stages, epochs, validation, checkpoints, resumption.
 
 One :class:`Trainer` runs a :class:`~avsal_deploy.training.recipe.TrainConfig` into an output
 folder::
@@ -11,21 +11,11 @@ folder::
     <out>/checkpoints/last.safetensors + last.state.pt    resumable
     <out>/checkpoints/best.safetensors                    best validation ``train.monitor``
 
-Losses (per variant): ``avrsp`` -- the AVRSP loss ``KL - 0.1 CC - 0.1 SIM`` on the one-shot map;
-``diffsal`` -- the x0 MSE of the Saliency-UNet at a time step drawn uniformly per sample
-(:meth:`~avsal_deploy.diffusion.DDIMScheduler.q_sample_training`, cosine schedule); ``hybrid`` --
-``oneshot_weight * AVRSP loss + diffusion_weight * x0 MSE`` in one backward pass, the UNet's
-gradient flowing into the fusion decoder and the encoders that produce its conditions (freeze
-them per stage to train the UNet alone).
-
-Distributed training is PyTorch's own: launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` in the environment) the trainer initialises the
-process group (NCCL on CUDA, gloo on CPU), wraps the loss module in
-:class:`~torch.nn.parallel.DistributedDataParallel` and shards every epoch with
-:class:`~torch.utils.data.distributed.DistributedSampler`. The per-process batch is
-``train.batch_size``. Only rank 0 validates and writes files; its validation result is broadcast
-so that every rank takes the same scheduler and early-stopping decisions, and BatchNorm running
-statistics are broadcast from rank 0 after every epoch, so all ranks hold identical weights.
+The pieces it drives live beside it: :mod:`~avsal_deploy.training.distributed` (torchrun, DDP,
+rank-0 validation and writing), :mod:`~avsal_deploy.training.precision` (autocast, the gradient
+scaler, the optimiser step), :mod:`~avsal_deploy.training.objective` (the losses per variant) and
+:mod:`~avsal_deploy.training.evaluate` (validation, the same code as ``avsal eval``). The
+per-process batch is ``train.batch_size``.
 
 Determinism and resumption: all training randomness is counter-based -- a window's frames, target
 and augmentation depend on ``(seed, epoch, index)`` (:class:`~avsal_deploy.training.data.
@@ -35,11 +25,6 @@ already done are skipped) computes the same losses as an uninterrupted one on th
 and thread count. The global torch and CUDA RNG states are saved and restored too (nothing
 here draws from numpy's or Python's global generators).
 
-Mixed precision: ``train.amp = "auto"`` uses ``torch.autocast`` on CUDA (bfloat16 where the GPU
-supports it, else float16 with a gradient scaler) and full precision on CPU; ``"bf16"`` forces
-bfloat16 autocast (CPU included), ``"fp16"`` float16 (CUDA only), ``"off"`` none. Losses are always
-computed in float32.
-
 The library does not print: progress goes to the optional ``progress`` callback as
 :class:`TrainEvent` values (the CLI draws tqdm bars from them).
 """
@@ -48,16 +33,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
@@ -65,7 +47,6 @@ from torch.utils.data.distributed import DistributedSampler
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import open_dataset
 from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
-from avsal_deploy.losses import avrsp_loss, diffusion_mse_loss, sync_loss
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import load_checkpoint
 from avsal_deploy.training.checkpoints import (
@@ -75,12 +56,22 @@ from avsal_deploy.training.checkpoints import (
     state_path,
 )
 from avsal_deploy.training.data import VideoInputs, WindowDataset
+from avsal_deploy.training.distributed import (
+    all_mean,
+    barrier,
+    broadcast_object,
+    setup_distributed,
+    sync_buffers,
+    wrap_ddp,
+)
 from avsal_deploy.training.evaluate import (
     VALIDATION_METRICS,
     dataset_inputs,
     evaluate_predictor,
     model_predictor,
 )
+from avsal_deploy.training.objective import SaliencyObjective, diffusion_inputs
+from avsal_deploy.training.precision import optimizer_step, resolve_precision
 from avsal_deploy.training.recipe import MODULE_NAMES, MONITOR_METRICS, Stage, TrainConfig
 
 STATE_VERSION = 1
@@ -119,171 +110,6 @@ class TrainResult:
     epochs: int
     stopped: str  # "completed", "max_steps" or "early_stop" (of the last stage)
     seconds: float  # wall time of the whole run, summed over resumed sessions
-
-
-# ------------------------------------------------------------------------------ distributed
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in the job (a single process: rank 0 of 1)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> DistContext:
-    """Read torchrun's environment and initialise the process group when ``WORLD_SIZE > 1``.
-
-    ``device`` ``None``/``"auto"``: ``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device in (None, "auto"):
-        dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistContext(rank, world, local, dev)
-
-
-def _broadcast_object(ctx: DistContext, value: Any) -> Any:
-    if not ctx.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_mean(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
-    if not ctx.distributed or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t)
-    return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist(), strict=True)}
-
-
-def _sync_buffers(ctx: DistContext, model: nn.Module) -> None:
-    """Broadcast BatchNorm running statistics (all buffers) from rank 0."""
-    if ctx.distributed:
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-
-
-# ------------------------------------------------------------------------------ precision
-@dataclass(frozen=True)
-class Precision:
-    enabled: bool
-    dtype: torch.dtype
-    scaler: bool
-
-    @property
-    def name(self) -> str:
-        return (
-            {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
-            if self.enabled
-            else "fp32"
-        )
-
-
-def resolve_precision(mode: str, device: torch.device) -> Precision:
-    """The autocast settings for ``train.amp`` on ``device`` (see the module docstring)."""
-    cuda = device.type == "cuda"
-    if mode == "off" or (mode == "auto" and not cuda):
-        return Precision(False, torch.float32, False)
-    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-        return Precision(True, torch.bfloat16, False)
-    if not cuda:
-        raise ConfigError(f"train.amp={mode!r}: float16 autocast needs a CUDA device (use 'bf16' or 'off')")
-    return Precision(True, torch.float16, True)
-
-
-# ------------------------------------------------------------------------------ objective
-class SaliencyObjective(nn.Module):
-    """The model and its training loss as one module: the unit DDP wraps.
-
-    ``forward(frames, audio, target, x_t, t, envelope)`` returns ``{"loss", "oneshot", "diffusion",
-    "sync"}`` (the last three detached, 0 where the variant has no such term). With ``sync_weight``
-    and a fusion decoder with AV sync, the gate's synchrony map is read by a forward hook on the
-    gate (the model's forward is unchanged) and supervised by :func:`~avsal_deploy.losses.sync_loss`. The network runs under autocast;
-    losses are computed in float32. Both terms are always computed when the variant has them (a
-    zero weight multiplies them), so every trainable parameter takes part in every step, as DDP
-    requires.
-    """
-
-    def __init__(
-        self,
-        model: AVSaliencyModel,
-        precision: Precision,
-        kl_weight: float = 1.0,
-        cc_weight: float = -0.1,
-        sim_weight: float = -0.1,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.precision = precision
-        self.kl_weight, self.cc_weight, self.sim_weight = kl_weight, cc_weight, sim_weight
-        self.oneshot_weight = 1.0
-        self.diffusion_weight = 1.0
-        self.sync_weight = 0.0
-
-    def forward(
-        self,
-        frames: Tensor,
-        audio: Tensor,
-        target: Tensor,
-        x_t: Tensor | None,
-        t: Tensor | None,
-        envelope: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        zero = torch.zeros((), device=target.device)
-        gate = self.model.fusion.sync if self.model.fusion is not None else None
-        seen: dict[str, tuple[Tensor, ...]] = {}
-        hook = None
-        if self.sync_weight and gate is not None:
-            hook = gate.register_forward_hook(lambda _m, args, _out: seen.update(args=args))
-        try:
-            with torch.autocast(frames.device.type, self.precision.dtype, enabled=self.precision.enabled):
-                cond = self.model.condition(frames, audio, envelope)
-                x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
-                synchrony = gate.synchrony(*seen["args"]) if "args" in seen and gate is not None else None
-        finally:
-            if hook is not None:
-                hook.remove()
-        oneshot = zero
-        if cond.one_shot is not None:
-            oneshot = avrsp_loss(
-                cond.one_shot.float(), target, self.kl_weight, self.cc_weight, self.sim_weight
-            )
-        diffusion = zero if x0 is None else diffusion_mse_loss(x0.float(), target)
-        sync = zero if synchrony is None else sync_loss(synchrony, target)
-        loss = self.oneshot_weight * oneshot + self.diffusion_weight * diffusion + self.sync_weight * sync
-        return {
-            "loss": loss,
-            "oneshot": oneshot.detach(),
-            "diffusion": diffusion.detach(),
-            "sync": sync.detach(),
-        }
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of the diffusion noise of one step on one rank."""
-    return int(np.random.SeedSequence((seed, rank, step)).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -556,8 +382,7 @@ class Trainer:
 
             plot_metrics(self.log_path, self.plot_path)
         self._emit(TrainEvent("end", stage.name, self.epoch, self.step, values={"stopped": self.stopped}))
-        if self.ctx.distributed:
-            dist.barrier()
+        barrier(self.ctx)
         return TrainResult(
             out_dir=self.out_dir,
             last_checkpoint=self.last_path,
@@ -571,8 +396,41 @@ class Trainer:
         )
 
     def _run_stage(self, stage: Stage, state: dict[str, Any] | None, start_batch: int) -> None:
-        r, t, ctx = self.recipe, self.recipe.train, self.ctx
         self.stopped = "completed"
+        dataset, val_videos, steps_per_epoch = self._stage_data(stage)
+        # the global step at which this stage started (also when resuming inside it)
+        self.stage_start_step = self.step - self.stage_epoch * steps_per_epoch - start_batch
+        runner = self._stage_optimisation(stage, steps_per_epoch)
+        if state is not None:
+            self._restore_optimisation(state)
+            if state.get("stopped") == "early_stop":
+                self.stopped = "early_stop"
+                return
+        self._emit(
+            TrainEvent(
+                "stage",
+                stage.name,
+                self.epoch,
+                self.step,
+                self.stage_epoch,
+                stage.epochs,
+                {"max_steps": self.recipe.train.max_steps},
+            )
+        )
+        generator = torch.Generator(device=self.ctx.device)
+        metrics: dict[str, Any] | None = None
+        while self.stage_epoch < stage.epochs:
+            epoch = self._run_epoch(stage, dataset, runner, generator, steps_per_epoch, start_batch, metrics)
+            start_batch = 0
+            if epoch is None:  # the step budget ended the stage mid-epoch (checkpoint written)
+                return
+            metrics = self._end_epoch(stage, val_videos, *epoch)
+            if self.stopped in ("early_stop", "max_steps"):
+                return
+
+    def _stage_data(self, stage: Stage) -> tuple[WindowDataset, list[VideoInputs], int]:
+        """The stage's training windows, its validation videos (rank 0) and its steps per epoch."""
+        r, t, ctx = self.recipe, self.recipe.train, self.ctx
         train_set = self._open(stage.data_root, stage.data_name, r.data.train_split)
         dataset = WindowDataset(
             train_set,
@@ -603,168 +461,170 @@ class Trainer:
                 f"{stage.data_root}: {len(dataset)} training windows per epoch are fewer than one global batch "
                 f"({t.batch_size} x {ctx.world_size} processes); raise data.windows_per_video"
             )
+        return dataset, val_videos, steps_per_epoch
 
-        # the global step at which this stage started (also when resuming inside it)
-        self.stage_start_step = self.step - self.stage_epoch * steps_per_epoch - start_batch
-        params = _apply_freeze(self.model, stage.freeze)
-        objective = SaliencyObjective(self.model, self.precision, t.kl_weight, t.cc_weight, t.sim_weight)
-        objective.oneshot_weight = stage.oneshot_weight
-        objective.diffusion_weight = stage.diffusion_weight
-        objective.sync_weight = t.sync_weight
-        runner: nn.Module = objective
-        if ctx.distributed:
-            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            runner = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.scheduler = self._scheduler(stage, steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(ctx.device.type) if self.precision.scaler else None
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state["scheduler"]:
-                self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state["scaler"]:
-                self.scaler.load_state_dict(state["scaler"])
-            if state.get("stopped") == "early_stop":
-                self.stopped = "early_stop"
-                return
-        self._emit(
-            TrainEvent(
-                "stage",
-                stage.name,
-                self.epoch,
-                self.step,
-                self.stage_epoch,
-                stage.epochs,
-                {"max_steps": t.max_steps},
-            )
+    def _stage_optimisation(self, stage: Stage, steps_per_epoch: int) -> nn.Module:
+        """Freeze the stage's modules, build its objective (DDP-wrapped in a multi-process job),
+        optimiser, scheduler and gradient scaler; return the module a step calls."""
+        t = self.recipe.train
+        self.params = _apply_freeze(self.model, stage.freeze)
+        objective = SaliencyObjective.for_stage(self.model, self.precision, t, stage)
+        runner = wrap_ddp(self.ctx, objective)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=stage.lr, betas=t.betas, weight_decay=t.weight_decay
         )
-        monitor = self._monitor()
-        higher = MONITOR_METRICS[monitor]
-        generator = torch.Generator(device=ctx.device)
-        metrics: dict[str, Any] | None = None
+        self.scheduler = self._scheduler(stage, steps_per_epoch)
+        self.scaler = self.precision.grad_scaler(self.ctx.device)
+        return runner
 
-        while self.stage_epoch < stage.epochs:
-            dataset.set_epoch(self.epoch)
-            sampler = DistributedSampler(
-                dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True
-            )
-            sampler.set_epoch(self.epoch)
-            order = list(sampler)[: steps_per_epoch * t.batch_size]
-            loader = DataLoader(
-                dataset,
-                batch_size=t.batch_size,
-                sampler=order[start_batch * t.batch_size :],
-                num_workers=r.data.num_workers,
-                drop_last=True,
-                pin_memory=ctx.device.type == "cuda",
-            )
-            self._emit(TrainEvent("epoch", stage.name, self.epoch, self.step, start_batch, steps_per_epoch))
-            _train_mode(self.model, stage.freeze)
-            window: dict[str, float] = {}
-            epoch_sum, epoch_n = 0.0, 0
-            batch_in_epoch = start_batch
-            for batch in loader:
-                if t.max_steps and self.step >= t.max_steps:  # resumed at or beyond the budget
-                    self.stopped = "max_steps"
-                    break
-                self._warmup(stage, self.stage_epoch * steps_per_epoch + batch_in_epoch)
-                losses = self._train_step(runner, batch, generator)
-                self.step += 1
-                batch_in_epoch += 1
-                lr = self.optimizer.param_groups[0]["lr"]
-                values = {k: float(v) for k, v in losses.items()}
-                for k, v in values.items():
-                    window[k] = window.get(k, 0.0) + v
-                epoch_sum += values["loss"]
-                epoch_n += 1
-                if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-                    self.scheduler.step()
-                self._emit(
-                    TrainEvent(
-                        "step",
-                        stage.name,
-                        self.epoch,
-                        self.step,
-                        batch_in_epoch,
-                        steps_per_epoch,
-                        {**values, "lr": lr},
-                    )
+    def _restore_optimisation(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _epoch_loader(self, dataset: WindowDataset, steps_per_epoch: int, start_batch: int) -> DataLoader:
+        """This rank's batches of the current epoch, from batch ``start_batch`` on."""
+        r, t, ctx = self.recipe, self.recipe.train, self.ctx
+        dataset.set_epoch(self.epoch)
+        sampler = DistributedSampler(
+            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True
+        )
+        sampler.set_epoch(self.epoch)
+        order = list(sampler)[: steps_per_epoch * t.batch_size]
+        return DataLoader(
+            dataset,
+            batch_size=t.batch_size,
+            sampler=order[start_batch * t.batch_size :],
+            num_workers=r.data.num_workers,
+            drop_last=True,
+            pin_memory=ctx.device.type == "cuda",
+        )
+
+    def _run_epoch(
+        self,
+        stage: Stage,
+        dataset: WindowDataset,
+        runner: nn.Module,
+        generator: torch.Generator,
+        steps_per_epoch: int,
+        start_batch: int,
+        metrics: dict[str, Any] | None,
+    ) -> tuple[float, int] | None:
+        """Train one epoch (from ``start_batch``); return the sum and count of its step losses, or
+        None when the step budget ends it early (the resumable checkpoint is then written)."""
+        t, ctx = self.recipe.train, self.ctx
+        loader = self._epoch_loader(dataset, steps_per_epoch, start_batch)
+        self._emit(TrainEvent("epoch", stage.name, self.epoch, self.step, start_batch, steps_per_epoch))
+        _train_mode(self.model, stage.freeze)
+        window: dict[str, float] = {}
+        epoch_sum, epoch_n = 0.0, 0
+        batch_in_epoch = start_batch
+        for batch in loader:
+            if t.max_steps and self.step >= t.max_steps:  # resumed at or beyond the budget
+                self.stopped = "max_steps"
+                break
+            self._warmup(stage, self.stage_epoch * steps_per_epoch + batch_in_epoch)
+            losses = self._train_step(runner, batch, generator)
+            self.step += 1
+            batch_in_epoch += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            values = {k: float(v) for k, v in losses.items()}
+            for k, v in values.items():
+                window[k] = window.get(k, 0.0) + v
+            epoch_sum += values["loss"]
+            epoch_n += 1
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                self.scheduler.step()
+            self._emit(
+                TrainEvent(
+                    "step",
+                    stage.name,
+                    self.epoch,
+                    self.step,
+                    batch_in_epoch,
+                    steps_per_epoch,
+                    {**values, "lr": lr},
                 )
-                if self.step % t.log_every == 0:
-                    n = t.log_every
-                    mean = _all_mean(ctx, {k: v / n for k, v in window.items()})
-                    self._log(
-                        {
-                            "kind": "train",
-                            "stage": stage.name,
-                            "epoch": self.epoch,
-                            "step": self.step,
-                            "lr": lr,
-                            **mean,
-                        }
-                    )
-                    window = {}
-                if t.max_steps and self.step >= t.max_steps:
-                    self.stopped = "max_steps"
-                    break
-                if (
-                    t.checkpoint_every
-                    and self.step % t.checkpoint_every == 0
-                    and batch_in_epoch < steps_per_epoch
-                ):
-                    self._save(stage, batch_in_epoch, metrics)
-            start_batch = 0
-            if self.stopped == "max_steps" and batch_in_epoch < steps_per_epoch:
-                _sync_buffers(ctx, self.model)
-                self._save(stage, batch_in_epoch, metrics)
-                return
-
-            # ---- end of epoch: validation, LR plateau, best / early stop, checkpoint
-            self.epoch += 1
-            self.stage_epoch += 1
-            _sync_buffers(ctx, self.model)
-            train_loss = _all_mean(ctx, {"loss": epoch_sum / max(epoch_n, 1)})["loss"]
-            metrics = {"loss": train_loss, "train_loss": train_loss}
-            if val_videos or (r.data.val_split and not ctx.is_main):
-                val = self._validate(val_videos) if ctx.is_main else None
-                val = _broadcast_object(ctx, val)
-                metrics.update({k: v for k, v in val.items() if k != "by_condition"})
-                self._log({"kind": "val", "stage": stage.name, "epoch": self.epoch, "step": self.step, **val})
-                self._emit(TrainEvent("val", stage.name, self.epoch, self.step, values=val))
-            self._log(
-                {
-                    "kind": "epoch",
+            )
+            if self.step % t.log_every == 0:
+                mean = all_mean(ctx, {k: v / t.log_every for k, v in window.items()})
+                record = {
+                    "kind": "train",
                     "stage": stage.name,
                     "epoch": self.epoch,
                     "step": self.step,
-                    "train_loss": train_loss,
-                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                 }
-            )
-            value = float(metrics[monitor])
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(value)
-            improved = self.best is None or (
-                value > self.best + t.min_delta if higher else value < self.best - t.min_delta
-            )
-            if improved and math.isfinite(value):
-                self.best, self.bad_epochs = value, 0
-                if ctx.is_main:
-                    self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                    save_weights(
-                        self.model, self.best_path, self.config, self.variant, self._metadata(stage, metrics)
-                    )
-            else:
-                self.bad_epochs += 1
-            if t.early_stop_patience and self.bad_epochs >= t.early_stop_patience:
-                self.stopped = "early_stop"
-            self._save(stage, 0, metrics)
-            if ctx.is_main:
-                from avsal_deploy.training.plots import plot_metrics
+                self._log({**record, **mean})
+                window = {}
+            if t.max_steps and self.step >= t.max_steps:
+                self.stopped = "max_steps"
+                break
+            if (
+                t.checkpoint_every
+                and self.step % t.checkpoint_every == 0
+                and batch_in_epoch < steps_per_epoch
+            ):
+                self._save(stage, batch_in_epoch, metrics)
+        if self.stopped == "max_steps" and batch_in_epoch < steps_per_epoch:
+            sync_buffers(ctx, self.model)
+            self._save(stage, batch_in_epoch, metrics)
+            return None
+        return epoch_sum, epoch_n
 
-                plot_metrics(self.log_path, self.plot_path)
-            if self.stopped in ("early_stop", "max_steps"):
-                return
+    def _end_epoch(
+        self, stage: Stage, val_videos: list[VideoInputs], epoch_sum: float, epoch_n: int
+    ) -> dict[str, Any]:
+        """End of epoch: validation, LR plateau, best / early stop, checkpoint; return the metrics."""
+        r, t, ctx = self.recipe, self.recipe.train, self.ctx
+        monitor = self._monitor()
+        higher = MONITOR_METRICS[monitor]
+        self.epoch += 1
+        self.stage_epoch += 1
+        sync_buffers(ctx, self.model)
+        train_loss = all_mean(ctx, {"loss": epoch_sum / max(epoch_n, 1)})["loss"]
+        metrics: dict[str, Any] = {"loss": train_loss, "train_loss": train_loss}
+        if val_videos or (r.data.val_split and not ctx.is_main):
+            val = self._validate(val_videos) if ctx.is_main else None
+            val = broadcast_object(ctx, val)
+            metrics.update({k: v for k, v in val.items() if k != "by_condition"})
+            self._log({"kind": "val", "stage": stage.name, "epoch": self.epoch, "step": self.step, **val})
+            self._emit(TrainEvent("val", stage.name, self.epoch, self.step, values=val))
+        self._log(
+            {
+                "kind": "epoch",
+                "stage": stage.name,
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_loss": train_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+        )
+        value = float(metrics[monitor])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        improved = self.best is None or (
+            value > self.best + t.min_delta if higher else value < self.best - t.min_delta
+        )
+        if improved and math.isfinite(value):
+            self.best, self.bad_epochs = value, 0
+            if ctx.is_main:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                save_weights(
+                    self.model, self.best_path, self.config, self.variant, self._metadata(stage, metrics)
+                )
+        else:
+            self.bad_epochs += 1
+        if t.early_stop_patience and self.bad_epochs >= t.early_stop_patience:
+            self.stopped = "early_stop"
+        self._save(stage, 0, metrics)
+        if ctx.is_main:
+            from avsal_deploy.training.plots import plot_metrics
+
+            plot_metrics(self.log_path, self.plot_path)
+        return metrics
 
     def _train_step(
         self, runner: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
@@ -774,29 +634,14 @@ class Trainer:
         audio = batch["audio"].to(dev, non_blocking=True)
         target = batch["map"].to(dev, non_blocking=True)
         envelope = batch["envelope"].to(dev, non_blocking=True) if "envelope" in batch else None
-        x_t = t_idx = None
-        if self.model.unet is not None:
-            generator.manual_seed(step_seed(self.recipe.train.seed, self.ctx.rank, self.step))
-            x_t, t_idx, _ = self.model.scheduler.q_sample_training(target, generator)
+        x_t, t_idx = diffusion_inputs(
+            self.model, target, generator, self.recipe.train.seed, self.ctx.rank, self.step
+        )
         out = runner(frames, audio, target, x_t, t_idx, envelope)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.recipe.train.grad_clip > 0:
-            nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.recipe.train.grad_clip
-            )
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        optimizer_step(loss, self.optimizer, self.scaler, self.params, self.recipe.train.grad_clip)
         return {k: v.detach() for k, v in out.items()}
 
 
