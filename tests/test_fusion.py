@@ -414,6 +414,29 @@ def test_sync_silence_and_flat_sound_keep_no_audio() -> None:
     assert r.shape == (2, 2, 4, 6) and float(r.min()) >= 0 and float(r.max()) <= 1
 
 
+def test_fusion_returns_its_auxiliary_sync_map() -> None:
+    """``return_aux=True`` hands back the synchrony the AV sync gate used (what the objective
+    supervises) and leaves the five outputs of the exported graph unchanged."""
+    cfg = load_config("tiny")
+    model = build(cfg).eval()
+    inputs = fake_inputs(cfg, batch=2)
+    with torch.no_grad():
+        plain = model(*inputs)
+        outputs, aux = model(*inputs, return_aux=True)
+        enhanced = model.synergy([a(v) for a, v in zip(model.adapters, inputs[:4], strict=True)])
+        assert model.sync is not None
+        expected = model.sync.synchrony(enhanced[cfg.fusion.sync_scale], inputs[-1])
+    assert isinstance(plain, tuple) and len(plain) == 5
+    for a, b in zip(plain, outputs, strict=True):
+        assert torch.equal(a, b)
+    s = cfg.fusion_scales("avrsp")[cfg.fusion.sync_scale]
+    assert aux.synchrony is not None and aux.synchrony.shape == (2, cfg.fusion.sync_heads, s.height, s.width)
+    torch.testing.assert_close(aux.synchrony, expected, rtol=0, atol=0)
+    no_sync = load_config("tiny", {"fusion.av_sync": False})
+    _, aux = build(no_sync).eval()(*fake_inputs(no_sync, batch=1), return_aux=True)
+    assert aux.synchrony is None
+
+
 def test_sync_exports_to_onnx_with_dynamic_batch(tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ and :meth:`AVSaliencyModel.condition` (fusion decoder) run ONCE per window; only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from avsal_deploy.config import Config, check_variant, resolve_steps
 from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
 from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.audio import build_audio_encoder
-from avsal_deploy.models.fusion import FusionDecoder
+from avsal_deploy.models.fusion import FusionAux, FusionDecoder
 from avsal_deploy.models.s3d import build_s3d
 from avsal_deploy.models.unet import SaliencyUNet
 
@@ -32,6 +32,8 @@ class Conditioning:
     one_shot: Tensor | None  # [B,1,H,W] AVRSP map in [0,1] (None for diffsal)
     conds: tuple[Tensor, Tensor, Tensor, Tensor]  # multi-scale conditions for the UNet
     audio: Tensor  # [B, C_a, T_a, h_a, w_a]
+    # the fusion decoder's auxiliary outputs (training objectives; empty without a fusion decoder)
+    aux: FusionAux = field(default_factory=lambda: FusionAux(None))
 
 
 class AVSaliencyModel(nn.Module):
@@ -68,8 +70,8 @@ class AVSaliencyModel(nn.Module):
         video, audio_feat = self.encode(frames, audio)
         if self.fusion is None:
             return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
-        one_shot, *conds = self.fusion(*video, audio_feat, envelope)
-        return Conditioning(one_shot, tuple(conds), audio_feat)  # type: ignore[arg-type]
+        (one_shot, *conds), aux = self.fusion(*video, audio_feat, envelope, return_aux=True)
+        return Conditioning(one_shot, tuple(conds), audio_feat, aux)  # type: ignore[arg-type]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """One Saliency-UNet step: the x0 estimate from the noisy map ``x_t`` at time steps ``t``."""

@@ -15,7 +15,9 @@ paper profile), :class:`AudioVisualSync` also lets one MS scale keep the per-fra
 where the visual features move in step with it, before RAVF and MRG (see its docstring for why).
 
 :class:`FusionDecoder` composes them and also returns the MRG-gated per-scale features, which the
-hybrid variant feeds to the Saliency-UNet as conditions.
+hybrid variant feeds to the Saliency-UNet as conditions; with ``return_aux=True`` it returns its
+auxiliary outputs too (:class:`FusionAux`: the AV sync gate's synchrony map, which the training
+objective supervises), so no caller reads module internals through hooks.
 
 The equations of the paper were lost in extraction; where the prose leaves a choice open, the class
 docstrings say what we chose and why. Every module exports to ONNX with static ranks and explicit
@@ -25,6 +27,7 @@ resize targets (no data-dependent control flow; only shape-dependent Python).
 from __future__ import annotations
 
 import math
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -524,14 +527,20 @@ class AudioVisualSync(nn.Module):
         """Retention r_h(x) = sigmoid(s_h(x) + b_h), [B, heads, H, W] (inspection and tests)."""
         return self._retention(visual, self.envelope(envelope, int(visual.shape[2])))
 
-    def forward(self, visual: Tensor, envelope: Tensor) -> Tensor:
-        """visual [B, C, T_s, H, W], envelope [B, E, T] -> [B, C, T_s, H, W]."""
+    def forward_with_synchrony(self, visual: Tensor, envelope: Tensor) -> tuple[Tensor, Tensor]:
+        """The gated feature [B, C, T_s, H, W] and the synchrony s_h(x) [B, heads, H, W] it was
+        gated by (one computation: the objective supervises the very map the gate used)."""
         b, c, t, h, w = visual.shape
         tokens = self.envelope(envelope, int(t))
-        r = self._retention(visual, tokens)
+        s = self._synchrony(visual, tokens)
+        r = torch.sigmoid(s + self.bias[None, :, None, None])
         v = self.v(tokens).reshape(b, self.heads, self.head_dim, t)
         kept = r[:, :, None, None, :, :] * v[:, :, :, :, None, None]  # [B, heads, d_h, T, H, W]
-        return visual + self.out(kept.reshape(b, c, t, h, w))
+        return visual + self.out(kept.reshape(b, c, t, h, w)), s
+
+    def forward(self, visual: Tensor, envelope: Tensor) -> Tensor:
+        """visual [B, C, T_s, H, W], envelope [B, E, T] -> [B, C, T_s, H, W]."""
+        return self.forward_with_synchrony(visual, envelope)[0]
 
 
 # ----------------------------------------------------------------------------------------- MRG
@@ -625,6 +634,22 @@ class SaliencyDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- fusion decoder
+#: What the fusion decoder's forward returns (and the fusion component exports):
+#: ``(saliency [B,1,H,W], c0, c1, c2, c3)``.
+FusionOutputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+class FusionAux(NamedTuple):
+    """Auxiliary outputs of one fusion-decoder pass, for training objectives (never exported).
+
+    ``synchrony``: the AV sync gate's per-head synchrony s_h(x) [B, sync_heads, H_s, W_s] (the map
+    the gate's retention was computed from; :func:`~avsal_deploy.losses.sync_loss` supervises it),
+    None without ``fusion.av_sync``.
+    """
+
+    synchrony: Tensor | None
+
+
 class FusionDecoder(nn.Module):
     """The AVRSP fusion decoder: ASPP + LIP, MS, (AV sync,) RAVF, MRG and the saliency decoder.
 
@@ -665,12 +690,49 @@ class FusionDecoder(nn.Module):
         self.regulator = MultiScaleRegulator(channels)
         self.decoder = SaliencyDecoder(channels, (config.video.height, config.video.width))
 
+    @overload
     def forward(
-        self, v0: Tensor, v1: Tensor, v2: Tensor, v3: Tensor, audio: Tensor, envelope: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """S3D scales + audio features (+ envelope) -> (saliency [B,1,H,W], c0, c1, c2, c3)."""
+        self,
+        v0: Tensor,
+        v1: Tensor,
+        v2: Tensor,
+        v3: Tensor,
+        audio: Tensor,
+        envelope: Tensor | None = None,
+        return_aux: Literal[False] = False,
+    ) -> FusionOutputs: ...
+
+    @overload
+    def forward(
+        self,
+        v0: Tensor,
+        v1: Tensor,
+        v2: Tensor,
+        v3: Tensor,
+        audio: Tensor,
+        envelope: Tensor | None = None,
+        *,
+        return_aux: Literal[True],
+    ) -> tuple[FusionOutputs, FusionAux]: ...
+
+    def forward(
+        self,
+        v0: Tensor,
+        v1: Tensor,
+        v2: Tensor,
+        v3: Tensor,
+        audio: Tensor,
+        envelope: Tensor | None = None,
+        return_aux: bool = False,
+    ) -> FusionOutputs | tuple[FusionOutputs, FusionAux]:
+        """S3D scales + audio features (+ envelope) -> (saliency [B,1,H,W], c0, c1, c2, c3).
+
+        With ``return_aux=True`` also the :class:`FusionAux` of this pass, as
+        ``((saliency, c0, c1, c2, c3), aux)``. The default keeps the exported graph's five outputs.
+        """
         feats = [adapter(v) for adapter, v in zip(self.adapters, (v0, v1, v2, v3), strict=True)]
         enhanced = self.synergy(feats)
+        synchrony = None
         if self.sync is not None:
             if envelope is None:
                 raise ConfigError(
@@ -678,7 +740,11 @@ class FusionDecoder(nn.Module):
                     "envelope (avsal_deploy.data.audio.envelope_frames)"
                 )
             i = self.sync_scale
-            enhanced = [*enhanced[:i], self.sync(enhanced[i], envelope), *enhanced[i + 1 :]]
+            gated, synchrony = self.sync.forward_with_synchrony(enhanced[i], envelope)
+            enhanced = [*enhanced[:i], gated, *enhanced[i + 1 :]]
         fused = self.ravf(enhanced[-1], audio)
         c0, c1, c2, c3 = self.regulator(enhanced, fused)
-        return self.decoder([c0, c1, c2, c3]), c0, c1, c2, c3
+        outputs = (self.decoder([c0, c1, c2, c3]), c0, c1, c2, c3)
+        if return_aux:
+            return outputs, FusionAux(synchrony)
+        return outputs

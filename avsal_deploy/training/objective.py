@@ -29,9 +29,10 @@ class SaliencyObjective(nn.Module):
 
     ``forward(frames, audio, target, x_t, t, envelope)`` returns ``{"loss", "oneshot", "diffusion",
     "sync"}`` (the last three detached, 0 where the variant has no such term). With ``sync_weight``
-    and a fusion decoder with AV sync, the gate's synchrony map is read by a forward hook on the
-    gate (the model's forward is unchanged) and supervised by :func:`~avsal_deploy.losses.sync_loss`. The network runs under autocast;
-    losses are computed in float32. Both terms are always computed when the variant has them (a
+    and a fusion decoder with AV sync, the gate's synchrony map -- an auxiliary output the fusion
+    decoder returns explicitly (:class:`~avsal_deploy.models.fusion.FusionAux`, in
+    ``Conditioning.aux``) -- is supervised by :func:`~avsal_deploy.losses.sync_loss`. The network
+    runs under autocast; losses are computed in float32. Both terms are always computed when the variant has them (a
     zero weight multiplies them), so every trainable parameter takes part in every step, as DDP
     requires.
     """
@@ -73,19 +74,10 @@ class SaliencyObjective(nn.Module):
         envelope: Tensor | None = None,
     ) -> dict[str, Tensor]:
         zero = torch.zeros((), device=target.device)
-        gate = self.model.fusion.sync if self.model.fusion is not None else None
-        seen: dict[str, tuple[Tensor, ...]] = {}
-        hook = None
-        if self.sync_weight and gate is not None:
-            hook = gate.register_forward_hook(lambda _m, args, _out: seen.update(args=args))
-        try:
-            with self.precision.autocast(frames.device.type):
-                cond = self.model.condition(frames, audio, envelope)
-                x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
-                synchrony = gate.synchrony(*seen["args"]) if "args" in seen and gate is not None else None
-        finally:
-            if hook is not None:
-                hook.remove()
+        with self.precision.autocast(frames.device.type):
+            cond = self.model.condition(frames, audio, envelope)
+            x0 = self.model.denoise(x_t, t, cond) if self.model.unet is not None else None
+        synchrony = cond.aux.synchrony if self.sync_weight else None
         oneshot = zero
         if cond.one_shot is not None:
             oneshot = avrsp_loss(
