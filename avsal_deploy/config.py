@@ -28,6 +28,16 @@ from avsal_deploy.errors import ConfigError
 Variant = Literal["avrsp", "diffsal", "hybrid"]
 VARIANTS: tuple[str, ...] = ("avrsp", "diffsal", "hybrid")
 PROFILES: tuple[str, ...] = ("paper", "small", "tiny")
+TEMPORAL_REDUCTIONS: tuple[str, ...] = ("conv", "mean")
+
+#: The one migration table for stored configs (checkpoints, export manifests): dotted field -> the
+#: value a stored config that LACKS the field means (the behaviour before the field existed).
+#: :meth:`Config.from_dict` applies it only to fields missing from the stored dict, so new profiles
+#: keep their new defaults; :meth:`Config.architecture_fingerprint` leaves a field out while it
+#: holds its legacy value, so an old checkpoint reproduces the fingerprint it was saved with.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "fusion.temporal_reduction": "mean",
+}
 
 # S3D (Xie et al. 2018) channel widths after its four encoder blocks, at width multiplier 1.0:
 # block 1 = SepConv 64->192, block 2 = Mixed_3c, block 3 = Mixed_4f, block 4 = Mixed_5c.
@@ -107,6 +117,12 @@ class FusionConfig:
     av_sync: bool = False
     sync_scale: int = 1
     sync_heads: int = 2
+    # How the saliency decoder reduces time to the target frame (models.fusion.SaliencyDecoder):
+    # "conv" -- per block, a learned valid temporal conv over the scale's whole window anchored at
+    # the target frame's time slot (AVRSP Sec. III-D / ViNet's learned reduction); "mean" -- the
+    # earlier plain temporal mean before the head (checkpoints that predate the field, see
+    # LEGACY_DEFAULTS).
+    temporal_reduction: Literal["conv", "mean"] = "conv"
 
 
 @dataclass(frozen=True)
@@ -175,6 +191,11 @@ class Config:
         if self.audio.envelope_bands < 1:
             raise ConfigError(f"audio.envelope_bands={self.audio.envelope_bands}: must be >= 1")
         f = self.fusion
+        if f.temporal_reduction not in TEMPORAL_REDUCTIONS:
+            raise ConfigError(
+                f"fusion.temporal_reduction={f.temporal_reduction!r}: must be one of "
+                f"{', '.join(TEMPORAL_REDUCTIONS)}"
+            )
         if not 0 <= f.sync_scale < len(f.channels):
             raise ConfigError(
                 f"fusion.sync_scale={f.sync_scale}: must index one of the {len(f.channels)} scales"
@@ -267,13 +288,20 @@ class Config:
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
         keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
+        for dotted, legacy in LEGACY_DEFAULTS.items():
+            section, name = dotted.split(".")
+            if section in d and d[section].get(name) == legacy:
+                del d[section][name]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults)."""
-        return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
+        """Inverse of :meth:`to_dict` (unknown fields are rejected; missing ones take their
+        :data:`LEGACY_DEFAULTS` value if listed there, else the defaults)."""
+        return _from_dict(
+            _merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), _with_legacy(data))
+        )
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
         """A copy with dotted / double-underscore / section overrides applied."""
@@ -399,6 +427,16 @@ _SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,
     "window": WindowConfig,
 }
+
+
+def _with_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the :data:`LEGACY_DEFAULTS` of the fields it lacks filled in."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, legacy in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        if name not in out.get(section, {}):
+            out.setdefault(section, {})[name] = legacy
+    return out
 
 
 def _expand(flat: dict[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,27 @@ def test_fingerprint_tracks_architecture_only() -> None:
     assert tiny.architecture_fingerprint() != load_config("small").architecture_fingerprint()
 
 
+def test_legacy_defaults_keep_old_configs_and_fingerprints() -> None:
+    """A stored config that lacks a field added later means the old behaviour (LEGACY_DEFAULTS)
+    and reproduces the fingerprint it was saved with; new profiles get the new default."""
+    tiny = load_config("tiny")
+    assert tiny.fusion.temporal_reduction == "conv"
+    assert all(load_config(p).fusion.temporal_reduction == "conv" for p in ("paper", "small"))
+    old = tiny.to_dict()
+    del old["fusion"]["temporal_reduction"]
+    restored = Config.from_dict(old)
+    assert restored.fusion.temporal_reduction == "mean"
+    mean = tiny.replace({"fusion.temporal_reduction": "mean"})
+    assert restored == mean
+    # The fingerprint of a field at its legacy value is the fingerprint before the field existed:
+    # the shipped checkpoint's, recorded in its assets README.
+    assert mean.architecture_fingerprint() == "4e7758a3b08eaa8c"
+    assert tiny.architecture_fingerprint() != mean.architecture_fingerprint()
+    assert Config.from_dict(tiny.to_dict()) == tiny  # a stored field is never overridden
+    with pytest.raises(ConfigError, match="temporal_reduction"):
+        load_config("tiny", {"fusion.temporal_reduction": "max"})
+
+
 def test_config_is_frozen() -> None:
     c = Config()
     with pytest.raises(AttributeError):

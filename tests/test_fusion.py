@@ -19,8 +19,11 @@ from avsal_deploy.models.fusion import (
     RAVFBlock,
     RegulatorGate,
     RelevanceCrossAttention,
+    SaliencyDecoder,
+    TemporalReduction,
     downsample_to,
     sinusoidal_code_3d,
+    target_slot,
     upsample_to,
 )
 
@@ -363,6 +366,88 @@ def test_onnx_export_dynamic_batch(tmp_path) -> None:
         for name, g, r in zip(OUTPUT_NAMES, got, ref, strict=True):
             assert g.shape == tuple(r.shape), name
             np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+
+# ------------------------------------------------------------------------- temporal reduction
+def test_target_slot_follows_the_window_mode() -> None:
+    assert [target_slot(t, 8, "causal") for t in (4, 4, 2, 1)] == [3, 3, 1, 0]  # the LAST slot
+    assert [target_slot(t, 32, "causal") for t in (16, 16, 8, 4)] == [15, 15, 7, 3]
+    assert [target_slot(t, 16, "centre") for t in (8, 8, 4, 2)] == [4, 4, 2, 1]  # frame 8 of 16
+
+
+def _decoder_conds(cfg: Config, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *s.as_tuple(), generator=g) for s in cfg.fusion_scales("avrsp")]
+
+
+def test_conv_reduction_singles_out_the_target_frame() -> None:
+    """Conv mode: each scale goes to ONE frame by a valid temporal conv over its whole window plus
+    the target slot's own feature; with the convs at zero only the target (last) slot is seen."""
+    cfg = load_config("tiny")
+    model = build(cfg).eval()
+    decoder = model.decoder
+    assert decoder.reduce is not None and all(isinstance(r, TemporalReduction) for r in decoder.reduce)
+    frames = [s.frames for s in cfg.fusion_scales("avrsp")]
+    assert [r.conv.kernel_size[0] for r in decoder.reduce] == frames
+    assert [r.slot for r in decoder.reduce] == [t - 1 for t in frames]  # causal: the last slot
+    conds = _decoder_conds(cfg)
+    reduced = decoder.reduce[0](conds[0])
+    assert reduced.shape == (2, cfg.fusion.channels[0], 1, *conds[0].shape[3:])
+    earlier = [c.clone() for c in conds]
+    for c in earlier:
+        c[:, :, :-1] += torch.randn_like(c[:, :, :-1])  # every slot but the target's
+    with torch.no_grad():
+        base = decoder(conds)
+        assert not torch.allclose(decoder(earlier), base)  # the learned reduction sees the window
+        for r in decoder.reduce:
+            r.conv.weight.zero_()
+        base = decoder(conds)
+        torch.testing.assert_close(decoder(earlier), base, rtol=0, atol=0)  # only the target slot
+        last = [c.clone() for c in conds]
+        last[0][:, :, -1] += 1.0
+        assert not torch.allclose(decoder(last), base)
+    with pytest.raises(ValueError, match="time slots"):
+        decoder.reduce[0](conds[0][:, :, :2])
+
+
+def test_mean_reduction_is_the_legacy_decoder() -> None:
+    """``fusion.temporal_reduction = "mean"`` builds the decoder of checkpoints that predate the
+    field: no reduction convs, 3-tap temporal convs, and the map is the head of the time mean."""
+    cfg = load_config("tiny", {"fusion.temporal_reduction": "mean"})
+    decoder = build(cfg).eval().decoder
+    assert decoder.reduce is None
+    assert all(block[0][3].kernel_size == (3, 1, 1) for block in decoder.blocks)
+    conds = _decoder_conds(cfg)
+    with torch.no_grad():
+        x = decoder.blocks[-1](conds[-1])
+        for i in range(len(conds) - 2, -1, -1):
+            x = decoder.blocks[i](torch.cat([upsample_to(x, tuple(conds[i].shape[2:])), conds[i]], dim=1))
+        expected = torch.sigmoid(
+            F.interpolate(decoder.head(x.mean(dim=2)), size=cfg.map_shape()[1:], mode="bilinear")
+        )
+        torch.testing.assert_close(decoder(conds), expected)
+    with pytest.raises(ConfigError, match="temporal_reduction"):
+        SaliencyDecoder((8, 16, 24, 32), (64, 96), reduction="max")
+
+
+def test_shipped_checkpoint_loads_strictly_and_predicts_as_before() -> None:
+    """The shipped checkpoint (saved before fusion.temporal_reduction existed) rebuilds the mean
+    decoder, loads strictly and reproduces the fusion graph exported from the code that trained it."""
+    ort = pytest.importorskip("onnxruntime")
+    from avsal_deploy.engine import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
+    from avsal_deploy.training.checkpoints import load_trained_model
+
+    model, cfg, _, _ = load_trained_model(DEFAULT_CHECKPOINT)  # strict: every tensor lands
+    assert cfg.fusion.temporal_reduction == "mean" and model.fusion is not None
+    assert model.fusion.decoder.reduce is None
+    sess = ort.InferenceSession(str(DEFAULT_EXPORT / "fusion.onnx"), providers=["CPUExecutionProvider"])
+    inputs = fake_inputs(cfg, batch=2, t_a=2)
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+    with torch.no_grad():
+        ref = model.fusion(*inputs)
+    for name, g, r in zip(OUTPUT_NAMES, got, ref, strict=True):
+        np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=0, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------- AV sync

@@ -33,8 +33,8 @@ from avsal_deploy.training.checkpoints import (
 from avsal_deploy.training.data import VideoInputs, WindowDataset, channel_shuffle, resize_fixations
 from avsal_deploy.training.evaluate import center_bias_map
 from avsal_deploy.training.experiment import audio_relevance_recipe, mismatched_inputs
-from avsal_deploy.training.recipe import TrainConfig, from_dict, load_recipe
 from avsal_deploy.training.precision import resolve_precision
+from avsal_deploy.training.recipe import TrainConfig, from_dict, load_recipe
 from avsal_deploy.training.trainer import Trainer
 from avsal_deploy.windows import window_for
 
