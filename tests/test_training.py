@@ -343,6 +343,91 @@ def test_eval_cli_tables_and_json(data: Path, tmp_path: Path, capsys: pytest.Cap
     assert rep["dataset"]["cc"] == pytest.approx(means)  # per-video averaging
 
 
+def _eval_report(
+    capsys: pytest.CaptureFixture[str], path: Path, checkpoint: Path, data: Path, *args: str
+) -> tuple[int, dict[str, Any], str]:
+    code = main(["eval", str(checkpoint), str(data), "--json", str(path), "--quiet", *args])
+    err = capsys.readouterr().err
+    return code, (json.loads(path.read_text()) if code == 0 else {}), err
+
+
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="shipped checkpoint not built yet")
+def test_eval_engines_agree_with_the_deployed_noise_policy(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_checkpoint: Path
+) -> None:
+    """``avsal eval --engine onnxruntime`` (the shipped export) equals ``--engine torch`` within
+    1e-4 on a synthetic set, both with one x_T per video (2 DDIM steps); TensorRT says it needs a
+    GPU; an export of another checkpoint is refused."""
+    from avsal_deploy.engine import DEFAULT_EXPORT
+
+    common = ("--metrics", "cc,nss,kld,sim", "--seed", "4", "--batch-size", "3")
+    code, torch_rep, _ = _eval_report(capsys, tmp_path / "t.json", SHIPPED_CHECKPOINT, data, *common)
+    assert code == 0 and torch_rep["engine"] == "torch" and torch_rep["noise"] == "per-video"
+    assert torch_rep["steps"] == 2
+    code, ort_rep, _ = _eval_report(
+        capsys,
+        tmp_path / "o.json",
+        SHIPPED_CHECKPOINT,
+        data,
+        *common,
+        "--engine",
+        "onnxruntime",
+        "--export-dir",
+        str(DEFAULT_EXPORT),
+    )
+    assert code == 0 and ort_rep["engine"] == "onnxruntime"
+    assert sorted(ort_rep["videos"]) == sorted(torch_rep["videos"]) and len(torch_rep["videos"]) == 3
+    for video, values in torch_rep["videos"].items():
+        for m in ("cc", "nss", "kld", "sim"):
+            assert np.isfinite(values[m])
+            assert ort_rep["videos"][video][m] == pytest.approx(values[m], abs=1e-4, rel=0), (video, m)
+    # The noise policy matters: fresh noise per window gives other numbers (the test can fail).
+    code, window_rep, _ = _eval_report(
+        capsys, tmp_path / "w.json", SHIPPED_CHECKPOINT, data, *common, "--noise", "per-window"
+    )
+    assert code == 0 and window_rep["dataset"]["cc"] != pytest.approx(torch_rep["dataset"]["cc"], abs=1e-6)
+
+    code, _, err = _eval_report(
+        capsys,
+        tmp_path / "r.json",
+        SHIPPED_CHECKPOINT,
+        data,
+        "--engine",
+        "tensorrt",
+        "--export-dir",
+        str(DEFAULT_EXPORT),
+    )
+    assert code == 2 and err.startswith("avsal: error:") and "NVIDIA GPU" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = _eval_report(
+        capsys,
+        tmp_path / "x.json",
+        tiny_checkpoint,
+        data,
+        "--engine",
+        "onnxruntime",
+        "--export-dir",
+        str(DEFAULT_EXPORT),
+    )
+    assert code == 2 and "exported from another checkpoint" in err
+
+
+def test_validation_is_avsal_eval(data: Path, tmp_path: Path) -> None:
+    """The training loop validates with the code of ``avsal eval`` (the model as a torch engine,
+    one x_T per video): the last validation record equals evaluating the last checkpoint."""
+    from avsal_deploy.training.evaluate import VALIDATION_METRICS, evaluate_checkpoint
+
+    recipe = _recipe(data, **{"train.epochs": 1, "train.val_steps": 1, "train.val_batch_size": 2})
+    result = Trainer(recipe, tmp_path / "run").fit()
+    val = _log(tmp_path / "run", "val")[-1]
+    ev = evaluate_checkpoint(
+        result.last_checkpoint, data, split="test", steps=1, stride=6, metrics=VALIDATION_METRICS, seed=0
+    )
+    summary = ev.result.summary()
+    for m in VALIDATION_METRICS:
+        assert val[m] == pytest.approx(summary[m], abs=1e-6), m
+
+
 def test_center_bias_map() -> None:
     m = center_bias_map((64, 96), 0.25)
     assert m.shape == (64, 96) and m.max() == pytest.approx(1.0, abs=1e-3)

@@ -4,10 +4,11 @@ A predictor maps a video's windows to maps; :func:`evaluate_predictor` scores th
 ground truth at its stored size (:func:`avsal_deploy.metrics.evaluate_frames` resizes the
 prediction, never the ground truth). Three predictors are provided: any
 engine with the deployed noise policy (:func:`engine_predictor`: one x_T per video shared by its
-windows, as ``avsal predict`` and ``avsal score`` run), a trained model in process
-(:func:`model_predictor`, windows batched, encoders once per window, DDIM with fresh noise per
-window from a generator seeded per video, as training validation runs) and the centre-bias
-baseline (:func:`center_predictor`, one Gaussian centred map for every frame). The per-video
+windows, as ``avsal predict`` and ``avsal score`` run; ``avsal eval`` and the training loop's
+validation both run it, on the engine :func:`open_eval_engine` opens -- torch, ONNX Runtime,
+TensorRT or Triton), a trained model in process with fresh noise per window
+(:func:`model_predictor`, windows batched, encoders once per window, a generator seeded per
+video; ``avsal eval --noise per-window``) and the centre-bias baseline (:func:`center_predictor`, one Gaussian centred map for every frame). The per-video
 scoring rule (:func:`frame_metrics`) is shared with ``avsal score --gt``.
 
 Which frames are scored: the windows of :func:`avsal_deploy.windows.plan` at ``stride``; at stride
@@ -343,6 +344,53 @@ class CheckpointEvaluation:
 NOISE_POLICIES: tuple[str, ...] = ("per-video", "per-window")
 
 
+def open_eval_engine(
+    engine: str,
+    model: AVSaliencyModel,
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    export_dir: str | Path | None = None,
+    triton_url: str | None = None,
+) -> Engine:
+    """The engine that runs ``model`` (loaded from ``checkpoint``) for evaluation.
+
+    ``torch``: ``model`` itself in process (:class:`~avsal_deploy.engine.eager.TorchEngine`; an
+    ``export_dir`` is refused, it would be ignored). ``onnxruntime`` / ``tensorrt``: ``export_dir``
+    when given -- refused unless its manifest records this very checkpoint (content hash), or at
+    least, when it records none, the same architecture -- else the checkpoint exported once into
+    the cache. ``triton``: the server at ``triton_url`` (same architecture required). A backend this
+    machine cannot run (TensorRT without an NVIDIA GPU) raises its clear BackendUnavailableError.
+    """
+    if engine == "torch":
+        if export_dir is not None:
+            raise ConfigError(
+                f"engine torch runs the checkpoint {checkpoint} in process: --export-dir {export_dir} "
+                "is for onnxruntime / tensorrt"
+            )
+        from avsal_deploy.engine.eager import TorchEngine
+
+        return TorchEngine(model, device=device)
+    from avsal_deploy.scoring.engines import open_scoring_engine
+
+    source = None if export_dir is not None else checkpoint
+    if export_dir is not None and engine != "triton":
+        from avsal_deploy.specs import read_manifest, sha256_file
+
+        manifest = read_manifest(export_dir)[0]
+        recorded = (manifest.get("checkpoint") or {}).get("sha256")
+        if recorded is not None and recorded != sha256_file(checkpoint):
+            raise ConfigError(
+                f"{export_dir}: exported from another checkpoint ({manifest['checkpoint'].get('path')}), "
+                f"not {checkpoint}; export it with `avsal export` or omit --export-dir"
+            )
+    opened = open_scoring_engine(engine, source, export_dir, triton_url)
+    if opened.config.architecture_fingerprint() != model.config.architecture_fingerprint():
+        opened.close()
+        raise ConfigError(f"{engine} engine: its model is not the architecture of {checkpoint}")
+    return opened
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     root: str | Path,
@@ -389,17 +437,9 @@ def evaluate_checkpoint(
     if noise == "per-window":
         predictor = model_predictor(model, n_steps, batch_size, seed, device)
     else:
-        if engine == "torch":
-            from avsal_deploy.engine.eager import TorchEngine
-
-            opened = TorchEngine(model, device=device)
-        else:
-            from avsal_deploy.scoring.engines import open_scoring_engine
-
-            opened = open_scoring_engine(engine, checkpoint, export_dir, triton_url)
-            if opened.config.architecture_fingerprint() != config.architecture_fingerprint():
-                opened.close()
-                raise ConfigError(f"{engine} engine: its model is not the architecture of {checkpoint}")
+        opened = open_eval_engine(
+            engine, model, checkpoint, device=device, export_dir=export_dir, triton_url=triton_url
+        )
         predictor = engine_predictor(opened, n_steps, batch_size, seed)
     try:
         result = evaluate_predictor(

@@ -46,6 +46,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import open_dataset
+from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import load_checkpoint
@@ -67,8 +68,9 @@ from avsal_deploy.training.distributed import (
 from avsal_deploy.training.evaluate import (
     VALIDATION_METRICS,
     dataset_inputs,
+    engine_predictor,
     evaluate_predictor,
-    model_predictor,
+    open_eval_engine,
 )
 from avsal_deploy.training.objective import SaliencyObjective, diffusion_inputs
 from avsal_deploy.training.precision import optimizer_step, resolve_precision
@@ -184,6 +186,7 @@ class Trainer:
         self.last_path = self.ckpt_dir / "last.safetensors"
         self.best_path = self.ckpt_dir / "best.safetensors"
         self.log_path = self.out_dir / "metrics.jsonl"
+        self._val_engine: Engine | None = None
         self.plot_path = self.out_dir / "metrics.png"
 
     # ------------------------------------------------------------------ helpers
@@ -296,13 +299,14 @@ class Trainer:
                 group["lr"] = stage.lr * (stage_step + 1) / warm
 
     def _validate(self, videos: list[VideoInputs]) -> dict[str, Any]:
+        """Score the model on the validation videos with the code of ``avsal eval``: the model in
+        process as an engine (:func:`~avsal_deploy.training.evaluate.open_eval_engine`) with the
+        deployed noise policy (one x_T per video from ``train.seed``, shared by its windows)."""
         t = self.recipe.train
-        predictor = model_predictor(
-            self.model,
-            None if t.val_steps < 0 else t.val_steps,
-            t.val_batch_size,
-            t.seed,
-            self.ctx.device,
+        if self._val_engine is None:  # holds the model's own modules: weights stay current
+            self._val_engine = open_eval_engine("torch", self.model, self.last_path, device=self.ctx.device)
+        predictor = engine_predictor(
+            self._val_engine, None if t.val_steps < 0 else t.val_steps, t.val_batch_size, t.seed
         )
         result = evaluate_predictor(
             predictor, videos, metrics=VALIDATION_METRICS, stride=self.recipe.data.val_stride, seed=t.seed
@@ -328,6 +332,7 @@ class Trainer:
         r, t = self.recipe, self.recipe.train
         torch.manual_seed(t.seed)
         self.model = build_model(self.config, self.variant)
+        self._val_engine = None
         he_initialise(self.model, t.he_init)
         self.model.to(self.ctx.device)
         self.precision = resolve_precision(t.amp, self.ctx.device)
