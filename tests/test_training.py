@@ -417,7 +417,9 @@ def test_validation_is_avsal_eval(data: Path, tmp_path: Path) -> None:
     one x_T per video): the last validation record equals evaluating the last checkpoint."""
     from avsal_deploy.training.evaluate import VALIDATION_METRICS, evaluate_checkpoint
 
-    recipe = _recipe(data, **{"train.epochs": 1, "train.val_steps": 1, "train.val_batch_size": 2})
+    # two epochs: the second validation reuses the engine of the first (the model must be in eval
+    # mode again, or BatchNorm would use and update batch statistics)
+    recipe = _recipe(data, **{"train.epochs": 2, "train.val_steps": 1, "train.val_batch_size": 2})
     result = Trainer(recipe, tmp_path / "run").fit()
     val = _log(tmp_path / "run", "val")[-1]
     ev = evaluate_checkpoint(

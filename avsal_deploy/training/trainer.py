@@ -305,6 +305,7 @@ class Trainer:
         t = self.recipe.train
         if self._val_engine is None:  # holds the model's own modules: weights stay current
             self._val_engine = open_eval_engine("torch", self.model, self.last_path, device=self.ctx.device)
+        self.model.eval()  # the next epoch's _train_mode puts it back (frozen modules stay in eval)
         predictor = engine_predictor(
             self._val_engine, None if t.val_steps < 0 else t.val_steps, t.val_batch_size, t.seed
         )
