@@ -734,6 +734,10 @@ class FusionDecoder(nn.Module):
     envelope [B, *config.envelope_shape()] (required with ``fusion.av_sync``, ignored otherwise),
     ``saliency`` [B, 1, H, W] in [0, 1] at ``config.video`` size, and ``c_i`` the MRG-gated
     audio-visual features [B, config.fusion.channels[i], T_i, H_i, W_i] (c3 is the RAVF output).
+    ``forward(..., return_aux=True)`` returns ``((saliency, c0, c1, c2, c3), FusionAux)``, the
+    auxiliary outputs a training objective supervises; the exported graph is the default form.
+    The saliency decoder's temporal reduction follows ``config.fusion.temporal_reduction`` and its
+    target slot ``config.window.mode`` (:class:`SaliencyDecoder`).
     """
 
     def __init__(
