@@ -21,7 +21,9 @@ How it is measured (two independent counters, both reported):
   threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer above it is its own
   mapping, returned to the system when freed, and the resident set follows the live buffers page
   for page (including workspace a kernel allocates outside torch's allocator). A warm-up pass runs
-  first, so one-time library buffers (oneDNN / BLAS) are not charged to the attention.
+  first, so one-time library buffers (oneDNN / BLAS) are not charged to the attention. Buffers
+  under 64 KiB come from the heap and may reuse freed memory, so this counter under-counts on
+  tiny profiles (sub-MB peaks); at ``small`` and ``paper`` both counters agree within 1%.
 - ``torch``: the peak of live bytes in torch's own CPU allocator events
   (``torch.profiler.profile(profile_memory=True)``: every allocation and free, in order).
 
@@ -32,7 +34,8 @@ counters report the ``4 n^2`` bytes of its output within 10%. ``tracemalloc`` wo
 :func:`eca_memory_report` runs ``eca``, ``standard`` and ``eca3d`` at a profile (default: the
 ``paper`` profile, ``diffsal`` window = Table 4's 16 x 224 x 384 input) and returns the peaks in
 GB, ``eca_memory_ratio = peak(eca) / peak(standard)`` and the paper's figures beside them.
-Command line: ``python -m avsal_deploy.models.attention_memory [--profile P] [--variant V]``.
+Command line: ``python -m avsal_deploy.models.attention_memory [--profile P] [--variant V]
+[--modes eca,standard,eca3d] [--set unet.heads=2] [--validate]`` (prints the report as JSON).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import subprocess
 import sys
 from typing import Any
 
-from avsal_deploy.config import ATTENTION_MODES, Config, load_config
+from avsal_deploy.config import ATTENTION_MODES, Config, load_config, parse_overrides
 from avsal_deploy.errors import ConfigError
 
 PAPER_TABLE4_GB = {"eca": 1.20, "standard": 5.32}  # whole model, DiffSal Table 4 (#Mem)
@@ -168,6 +171,7 @@ def eca_memory_report(
     cfg = load_config(profile) if isinstance(profile, str) else profile
     runs = {mode: measure_attention_peak(cfg, variant, mode) for mode in modes}
     out: dict[str, Any] = {"profile": cfg.profile, "variant": variant, "batch": 1, "method": METHOD}
+    out["unet"] = cfg.to_dict()["unet"]  # widths, heads, mode: what the figures depend on
     for mode, r in runs.items():
         out[f"{mode}_peak_bytes"] = r["peak_bytes"]
         out[f"{mode}_peak_gb"] = r["peak_gb"]
@@ -291,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--variant", default="diffsal")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--modes", default=",".join(ATTENTION_MODES), help="comma-separated modes")
     parser.add_argument("--validate", action="store_true", help="also run the one-MatMul validation")
     args = parser.parse_args(argv)
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     if args.validate:
         report["validation"] = validate_method()
-    report.update(eca_memory_report(args.profile, args.variant, tuple(args.modes.split(","))))
+    config = load_config(args.profile, parse_overrides(args.set))
+    report.update(eca_memory_report(config, args.variant, tuple(args.modes.split(","))))
     print(json.dumps(report, indent=2))
     return 0
 

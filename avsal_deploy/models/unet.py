@@ -155,10 +155,10 @@ def attention_score_shapes(
     shapes = []
     for s, kernel in zip(config.video_scales(variant), eca_kernels(config, mode), strict=True):
         grid = (s.frames + 1, s.height, s.width)
-        keys = math.prod(-(-n // k) for n, k in zip(grid, kernel, strict=True))
+        keys = math.prod(-(-n // k) for n, k in zip(grid, kernel, strict=True))  # over all frames
         if mode == "eca3d":
             shapes.append((1, heads, math.prod(grid), keys))
-        else:
+        else:  # kernel (1, k_h, k_w): the same key count in every frame
             shapes.append((grid[0], heads, s.height * s.width, keys // grid[0]))
     return tuple(shapes)
 
