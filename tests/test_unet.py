@@ -328,6 +328,7 @@ def test_shipped_checkpoint_loads_with_the_3d_attention() -> None:
     assert [tuple(c.kernel_size) for c in convs] == list(eca_kernels(config, "eca3d"))
 
 
+@pytest.mark.slow
 def test_attention_memory_counters_agree_with_tensor_sizes() -> None:
     """The measurement method (fresh process, peak RSS and torch allocator events) on one MatMul
     reports its output's size; at the tiny profile standard attention needs more than ECA and at
