@@ -331,7 +331,7 @@ def test_shipped_checkpoint_loads_with_the_3d_attention() -> None:
 @pytest.mark.slow
 def test_attention_memory_counters_agree_with_tensor_sizes() -> None:
     """The measurement method (fresh process, peak RSS and torch allocator events) on one MatMul
-    reports its output's size; at the tiny profile standard attention needs more than ECA and at
+    reports its output's size; at the small profile standard attention needs more than ECA and at
     least its score tensor."""
     check = validate_method(2048)
     for key in ("peak_bytes", "torch_peak_bytes"):
