@@ -145,7 +145,8 @@ def _raw() -> dict:
             cc_min=0.98,
             frames=50,
         ),
-        _case("attention_memory", 1.0, eca_memory_ratio=0.25),
+        _case("attention_memory", 1.0, profile="paper", variant="diffsal", eca_memory_ratio=0.25),
+        _case("attention_memory", 1.0, profile="small", variant="diffsal", eca_memory_ratio=0.5),
     ]
     return {"benchmarks": b}
 
