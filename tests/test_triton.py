@@ -636,3 +636,20 @@ def test_stop_removes_the_shared_memory_pools_a_killed_stub_leaves(tmp_path) -> 
         for pid in one.stubs()["avsal_video_encoder"]:
             os.kill(pid, signal.SIGKILL)
     assert one.shm_pools() == [] and not any(p.exists() for p in pools)
+
+
+def test_bls_window_engine_gives_the_in_process_maps(tiny_export: Path, ort, clips, tmp_path) -> None:
+    """The GPU repository's way (window models calling the component models over BLS) on CPU:
+    the same maps as the default in-stub ONNX Runtime sessions and as offline prediction."""
+    from avsal_deploy.serving.client import stream
+
+    repo = build_repository(tiny_export, tmp_path / "repo", window_engine="bls")
+    config = (repo / "avsal_stream" / "config.pbtxt").read_text()
+    assert 'key: "window_engine"' in config and 'string_value: "bls"' in config
+    frames, chunks, fps, rate = _media(clips[0])
+    components = [p.name for p in repo.iterdir() if (p / "1" / "model.onnx").exists()]
+    with TritonServer(repo, models=[*components, "avsal_stream"]) as bls:
+        got = np.stack([m for _, m in stream(bls.grpc_url, frames, chunks, fps=fps, audio_rate=rate)])
+    assert np.abs(got - _offline(ort, clips[0])).max() <= 1e-4
+    with pytest.raises(ConfigError, match="window_engine"):
+        build_repository(tiny_export, tmp_path / "r2", window_engine="tensorrt")

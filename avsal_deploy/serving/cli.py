@@ -25,6 +25,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         platform=args.platform,
         overwrite=args.force,
+        window_engine=args.window_engine,
     )
     models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").exists())
     print(f"wrote {len(models)} models to {out} ({args.platform}): {', '.join(models)}")
@@ -113,6 +114,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
     p.add_argument("--max-batch", type=int, default=None, help="cap on the batch (default: the export's)")
     p.add_argument("--force", action="store_true", help="replace our models already in --out")
+    p.add_argument(
+        "--window-engine",
+        default=None,
+        choices=["onnxruntime", "bls"],
+        help="how avsal_pipeline / avsal_stream / avsal_video run the components: ONNX Runtime in their "
+        "own process (CPU default) or BLS calls to the component models (TensorRT default)",
+    )
     p.set_defaults(handler=cmd_triton_repo)
 
     p = sub.add_parser("serve", help="serve a model repository with the tritonserver of nvidia-pytriton")
