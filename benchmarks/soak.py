@@ -47,13 +47,15 @@ def _rss_mb(pid: int) -> dict[str, float]:
     return out
 
 
-def _shm_pools_mb() -> dict[str, float]:
-    """Sizes of the python backend's shared-memory pools (/dev/shm), MB."""
+def _shm_pools_mb(prefix: str) -> dict[str, float]:
+    """Memory the server's python-backend pools hold (tmpfs pages allocated, MB): the physical
+    size of what RssShmem counts, once (a grown pool is mapped again, so RssShmem counts it more
+    than once per process)."""
     shm = Path("/dev/shm")
+    files = sorted(shm.glob(prefix + "*")) if shm.is_dir() else []
     return {
-        f.name: round(f.stat().st_size / 2**20, 1)
-        for f in (shm.iterdir() if shm.is_dir() else [])
-        if f.name.startswith(("triton_python_backend_shm_region", "avsal"))
+        "files": len(files),
+        "allocated_mb": round(sum(f.stat().st_blocks * 512 for f in files) / 2**20, 1),
     }
 
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.update({f"{m}:{q}": q for m, pids in server.stubs().items() for q in pids})
             rss.append(
                 {"t": round(time.monotonic() - t0, 1), **{n: _rss_mb(q) for n, q in procs.items()}}
-                | {"shm_pools_mb": _shm_pools_mb()}
+                | {"shm_pools": _shm_pools_mb(server.shm_prefix)}
             )
             if args.drill and not killed and time.monotonic() - t0 > args.minutes * 30.0:
                 victim = next((q for n, q in procs.items() if n.startswith("avsal_stream:")), None)

@@ -42,6 +42,10 @@ _ERROR_LINE = re.compile(r"^(E\d{4} |error: |\[libprotobuf ERROR)")
 SERVE_HINT = "install the 'serve' extra: pip install 'avsal-deploy[serve]'"
 
 
+SHM_POOL_BYTES = 64 * 2**20  # per python-backend stub
+SHM_GROWTH_BYTES = 16 * 2**20
+
+
 class TritonServerError(AvsalError):
     """The server failed to start, to become ready, or died while serving."""
 
@@ -217,6 +221,12 @@ class TritonServer:
             # Our own prefix for the python backend's shared-memory pools, so that stop() can remove
             # the ones a killed server or stub leaves in /dev/shm (they are RAM until removed).
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            # Each growth of a pool maps the whole region again in the server and the stub (the old
+            # mappings stay), which inflates their RSS though the memory is the same pages: start the
+            # pools large enough that a streaming server does not grow them (tmpfs pages are only
+            # allocated when touched, so an idle pool costs nothing).
+            f"--backend-config=python,shm-default-byte-size={SHM_POOL_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
         ]
 
     def start(self) -> TritonServer:
