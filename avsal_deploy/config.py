@@ -36,6 +36,19 @@ S3D_SCALE_CHANNELS: tuple[int, int, int, int] = (192, 480, 832, 1024)
 # block 1 sees conv1 (2, 2) + pool1 (1, 2); block 2 pool2 (1, 2); block 3 pool3 (2, 2);
 # block 4 pool4 (2, 2). Every spatial step is a k3/s2/p1 pool or k7/s2/p3 conv, so it rounds UP.
 S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
+# MViTv2-S (DiffSal's backbone, models.mvit) stage widths; its stage outputs sit at T/2 and at
+# ceil(H/4), /8, /16, /32 (a k7/s4/p3 patch embedding, then k3/s2/p1 q pooling: all round up).
+MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
+DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
+DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
+# What a STORED config (a checkpoint's) that lacks a field means: dotted field -> value. Applied by
+# Config.from_dict to fields missing from the stored dict only, so checkpoints written before the
+# field existed rebuild their architecture (and fingerprint: architecture_fingerprint leaves out
+# fields at these values) while new profiles get the new defaults.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "video.diffsal_backbone": "s3d",
+    "unet.diffsal_channels": (),
+}
 
 
 def ceil_halve(n: int, times: int) -> int:
@@ -60,6 +73,10 @@ class VideoConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     s3d_width: float = 1.0  # channel multiplier of S3D; 1.0 loads the public Kinetics checkpoints
+    # Video encoder of the diffsal variant: "mvit_v2_s" as in the paper (MViTv2-S, Kinetics-400
+    # 16x4x1 weights in torchvision's layout) or "s3d" (the AVRSP/hybrid encoder: cheaper, and the
+    # small/tiny profiles' setting). avrsp and hybrid always use S3D.
+    diffsal_backbone: DiffSalBackbone = "mvit_v2_s"
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,9 @@ class FusionConfig:
 @dataclass(frozen=True)
 class UNetConfig:
     channels: tuple[int, int, int, int] = (64, 128, 192, 256)
+    # Widths of the diffsal variant's UNet; () = ``channels``. The paper's: those of its MViTv2-S
+    # conditions (official SalUNet up_channel 768/384/192/96).
+    diffsal_channels: tuple[int, ...] = (96, 192, 384, 768)
     heads: int = 4
     time_dim: int = 256
     res_blocks: int = 1  # ResNet blocks per noise-encoder stage
@@ -166,6 +186,12 @@ class Config:
                 raise ConfigError(f"video.{name}={n}: must be a multiple of 16, at least 32")
         if self.fusion.channels[-1] % self.fusion.ravf_heads:
             raise ConfigError("fusion.channels[-1] must be divisible by fusion.ravf_heads")
+        if v.diffsal_backbone not in DIFFSAL_BACKBONES:
+            raise ConfigError(
+                f"video.diffsal_backbone={v.diffsal_backbone!r}: choose one of {', '.join(DIFFSAL_BACKBONES)}"
+            )
+        if len(self.unet.diffsal_channels) not in (0, 4):
+            raise ConfigError(f"unet.diffsal_channels={self.unet.diffsal_channels}: give 4 widths or none")
         if self.window.stride < 1:
             raise ConfigError(f"window.stride={self.window.stride}: must be >= 1")
         if self.window.mode not in ("causal", "centre"):
@@ -198,13 +224,29 @@ class Config:
     def s3d_channels(self) -> tuple[int, int, int, int]:
         return tuple(scaled(c, self.video.s3d_width) for c in S3D_SCALE_CHANNELS)  # type: ignore[return-value]
 
-    def video_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
-        """The four S3D block outputs (high -> low resolution), batch excluded.
+    def video_backbone(self, variant: str = "hybrid") -> str:
+        """The video encoder of ``variant``: ``video.diffsal_backbone`` for diffsal, else S3D."""
+        return self.video.diffsal_backbone if check_variant(variant) == "diffsal" else "s3d"
 
-        Temporal steps are exact (clip lengths are multiples of 8); spatial steps round up, so
-        112x192 gives 28x48, 14x24, 7x12, 4x6.
+    def unet_channels(self, variant: str = "hybrid") -> tuple[int, ...]:
+        """Saliency-UNet widths of ``variant``: ``unet.diffsal_channels`` (if set) for diffsal."""
+        u = self.unet
+        return tuple(u.diffsal_channels) if variant == "diffsal" and u.diffsal_channels else tuple(u.channels)
+
+    def video_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
+        """The four video-encoder outputs (high -> low resolution), batch excluded.
+
+        S3D block outputs, or the MViTv2-S stage outputs for diffsal with ``video.diffsal_backbone
+        = "mvit_v2_s"`` (all at T/2; 224x384 -> 56x96, 28x48, 14x24, 7x12). Temporal steps are
+        exact (clip lengths are multiples of 8); spatial steps round up, so 112x192 gives 28x48,
+        14x24, 7x12, 4x6 with either encoder.
         """
         t, h, w = self.clip_len(variant), self.video.height, self.video.width
+        if self.video_backbone(variant) == "mvit_v2_s":
+            return tuple(
+                ScaleShape(c, t // 2, ceil_halve(h, 2 + i), ceil_halve(w, 2 + i))
+                for i, c in enumerate(MVIT_STAGE_CHANNELS)
+            )
         out = []
         for c, (st, ss) in zip(self.s3d_channels(), S3D_STEPS, strict=True):
             t, h, w = t >> st, ceil_halve(h, ss), ceil_halve(w, ss)
@@ -262,6 +304,10 @@ class Config:
         d = self.to_dict()
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
+        for dotted, legacy in LEGACY_DEFAULTS.items():  # a field at its legacy value hashes as absent
+            section, name = dotted.split(".")
+            if _same(d[section][name], legacy):
+                del d[section][name]
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
         d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
@@ -272,7 +318,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults)."""
+        """Inverse of :meth:`to_dict` (unknown fields are rejected; missing ones take their
+        :data:`LEGACY_DEFAULTS` value if they have one, else the profile's default)."""
+        data = dict(data)
+        for dotted, legacy in LEGACY_DEFAULTS.items():
+            section, name = dotted.split(".")
+            if isinstance(data.get(section), dict) and name not in data[section]:
+                data[section] = {**data[section], name: legacy}
         return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
@@ -280,6 +332,11 @@ class Config:
         merged: dict[str, Any] = dict(overrides or {})
         merged.update(kwargs)
         return _from_dict(_merge(self.to_dict(), _expand(merged)))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of config values across their JSON forms (lists vs tuples)."""
+    return json.dumps(a) == json.dumps(b)
 
 
 def check_variant(variant: str) -> str:
@@ -291,7 +348,14 @@ def check_variant(variant: str) -> str:
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {
-        "video": {"height": 112, "width": 192, "clip_len": 16, "diffsal_clip_len": 16, "s3d_width": 0.5},
+        "video": {
+            "height": 112,
+            "width": 192,
+            "clip_len": 16,
+            "diffsal_clip_len": 16,
+            "s3d_width": 0.5,
+            "diffsal_backbone": "s3d",
+        },
         "audio": {
             "soundnet_width": 0.5,
             "vggish_width": 0.5,
@@ -301,10 +365,17 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "transformer_heads": 4,
         },
         "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4, "av_sync": True},
-        "unet": {"channels": (32, 64, 96, 128), "heads": 2, "time_dim": 128},
+        "unet": {"channels": (32, 64, 96, 128), "diffsal_channels": (), "heads": 2, "time_dim": 128},
     },
     "tiny": {
-        "video": {"height": 64, "width": 96, "clip_len": 8, "diffsal_clip_len": 8, "s3d_width": 0.125},
+        "video": {
+            "height": 64,
+            "width": 96,
+            "clip_len": 8,
+            "diffsal_clip_len": 8,
+            "s3d_width": 0.125,
+            "diffsal_backbone": "s3d",
+        },
         "audio": {
             "soundnet_width": 0.125,
             "vggish_width": 0.125,
@@ -320,7 +391,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "aspp_rates": (1, 2),
             "av_sync": True,
         },
-        "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
+        "unet": {"channels": (8, 16, 24, 32), "diffsal_channels": (), "heads": 2, "time_dim": 32},
         "diffusion": {"sampling_steps": 2},
     },
 }

@@ -301,10 +301,16 @@ class SaliencyUNet(nn.Module):
     size and the spatial grids from ``config.video`` / ``config.video_scales``.
     """
 
-    def __init__(self, config: Config, cond_channels: tuple[int, int, int, int], audio_channels: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cond_channels: tuple[int, int, int, int],
+        audio_channels: int,
+        channels: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         u = config.unet
-        ch = tuple(u.channels)
+        ch = tuple(u.channels if channels is None else channels)  # config.unet_channels(variant)
         if len(ch) != NUM_SCALES or len(tuple(cond_channels)) != NUM_SCALES:
             raise ConfigError(f"unet.channels and the condition channels must have {NUM_SCALES} entries")
         if any(c % u.heads for c in ch):

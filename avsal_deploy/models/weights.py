@@ -29,6 +29,13 @@ Layouts (public source: key rules, public -> ours):
     ``soundnet8_final.pth`` (``convI.{weight,bias}`` -> ``convI.0.*``, ``batchnormI.*`` ->
     ``convI.1.*``). Ignored: the object/scene heads ``conv8.0.*``, ``conv8_2.0.*`` (block) and
     ``conv8_objs.*``, ``conv8_scns.*`` (flat).
+``torchvision-mvit_v2_s``
+    ``torchvision.models.video.mvit_v2_s`` (MViT_V2_S_Weights.KINETICS400_V1, ``mvit_v2_s-ae3be167.pth``;
+    DiffSal's video backbone). Our :class:`~avsal_deploy.models.mvit.MViTv2S` uses torchvision's
+    names, so the rule is the identity over ``conv_proj.*``, ``pos_encoding.class_token``,
+    ``blocks.N.*`` and ``norm.*``; the relative-position tables keep the shapes of the 16x224x224
+    weights at any frame size (resized at run time). Not provided (trained here):
+    ``stage_norms.*``, the output norms of stages 0-2. Ignored: ``head.1.*`` (Kinetics classifier).
 ``torchvggish``
     harritaylor/torchvggish ``vggish`` state dict. ``features.N.*`` -> ``trunk.N.*`` (N = 0, 3,
     6, 8, 11, 13). Covers the VGGish trunk only; the temporal transformer is trained by us.
@@ -60,6 +67,7 @@ from torch import Tensor, nn
 from avsal_deploy.config import Config, check_variant
 from avsal_deploy.errors import WeightsError
 from avsal_deploy.models.audio import SoundNet8, VGGishEncoder
+from avsal_deploy.models.mvit import MViTv2S
 from avsal_deploy.models.s3d import S3D
 
 # --------------------------------------------------------------------------- layouts
@@ -103,6 +111,7 @@ class Layout:
     rules: tuple[tuple[str, str], ...]  # (regex over a whole public key, our key template)
     ignored: tuple[str, ...]  # regexes of public keys the model does not use (heads)
     covers: str = ""  # prefix of our keys the layout must provide ("" = the whole encoder)
+    trained_here: tuple[str, ...] = ()  # prefixes of our keys the public weights do not have
     width_setting: str = ""  # the config setting that must be 1.0 for public weights
 
     def translate(self, key: str) -> str | None:
@@ -170,6 +179,21 @@ LAYOUTS: dict[str, Layout] = {
             r"conv8_(objs|scns)\.(weight|bias)",  # flat port: object / scene heads
         ),
         width_setting="audio.soundnet_width",
+    ),
+    "torchvision-mvit_v2_s": Layout(
+        name="torchvision-mvit_v2_s",
+        source="torchvision.models.video.mvit_v2_s (MViT_V2_S_Weights.KINETICS400_V1)",
+        encoder=MViTv2S,
+        attribute="video_encoder",
+        rules=(
+            (
+                r"(?P<key>conv_proj\.(weight|bias)|pos_encoding\.class_token|norm\.(weight|bias)"
+                r"|blocks\.\d+\.[a-z_0-9.]+)",
+                "{key}",
+            ),
+        ),
+        ignored=(r"head\.1\.(weight|bias)",),
+        trained_here=("stage_norms.",),
     ),
     "torchvggish": Layout(
         name="torchvggish",
@@ -261,7 +285,7 @@ def load_backbone_weights(
     source, label = _read_state_dict(path_or_state_dict)
 
     own = encoder.state_dict()
-    wanted = {k for k in own if k.startswith(spec.covers)}
+    wanted = {k for k in own if k.startswith(spec.covers) and not k.startswith(spec.trained_here)}
     mapped: dict[str, Tensor] = {}
     origin: dict[str, str] = {}  # our key -> the public key that provided it
     unexpected: list[str] = []
