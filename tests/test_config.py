@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avsal_deploy.config import PROFILES, VARIANTS, Config, ScaleShape, load_config
+from avsal_deploy.config import MVIT_STAGE_CHANNELS, PROFILES, VARIANTS, Config, ScaleShape, load_config
 from avsal_deploy.errors import ConfigError
 
 
@@ -17,10 +17,11 @@ def test_profiles_load_and_derive_consistent_shapes(profile: str) -> None:
         assert c.frames_shape(variant) == (3, t, c.video.height, c.video.width)
         scales = c.video_scales(variant)
         assert len(scales) == 4 and all(isinstance(s, ScaleShape) for s in scales)
-        # resolution never increases going down the encoder; channels follow the S3D widths
+        # resolution never increases going down the encoder; channels follow the encoder's widths
         for hi, lo in zip(scales, scales[1:], strict=False):
             assert lo.height <= hi.height and lo.width <= hi.width and lo.frames <= hi.frames
-        assert tuple(s.channels for s in scales) == c.s3d_channels()
+        mvit = c.video_backbone(variant) == "mvit_v2_s"
+        assert tuple(s.channels for s in scales) == (MVIT_STAGE_CHANNELS if mvit else c.s3d_channels())
         assert tuple(s.channels for s in c.fusion_scales(variant)) == c.fusion.channels
 
 
