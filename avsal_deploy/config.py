@@ -48,6 +48,7 @@ DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
 LEGACY_DEFAULTS: dict[str, Any] = {
     "video.diffsal_backbone": "s3d",
     "unet.diffsal_channels": (),
+    "audio.vggish_framing": "window",
 }
 
 
@@ -96,8 +97,18 @@ class AudioConfig:
     fmax: float = 7500.0
     log_offset: float = 0.01
     vggish_slices: int = 9  # slices per DiffSal window
-    vggish_slice_height: int = 112  # each log-mel slice is resized to this (time) ...
-    vggish_slice_width: int = 192  # ... by this (mel) size
+    # How the slices are cut (data.audio.vggish_slices): "examples" = VGGish's own 0.96 s examples
+    # (vggish_example_frames log-mel frames x n_mels, as VGGish was trained) in the official
+    # arrangement (consecutive examples vggish_example_hop frames apart, centred on the window's
+    # excerpt in a zero buffer); "window" = the window's excerpt cut into equal slices (small/tiny
+    # profiles and checkpoints written before this setting existed).
+    vggish_framing: Literal["examples", "window"] = "examples"
+    vggish_example_frames: int = 96  # 0.96 s at the 10 ms hop (VGGish's NUM_FRAMES)
+    vggish_example_hop: int = 11  # frames between consecutive slices (the official 0.11 s)
+    # Model input per slice; a slice of another size is resized (bilinear) to it. "examples" at
+    # 96x64 feeds VGGish as trained; 112x192 is the official code's resize (the paper's FLOP input).
+    vggish_slice_height: int = 96
+    vggish_slice_width: int = 64
     vggish_width: float = 1.0  # 1.0 loads the public torchvggish port
     transformer_layers: int = 1
     transformer_heads: int = 8
@@ -198,6 +209,13 @@ class Config:
             raise ConfigError(f"window.mode={self.window.mode!r}: must be 'causal' or 'centre'")
         if self.diffusion.sampling_steps < 0:
             raise ConfigError("diffusion.sampling_steps must be >= 0")
+        a = self.audio
+        if a.vggish_framing not in ("examples", "window"):
+            raise ConfigError(f"audio.vggish_framing={a.vggish_framing!r}: must be 'examples' or 'window'")
+        if a.vggish_example_frames < 1 or a.vggish_example_hop < 1 or a.vggish_slices < 1:
+            raise ConfigError(
+                "audio.vggish_example_frames, audio.vggish_example_hop and audio.vggish_slices must be >= 1"
+            )
         if self.audio.envelope_bands < 1:
             raise ConfigError(f"audio.envelope_bands={self.audio.envelope_bands}: must be >= 1")
         f = self.fusion
@@ -360,6 +378,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "soundnet_width": 0.5,
             "vggish_width": 0.5,
             "vggish_slices": 9,
+            "vggish_framing": "window",
             "vggish_slice_height": 56,
             "vggish_slice_width": 96,
             "transformer_heads": 4,
@@ -380,6 +399,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "soundnet_width": 0.125,
             "vggish_width": 0.125,
             "vggish_slices": 5,
+            "vggish_framing": "window",
             "vggish_slice_height": 32,
             "vggish_slice_width": 32,
             "transformer_heads": 2,
