@@ -39,8 +39,9 @@ def test_paper_profile_matches_the_papers() -> None:
     # ViNet: int(22050 / 10 * 32) = 70,560 samples around a 32-frame clip
     assert c.soundnet_samples() == 70560
     assert c.audio_input_shape("avrsp") == (1, 70560, 1)
-    # DiffSal: 9 log-mel slices of 112 x 192 per 16-frame clip
-    assert c.audio_input_shape("diffsal") == (9, 1, 112, 192)
+    # DiffSal: 9 VGGish examples of 96 x 64 log-mel per 16-frame clip (the official code resizes
+    # them to 112 x 192, the paper's FLOP input: audio.vggish_slice_height/width)
+    assert c.audio_input_shape("diffsal") == (9, 1, 96, 64)
     assert c.diffusion.timesteps == 1000 and c.diffusion.cosine_s == 0.008
 
 

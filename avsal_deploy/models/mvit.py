@@ -368,7 +368,6 @@ class MViTv2S(nn.Module):
         self.stage_norms = nn.ModuleList(nn.LayerNorm(c, eps=LN_EPS) for c in MVIT_STAGE_CHANNELS[:-1])
         self.out_channels: tuple[int, ...] = tuple(MVIT_V2_S_BLOCKS[i].dim_out for i in STAGE_LAST_BLOCK)
         assert self.out_channels == MVIT_STAGE_CHANNELS
-        self.width = 1.0  # public weights need no width setting; kept for the loader's hint
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
