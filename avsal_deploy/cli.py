@@ -123,10 +123,16 @@ def cmd_info(args: argparse.Namespace) -> int:
             ref = rep["paper"]
             print(
                 f"  paper ({ref['source']}, {ref['input']}): {_human(ref['parameters'])} parameters, "
-                f'{_human(ref["flops_as_printed"])} "FLOPs" = {ref["convention"]}; '
-                f"ours: {total / ref['parameters']:.2f}x the parameters, "
-                f"{m['forward'] / ref['flops_as_printed']:.2f}x the compute (MACs, 1 step)"
+                f'{_human(ref["flops_as_printed"])} "FLOPs" = {ref["convention"]}'
             )
+            same_video = tuple(rep["inputs"]["frames"][1:]) == tuple(ref["frames_shape"])
+            same_audio = tuple(rep["inputs"]["audio"][1:]) == tuple(ref["audio_shape"])
+            if same_video:
+                note = "" if same_audio else f" (audio input {rep['inputs']['audio'][1:]}, not the paper's)"
+                print(
+                    f"  ours / paper: {total / ref['parameters']:.2f}x the parameters, "
+                    f"{m['forward'] / ref['flops_as_printed']:.2f}x the multiply-adds (1 step){note}"
+                )
     return 0
 
 

@@ -192,6 +192,8 @@ PAPER_SIZES: dict[str, dict[str, Any]] = {
         "flops_as_printed": 187.31e9,
         "convention": "multiply-adds (inferred; the paper does not say)",
         "input": "audio 1x9x112x192, video 3x16x224x384",
+        "frames_shape": (3, 16, 224, 384),
+        "audio_shape": (9, 1, 112, 192),
         "source": "DiffSal (CVPR 2024) Table 6",
     }
 }
