@@ -295,9 +295,11 @@ class MAMStage(nn.Module):
 class SaliencyUNet(nn.Module):
     """DiffSal's Saliency-UNet ``g_psi(S_t, t, f_a, f_v) -> S0_hat`` (eq. 6).
 
-    ``cond_channels``: channels of ``c0..c3`` (S3D widths for ``diffsal``, ``config.fusion.channels``
-    for ``hybrid``); ``audio_channels``: channels of the audio feature (VGGish or SoundNet).
-    Widths, heads, time-embedding size, blocks and the ECA switch come from ``config.unet``; the map
+    ``cond_channels``: channels of ``c0..c3`` (video-encoder widths for ``diffsal``,
+    ``config.fusion.channels`` for ``hybrid``); ``audio_channels``: channels of the audio feature
+    (VGGish or SoundNet); ``channels``: the UNet widths (``config.unet_channels(variant)``; default
+    ``unet.channels``). Heads, time-embedding size, blocks and the ECA switch come from
+    ``config.unet``; the map
     size and the spatial grids from ``config.video`` / ``config.video_scales``.
     """
 
