@@ -113,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
         total = rep["parameters"]["total"]
         print(
-            f"  {'total (1 step)':<15}{_human(total):>12}{_human(m['forward'], 'MAC'):>13}{_human(f['forward'], 'FLOP'):>14}"
+            f"  {'total (1 pass)':<15}{_human(total):>12}{_human(m['forward'], 'MAC'):>13}{_human(f['forward'], 'FLOP'):>14}"
         )
         print(
             f"  per window with {f['steps']} DDIM step(s): {_human(m['per_window'], 'MAC')}, "
@@ -131,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 note = "" if same_audio else f" (audio input {rep['inputs']['audio'][1:]}, not the paper's)"
                 print(
                     f"  ours / paper: {total / ref['parameters']:.2f}x the parameters, "
-                    f"{m['forward'] / ref['flops_as_printed']:.2f}x the multiply-adds (1 step){note}"
+                    f"{m['forward'] / ref['flops_as_printed']:.2f}x the multiply-adds (1 pass: encoders + 1 UNet step){note}"
                 )
     return 0
 
