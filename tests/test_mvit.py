@@ -107,6 +107,40 @@ def test_kinetics_state_dict_loads_strictly_and_every_tensor_lands(
         assert torch.equal(own[key], value)
 
 
+def mmaction_name(key: str) -> str:
+    """torchvision name -> mmaction2 MViT name (written from mmaction2's module names)."""
+    key = key.replace("conv_proj.", "patch_embed.projection.").replace(
+        "pos_encoding.class_token", "cls_token"
+    )
+    key = (
+        key.replace("attn.project.0.", "attn.proj.")
+        .replace("mlp.0.", "mlp.fc1.")
+        .replace("mlp.3.", "mlp.fc2.")
+    )
+    for w in "qkv":
+        key = key.replace(f"attn.pool_{w}.pool.", f"attn.pool_{w}.").replace(
+            f"attn.pool_{w}.norm_act.0.", f"attn.norm_{w}."
+        )
+    key = key.replace(".project.", ".proj.") if key.startswith("blocks.") and ".attn." not in key else key
+    return "norm3." + key[len("norm.") :] if key.startswith("norm.") else key
+
+
+def test_mmaction2_state_dict_of_the_official_code_loads_too(mvit: MViTv2S, tmp_path: Path) -> None:
+    tv = generated_state_dict(2)
+    sd = {f"backbone.{mmaction_name(k)}": v for k, v in tv.items() if not k.startswith("head.")}
+    sd["backbone.cls_token"] = tv["pos_encoding.class_token"].reshape(1, 1, 96)
+    sd["cls_head.fc_cls.weight"], sd["cls_head.fc_cls.bias"] = torch.zeros(400, 768), torch.zeros(400)
+    sd["backbone.norm1.weight"], sd["backbone.norm1.bias"] = torch.full((192,), 2.0), torch.zeros(192)
+    path = tmp_path / "mvit-small-p244_16x4x1_kinetics400-rgb.pth"
+    torch.save({"state_dict": sd, "meta": {}}, str(path))
+    load_backbone_weights(mvit, path, "mmaction2-mvit_v2_s")
+    own = mvit.state_dict()
+    for key, value in tv.items():
+        if not key.startswith("head."):
+            assert torch.equal(own[key], value), key
+    assert torch.equal(own["stage_norms.1.weight"], torch.full((192,), 2.0))  # DiffSal's per-stage norms
+
+
 def test_load_through_the_full_diffsal_model() -> None:
     config = load_config("tiny", {"video.diffsal_backbone": "mvit_v2_s"})
     with torch.device("meta"):
