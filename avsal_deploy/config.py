@@ -27,6 +27,12 @@ from avsal_deploy.errors import ConfigError
 
 Variant = Literal["avrsp", "diffsal", "hybrid"]
 VARIANTS: tuple[str, ...] = ("avrsp", "diffsal", "hybrid")
+# Saliency-UNet cross-attention (models.unet.SpatioTemporalCrossAttention): "eca" = DiffSal's
+# per-frame attention over space with (1, k, k) key/value compression (paper eq. 7-8, official
+# code); "standard" = the same per-frame attention uncompressed (Table 4's baseline); "eca3d" = the
+# legacy (k_t, k, k) compression over all T+1 frames at once (the shipped checkpoint's form).
+AttentionMode = Literal["eca", "standard", "eca3d"]
+ATTENTION_MODES: tuple[str, ...] = ("eca", "standard", "eca3d")
 PROFILES: tuple[str, ...] = ("paper", "small", "tiny")
 
 # S3D (Xie et al. 2018) channel widths after its four encoder blocks, at width multiplier 1.0:
@@ -41,15 +47,6 @@ S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
 MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
 DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
 DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
-# What a STORED config (a checkpoint's) that lacks a field means: dotted field -> value. Applied by
-# Config.from_dict to fields missing from the stored dict only, so checkpoints written before the
-# field existed rebuild their architecture (and fingerprint: architecture_fingerprint leaves out
-# fields at these values) while new profiles get the new defaults.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "video.diffsal_backbone": "s3d",
-    "unet.diffsal_channels": (),
-    "audio.vggish_framing": "window",
-}
 
 
 def ceil_halve(n: int, times: int) -> int:
@@ -146,7 +143,7 @@ class UNetConfig:
     heads: int = 4
     time_dim: int = 256
     res_blocks: int = 1  # ResNet blocks per noise-encoder stage
-    efficient_attention: bool = True  # ECA (strided Conv3d + LN key/value compression) vs standard
+    attention: AttentionMode = "eca"  # see ATTENTION_MODES (replaces the bool efficient_attention)
 
 
 @dataclass(frozen=True)
@@ -209,6 +206,10 @@ class Config:
             raise ConfigError(f"window.mode={self.window.mode!r}: must be 'causal' or 'centre'")
         if self.diffusion.sampling_steps < 0:
             raise ConfigError("diffusion.sampling_steps must be >= 0")
+        if self.unet.attention not in ATTENTION_MODES:
+            raise ConfigError(
+                f"unet.attention={self.unet.attention!r}: choose one of {', '.join(ATTENTION_MODES)}"
+            )
         a = self.audio
         if a.vggish_framing not in ("examples", "window"):
             raise ConfigError(f"audio.vggish_framing={a.vggish_framing!r}: must be 'examples' or 'window'")
@@ -319,13 +320,9 @@ class Config:
 
         Checkpoints record it, so loading weights trained under another profile fails clearly.
         """
-        d = self.to_dict()
+        d = _legacy_view(self.to_dict())
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
-        for dotted, legacy in LEGACY_DEFAULTS.items():  # a field at its legacy value hashes as absent
-            section, name = dotted.split(".")
-            if _same(d[section][name], legacy):
-                del d[section][name]
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
         d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
@@ -336,13 +333,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict` (unknown fields are rejected; missing ones take their
-        :data:`LEGACY_DEFAULTS` value if they have one, else the profile's default)."""
-        data = dict(data)
-        for dotted, legacy in LEGACY_DEFAULTS.items():
-            section, name = dotted.split(".")
-            if isinstance(data.get(section), dict) and name not in data[section]:
-                data[section] = {**data[section], name: legacy}
+        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults).
+
+        A stored config written before a field existed gets that field's :data:`LEGACY_DEFAULTS`
+        value (the behaviour it was trained with), and renamed fields are migrated
+        (:data:`RENAMED_FIELDS`).
+        """
+        data = _migrate_legacy(data)
         return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
@@ -350,11 +347,6 @@ class Config:
         merged: dict[str, Any] = dict(overrides or {})
         merged.update(kwargs)
         return _from_dict(_merge(self.to_dict(), _expand(merged)))
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality of config values across their JSON forms (lists vs tuples)."""
-    return json.dumps(a) == json.dumps(b)
 
 
 def check_variant(variant: str) -> str:
@@ -481,6 +473,62 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------- legacy configs
+# Dotted field -> the value a STORED config (checkpoint, export manifest) that lacks the field
+# means: the behaviour it was written with. Applied by Config.from_dict only; new profiles get the
+# dataclass defaults. A field at its legacy value is left out of the architecture fingerprint, so
+# old checkpoints reproduce theirs.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "unet.attention": "eca3d",  # before it: the 3-D key/value compression over all frames
+    "video.diffsal_backbone": "s3d",  # before it: S3D for every variant
+    "unet.diffsal_channels": (),  # before it: the diffsal UNet at unet.channels
+    "audio.vggish_framing": "window",  # before it: the window's excerpt cut into equal slices
+}
+# Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
+# value missing from the map has no equivalent any more. Stored configs are migrated; overrides
+# naming the old field fail with the replacement in the message.
+RENAMED_FIELDS: dict[str, tuple[str, dict[Any, Any], str]] = {
+    "unet.efficient_attention": (
+        "unet.attention",
+        {True: "eca3d"},
+        "unet.attention = 'eca' (per-frame ECA), 'standard' (per-frame, uncompressed) or 'eca3d' "
+        "(what efficient_attention = true built; false's 3-D uncompressed attention is gone)",
+    ),
+}
+
+
+def _migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict in today's fields: renamed fields mapped, missing ones at legacy values."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, (new, values, hint) in RENAMED_FIELDS.items():
+        section, name = old.split(".")
+        if name not in out.get(section, {}):
+            continue
+        value = out[section].pop(name)
+        if value not in values:
+            raise ConfigError(f"config field {old}={value!r} has no equivalent any more: set {hint}")
+        out[section].setdefault(new.split(".")[1], values[value])
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        out.setdefault(section, {}).setdefault(name, value)
+    return out
+
+
+def _legacy_view(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` as a config written before :data:`LEGACY_DEFAULTS` stored it (for the fingerprint):
+    fields at their legacy value dropped, renamed fields back under their old name."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        if d[section].get(name) == value:
+            del d[section][name]
+            for old, (new, values, _) in RENAMED_FIELDS.items():
+                back = [o for o, n in values.items() if n == value]
+                if new == dotted and back:
+                    d[section][old.split(".")[1]] = back[0]
+    return d
+
+
 # --------------------------------------------------------------------- helpers
 _SECTIONS: dict[str, type] = {
     "video": VideoConfig,
@@ -516,6 +564,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"config section {key!r} needs a table of fields, got {value!r}")
             unknown = set(value) - set(out[key])
+            renamed = [f"{key}.{u}" for u in sorted(unknown) if f"{key}.{u}" in RENAMED_FIELDS]
+            if renamed:
+                raise ConfigError(
+                    f"config field {renamed[0]} was replaced: set {RENAMED_FIELDS[renamed[0]][2]}"
+                )
             if unknown:
                 raise ConfigError(
                     f"unknown config field(s) {', '.join(f'{key}.{u}' for u in sorted(unknown))}"

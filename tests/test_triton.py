@@ -596,3 +596,43 @@ def test_a_killed_stub_gives_clear_errors_and_is_reloaded(server: TritonServer, 
     got = [i for i, _ in stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate)]
     assert got == list(range(len(frames)))
     assert server.heal() == []
+
+
+LIVE = "lavfi:testsrc=size=160x120:rate=25[out0];sine=frequency=440:sample_rate=16000[out1]"
+
+
+def test_stream_cli_plays_a_live_input_until_its_time_limit(server: TritonServer, ort, tmp_path) -> None:
+    """A live input (an endless FFmpeg source opened as a device) streamed for 0.8 s: every frame
+    gets the map the in-process flow gives for the same frames and audio chunks."""
+    from avsal_deploy.data.preprocess import postprocess_map
+    from avsal_deploy.data.source import CaptureSource
+    from avsal_deploy.pipeline import Predictor
+
+    out = tmp_path / "live"
+    args = ["stream", LIVE, "--url", server.grpc_url, "--fast", "--seconds", "0.8", "--out", str(out)]
+    assert main(args) == 0
+    got = load_maps(out / "maps.npz")
+    report = json.loads((out / "stream.json").read_text())
+    assert report["live_input"] is True and report["frames"] == 20 == got.shape[0]
+
+    source = CaptureSource(LIVE, max_seconds=0.8)
+    flow = Predictor(ort).flow(source.fps, source.audio_rate)
+    maps = [m for frame, ts, chunk in source.media() for m in flow.push(frame, chunk, ts)] + flow.flush()
+    source.close()
+    want = np.stack([postprocess_map(m.saliency, (120, 160)) for m in maps])
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-4
+
+
+def test_stop_removes_the_shared_memory_pools_a_killed_stub_leaves(tmp_path) -> None:
+    """The python backend's pools live in /dev/shm (RAM) and outlive killed processes: the
+    server's own prefix lets stop() remove them."""
+    import os
+    import signal
+
+    repo = build_repository(open_engine().directory, tmp_path / "repo")
+    with TritonServer(repo, models=["avsal_video_encoder"]) as one:
+        pools = one.shm_pools()
+        assert pools and all(p.name.startswith(one.shm_prefix) for p in pools)
+        for pid in one.stubs()["avsal_video_encoder"]:
+            os.kill(pid, signal.SIGKILL)
+    assert one.shm_pools() == [] and not any(p.exists() for p in pools)

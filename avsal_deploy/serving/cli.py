@@ -11,6 +11,7 @@ import signal
 import time
 from types import FrameType
 
+from avsal_deploy.errors import AvsalError
 from avsal_deploy.serving.repository import PLATFORMS
 
 
@@ -66,6 +67,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AvsalError(f"--capture-option {item!r}: expected KEY=VALUE (e.g. video_size=640x480)")
+        out[key] = value
+    return out
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from avsal_deploy.serving.player import play
 
@@ -81,6 +92,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         roi_out=args.roi_out,
         roi_codec=args.roi_codec,
         roi_crf=args.roi_crf,
+        capture_options=_options(args.capture_option),
+        max_seconds=args.seconds,
     )
     lat = report["latency_ms"]
     print(
@@ -113,8 +126,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("stream", help="play a video through a server's avsal_stream model, in real time")
-    p.add_argument("video", help="video file (any container FFmpeg reads)")
+    p.add_argument(
+        "video",
+        help="video file (any container FFmpeg reads), or a live input: FORMAT:TARGET (v4l2:/dev/video0, "
+        "lavfi:testsrc=rate=25, ...) or a streaming URL (rtsp://...); Ctrl-C ends a live input cleanly",
+    )
     p.add_argument("--url", required=True, help="the server's gRPC endpoint (host:port)")
+    p.add_argument(
+        "--capture-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="demuxer option of a live input (repeatable)",
+    )
+    p.add_argument("--seconds", type=float, default=None, help="stop a live input after this many seconds")
     p.add_argument("--out", default="out/stream", help="where maps.npz, overlay.mp4, stream.json go")
     p.add_argument("--fast", action="store_true", help="send frames as fast as the server answers")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,7 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._kept_log = ""  # a temporary log's text, kept when its directory is removed at stop
+        self.shm_prefix = f"avsal_pb_{uuid.uuid4().hex[:12]}_"
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -212,6 +214,9 @@ class TritonServer:
             f"--grpc-port={p.grpc}",
             f"--metrics-port={p.metrics}",
             f"--exit-timeout-secs={self.exit_timeout}",
+            # Our own prefix for the python backend's shared-memory pools, so that stop() can remove
+            # the ones a killed server or stub leaves in /dev/shm (they are RAM until removed).
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
     def start(self) -> TritonServer:
@@ -352,12 +357,22 @@ class TritonServer:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
             self._reap_group(proc.pid)
+            self._remove_shm_pools()
         if self._workdir is not None:
             if self._requested_log is None and self.log_path is not None and self.log_path.exists():
                 self._kept_log = self.log_path.read_text(errors="replace")
             self._workdir.cleanup()
             self._workdir = None
         return None if proc is None else proc.returncode
+
+    def shm_pools(self) -> list[Path]:
+        """The python backend's shared-memory pool files of this server (in /dev/shm)."""
+        shm = Path("/dev/shm")
+        return sorted(shm.glob(self.shm_prefix + "*")) if shm.is_dir() else []
+
+    def _remove_shm_pools(self) -> None:
+        for path in self.shm_pools():
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _reap_group(pgid: int) -> None:
