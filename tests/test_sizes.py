@@ -112,7 +112,9 @@ def test_stored_configs_without_the_new_fields_keep_their_architecture() -> None
         del stored[section][name]
     old = Config.from_dict(stored)
     assert old.video.diffsal_backbone == "s3d" and old.unet_channels("diffsal") == old.unet.channels
-    explicit = paper.replace({"video.diffsal_backbone": "s3d", "unet.diffsal_channels": []})
+    explicit = paper.replace(
+        dict(LEGACY_DEFAULTS)
+    )  # every field at the value a stored config lacking it means
     assert old.architecture_fingerprint() == explicit.architecture_fingerprint()
     assert old.architecture_fingerprint() != paper.architecture_fingerprint()
     # a complete dict (a new checkpoint) is taken as it is
