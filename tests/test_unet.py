@@ -257,13 +257,16 @@ def test_attention_memory_at_paper_profile() -> None:
     assert eca_kernels(cfg, "eca3d") == ((9, 16, 16), (8, 8, 8), (4, 4, 4), (2, 2, 2))
     assert eca_kernels(cfg, "standard") == ((1, 1, 1),) * 4
     eca = attention_score_shapes(cfg, "diffsal", "eca")
-    # 9 frames (8 + the noise slot) per window, 24 keys per frame: 56 / 16 rounds up.
+    # 9 frames (8 + the noise slot; MViTv2-S keeps T/2 at every scale) per window, 24 keys per
+    # frame: 56 / 16 rounds up.
     assert eca == (
         (9, 4, 56 * 96, 4 * 6),
         (9, 4, 28 * 48, 4 * 6),
-        (5, 4, 14 * 24, 4 * 6),
-        (3, 4, 7 * 12, 4 * 6),
+        (9, 4, 14 * 24, 4 * 6),
+        (9, 4, 7 * 12, 4 * 6),
     )
+    s3d = cfg.replace({"video.diffsal_backbone": "s3d"})  # S3D halves time at scales 2 and 3
+    assert [shape[0] for shape in attention_score_shapes(s3d, "diffsal", "eca")] == [9, 9, 5, 3]
     assert attention_score_shapes(cfg, "diffsal", "standard")[0] == (9, 4, 5376, 5376)
     assert attention_score_shapes(cfg, "diffsal", "eca3d")[0] == (1, 4, 9 * 56 * 96, 1 * 4 * 6)
     std = attention_memory_bytes(cfg, "diffsal", "standard")

@@ -81,7 +81,7 @@ def estimated_peak_bytes(config: Config, variant: str, mode: str) -> int:
     worst = 0
     for s, c, shape in zip(
         config.video_scales(variant),
-        config.unet.channels,
+        config.unet_channels(variant),
         attention_score_shapes(config, variant, mode),
         strict=True,
     ):
@@ -238,7 +238,7 @@ def _child_attention(payload: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     stages = []
     for i, (s, c, kernel) in enumerate(
-        zip(cfg.video_scales(variant), cfg.unet.channels, eca_kernels(cfg, mode), strict=True)
+        zip(cfg.video_scales(variant), cfg.unet_channels(variant), eca_kernels(cfg, mode), strict=True)
     ):
         block = SpatioTemporalCrossAttention(c, cfg.unet.heads, kernel, mode).eval()
         shape = (1, c, s.frames + 1, s.height, s.width)

@@ -384,16 +384,24 @@ class MAMStage(nn.Module):
 class SaliencyUNet(nn.Module):
     """DiffSal's Saliency-UNet ``g_psi(S_t, t, f_a, f_v) -> S0_hat`` (eq. 6).
 
-    ``cond_channels``: channels of ``c0..c3`` (S3D widths for ``diffsal``, ``config.fusion.channels``
-    for ``hybrid``); ``audio_channels``: channels of the audio feature (VGGish or SoundNet).
-    Widths, heads, time-embedding size, blocks and the attention mode come from ``config.unet``; the map
+    ``cond_channels``: channels of ``c0..c3`` (video-encoder widths for ``diffsal``,
+    ``config.fusion.channels`` for ``hybrid``); ``audio_channels``: channels of the audio feature
+    (VGGish or SoundNet); ``channels``: the UNet widths (``config.unet_channels(variant)``; default
+    ``unet.channels``). Heads, time-embedding size, blocks and the attention mode come from
+    ``config.unet``; the map
     size and the spatial grids from ``config.video`` / ``config.video_scales``.
     """
 
-    def __init__(self, config: Config, cond_channels: tuple[int, int, int, int], audio_channels: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cond_channels: tuple[int, int, int, int],
+        audio_channels: int,
+        channels: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         u = config.unet
-        ch = tuple(u.channels)
+        ch = tuple(u.channels if channels is None else channels)  # config.unet_channels(variant)
         if len(ch) != NUM_SCALES or len(tuple(cond_channels)) != NUM_SCALES:
             raise ConfigError(f"unet.channels and the condition channels must have {NUM_SCALES} entries")
         if any(c % u.heads for c in ch):
