@@ -42,7 +42,7 @@ _ERROR_LINE = re.compile(r"^(E\d{4} |error: |\[libprotobuf ERROR)")
 SERVE_HINT = "install the 'serve' extra: pip install 'avsal-deploy[serve]'"
 
 
-SHM_POOL_BYTES = 64 * 2**20  # per python-backend stub
+SHM_POOL_BYTES = 16 * 2**20  # per python-backend stub (tmpfs: allocated up front, physically)
 SHM_GROWTH_BYTES = 16 * 2**20
 
 
@@ -222,9 +222,10 @@ class TritonServer:
             # the ones a killed server or stub leaves in /dev/shm (they are RAM until removed).
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             # Each growth of a pool maps the whole region again in the server and the stub (the old
-            # mappings stay), which inflates their RSS though the memory is the same pages: start the
-            # pools large enough that a streaming server does not grow them (tmpfs pages are only
-            # allocated when touched, so an idle pool costs nothing).
+            # mappings stay), which inflates their RSS though the memory is the same pages. The
+            # default 1 MB pools grow in 1 MB steps (the stream model's to ~50 MB in a 10-minute
+            # soak: dozens of mappings); pools start at 16 MB and grow 16 MB at a time instead. The
+            # backend allocates a pool's pages up front (RAM in /dev/shm): 16 MB per stub.
             f"--backend-config=python,shm-default-byte-size={SHM_POOL_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
         ]
