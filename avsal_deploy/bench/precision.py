@@ -43,13 +43,18 @@ def int8_export(
 
 
 def map_agreement(
-    reference: engines.Engine, candidate: engines.Engine, clips: Sequence[Path], steps: int | None = None
+    reference: engines.Engine,
+    candidate: engines.Engine,
+    clips: Sequence[Path],
+    steps: int | None = None,
+    stride: int | None = None,
 ) -> dict[str, float]:
-    """Per-frame CC between the two engines' maps over every frame of ``clips`` (same x_T)."""
+    """Per-frame CC between the two engines' maps over every frame of ``clips`` (same x_T);
+    ``stride`` computes every K-th frame's window (the paper profile's windows take seconds)."""
     ccs = []
     for clip in clips:
-        a = Predictor(reference, steps=steps).predict(clip).frame_maps
-        b = Predictor(candidate, steps=steps).predict(clip).frame_maps
+        a = Predictor(reference, steps=steps, stride=stride).predict(clip).frame_maps
+        b = Predictor(candidate, steps=steps, stride=stride).predict(clip).frame_maps
         ccs.append(cc_batch(b, a))
     values = np.concatenate(ccs)
     values = values[np.isfinite(values)]
