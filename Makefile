@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= out/demo
 
-.PHONY: demo test lint bench venv install install-dev clean
+.PHONY: demo test lint bench report venv install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -q
+
+# The benchmark report (report.json, report.md, plots); QUICK= for the full one with the paper profile.
+QUICK ?= --quick
+report: $(VENV)/.installed-dev
+	$(VENV)/bin/avsal bench --report out/bench $(QUICK)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .benchmarks

@@ -23,6 +23,7 @@ AREA_COMMANDS = (
     "avsal_deploy.serving.cli",
     "avsal_deploy.roi.cli",
     "avsal_deploy.scoring.cli",
+    "avsal_deploy.bench.cli",
 )
 #: Modules of the export / training stack (the ``export`` and ``train`` extras).
 TORCH_STACK = ("torch", "onnx", "onnxscript", "matplotlib")
@@ -57,21 +58,30 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Parameters, multiply-adds and FLOPs (2 per multiply-add) per component, beside the papers'."""
     import torch
 
     from avsal_deploy.models import build_model, count_flops, count_parameters
+    from avsal_deploy.models.build import PAPER_SIZES
 
     config = _config(args)
     variants = VARIANTS if args.variant == "all" else (args.variant,)
-    report: dict[str, Any] = {"profile": config.profile, "config": config.to_dict(), "variants": {}}
+    report: dict[str, Any] = {
+        "profile": config.profile,
+        "config": config.to_dict(),
+        "convention": "flops = 2 x macs (torch.utils.flop_counter.FlopCounterMode: matmul, conv, attention)",
+        "variants": {},
+    }
     for variant in variants:
         with torch.device("meta"):
             model = build_model(config, variant)
         params = count_parameters(model)
         flops = count_flops(model, config, steps=args.steps)
         report["variants"][variant] = {
+            "video_backbone": config.video_backbone(variant),
             "parameters": params,
             "flops": flops,
+            "macs": {k: v // 2 for k, v in flops.items() if k != "steps"},
             "inputs": {
                 "frames": [None, *config.frames_shape(variant)],
                 "audio": [None, *config.audio_input_shape(variant)],
@@ -82,25 +92,48 @@ def cmd_info(args: argparse.Namespace) -> int:
                 ),
             },
             "architecture_fingerprint": config.architecture_fingerprint(),
+            **({"paper": PAPER_SIZES[variant]} if variant in PAPER_SIZES else {}),
         }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"profile {config.profile}: frames {config.video.height}x{config.video.width}")
+    print("FLOPs = 2 x multiply-adds (MACs), counted by torch FlopCounterMode")
     for variant, rep in report["variants"].items():
-        f = rep["flops"]
+        f, m = rep["flops"], rep["macs"]
         ins = ", ".join(f"{k} {v[1:]}" for k, v in rep["inputs"].items())
-        print(f"\n{variant}: {ins}")
-        print(f"  {'component':<15}{'params':>12}{'FLOPs':>14}")
-        for comp in ("video_encoder", "audio_encoder", "fusion", "unet"):
-            if comp in rep["parameters"]:
-                key = "unet_step" if comp == "unet" else comp
-                label = "unet (1 step)" if comp == "unet" else comp
+        print(f"\n{variant} ({rep['video_backbone']} video encoder): {ins}")
+        print(f"  {'component':<15}{'params':>12}{'MACs':>13}{'FLOPs':>14}")
+        rows = [(c, c) for c in ("video_encoder", "audio_encoder", "fusion") if c in rep["parameters"]]
+        rows += [("unet (1 step)", "unet")] if "unet" in rep["parameters"] else []
+        for label, comp in rows:
+            key = "unet_step" if comp == "unet" else comp
+            print(
+                f"  {label:<15}{_human(rep['parameters'][comp]):>12}"
+                f"{_human(m.get(key, 0), 'MAC'):>13}{_human(f.get(key, 0), 'FLOP'):>14}"
+            )
+        total = rep["parameters"]["total"]
+        print(
+            f"  {'total (1 pass)':<15}{_human(total):>12}{_human(m['forward'], 'MAC'):>13}{_human(f['forward'], 'FLOP'):>14}"
+        )
+        print(
+            f"  per window with {f['steps']} DDIM step(s): {_human(m['per_window'], 'MAC')}, "
+            f"{_human(f['per_window'], 'FLOP')}"
+        )
+        if "paper" in rep:
+            ref = rep["paper"]
+            print(
+                f"  paper ({ref['source']}, {ref['input']}): {_human(ref['parameters'])} parameters, "
+                f'{_human(ref["flops_as_printed"])} "FLOPs" = {ref["convention"]}'
+            )
+            same_video = tuple(rep["inputs"]["frames"][1:]) == tuple(ref["frames_shape"])
+            same_audio = tuple(rep["inputs"]["audio"][1:]) == tuple(ref["audio_shape"])
+            if same_video:
+                note = "" if same_audio else f" (audio input {rep['inputs']['audio'][1:]}, not the paper's)"
                 print(
-                    f"  {label:<15}{_human(rep['parameters'][comp]):>12}{_human(f.get(key, 0), 'FLOP'):>14}"
+                    f"  ours / paper: {total / ref['parameters']:.2f}x the parameters, "
+                    f"{m['forward'] / ref['flops_as_printed']:.2f}x the multiply-adds (1 pass: encoders + 1 UNet step){note}"
                 )
-        print(f"  {'total':<15}{_human(rep['parameters']['total']):>12}")
-        print(f"  per window with {f['steps']} DDIM step(s): {_human(f['per_window'], 'FLOP')}")
     return 0
 
 
@@ -136,6 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         ddim_steps=args.ddim_steps,
         components=args.components,
+        fold_conv3d=not args.no_fold_conv3d,
     )
     for entry in manifest["components"].values():
         ins = ", ".join(f"{t['name']}{t['shape']}" for t in entry["inputs"])
@@ -242,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="parameters and FLOPs per component for a profile and variant")
+    p = sub.add_parser(
+        "info", help="parameters, multiply-adds and FLOPs per component for a profile and variant"
+    )
     _add_config_args(p)
     p.add_argument("--variant", default="hybrid", choices=[*VARIANTS, "all"])
     p.add_argument("--steps", type=int, default=None, help="DDIM steps counted per window")
@@ -259,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddim-steps", type=int, default=None, help="also export the fused N-step DDIM graph")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init without --checkpoint")
     p.add_argument("--components", nargs="+", default=None, help="export only these components")
+    p.add_argument(
+        "--no-fold-conv3d",
+        action="store_true",
+        help="keep (1,k,k) / (k,1,1) 3-D convolutions 3-D (default: exact 2-D rewrites, faster on ONNX Runtime CPU)",
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser(

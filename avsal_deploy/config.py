@@ -27,17 +27,14 @@ from avsal_deploy.errors import ConfigError
 
 Variant = Literal["avrsp", "diffsal", "hybrid"]
 VARIANTS: tuple[str, ...] = ("avrsp", "diffsal", "hybrid")
+# Saliency-UNet cross-attention (models.unet.SpatioTemporalCrossAttention): "eca" = DiffSal's
+# per-frame attention over space with (1, k, k) key/value compression (paper eq. 7-8, official
+# code); "standard" = the same per-frame attention uncompressed (Table 4's baseline); "eca3d" = the
+# legacy (k_t, k, k) compression over all T+1 frames at once (the shipped checkpoint's form).
+AttentionMode = Literal["eca", "standard", "eca3d"]
+ATTENTION_MODES: tuple[str, ...] = ("eca", "standard", "eca3d")
 PROFILES: tuple[str, ...] = ("paper", "small", "tiny")
 TEMPORAL_REDUCTIONS: tuple[str, ...] = ("conv", "mean")
-
-#: The one migration table for stored configs (checkpoints, export manifests): dotted field -> the
-#: value a stored config that LACKS the field means (the behaviour before the field existed).
-#: :meth:`Config.from_dict` applies it only to fields missing from the stored dict, so new profiles
-#: keep their new defaults; :meth:`Config.architecture_fingerprint` leaves a field out while it
-#: holds its legacy value, so an old checkpoint reproduces the fingerprint it was saved with.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "fusion.temporal_reduction": "mean",
-}
 
 # S3D (Xie et al. 2018) channel widths after its four encoder blocks, at width multiplier 1.0:
 # block 1 = SepConv 64->192, block 2 = Mixed_3c, block 3 = Mixed_4f, block 4 = Mixed_5c.
@@ -46,6 +43,11 @@ S3D_SCALE_CHANNELS: tuple[int, int, int, int] = (192, 480, 832, 1024)
 # block 1 sees conv1 (2, 2) + pool1 (1, 2); block 2 pool2 (1, 2); block 3 pool3 (2, 2);
 # block 4 pool4 (2, 2). Every spatial step is a k3/s2/p1 pool or k7/s2/p3 conv, so it rounds UP.
 S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
+# MViTv2-S (DiffSal's backbone, models.mvit) stage widths; its stage outputs sit at T/2 and at
+# ceil(H/4), /8, /16, /32 (a k7/s4/p3 patch embedding, then k3/s2/p1 q pooling: all round up).
+MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
+DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
+DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
 
 
 def ceil_halve(n: int, times: int) -> int:
@@ -70,6 +72,10 @@ class VideoConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     s3d_width: float = 1.0  # channel multiplier of S3D; 1.0 loads the public Kinetics checkpoints
+    # Video encoder of the diffsal variant: "mvit_v2_s" as in the paper (MViTv2-S, Kinetics-400
+    # 16x4x1 weights in torchvision's layout) or "s3d" (the AVRSP/hybrid encoder: cheaper, and the
+    # small/tiny profiles' setting). avrsp and hybrid always use S3D.
+    diffsal_backbone: DiffSalBackbone = "mvit_v2_s"
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,18 @@ class AudioConfig:
     fmax: float = 7500.0
     log_offset: float = 0.01
     vggish_slices: int = 9  # slices per DiffSal window
-    vggish_slice_height: int = 112  # each log-mel slice is resized to this (time) ...
-    vggish_slice_width: int = 192  # ... by this (mel) size
+    # How the slices are cut (data.audio.vggish_slices): "examples" = VGGish's own 0.96 s examples
+    # (vggish_example_frames log-mel frames x n_mels, as VGGish was trained) in the official
+    # arrangement (consecutive examples vggish_example_hop frames apart, centred on the window's
+    # excerpt in a zero buffer); "window" = the window's excerpt cut into equal slices (small/tiny
+    # profiles and checkpoints written before this setting existed).
+    vggish_framing: Literal["examples", "window"] = "examples"
+    vggish_example_frames: int = 96  # 0.96 s at the 10 ms hop (VGGish's NUM_FRAMES)
+    vggish_example_hop: int = 11  # frames between consecutive slices (the official 0.11 s)
+    # Model input per slice; a slice of another size is resized (bilinear) to it. "examples" at
+    # 96x64 feeds VGGish as trained; 112x192 is the official code's resize (the paper's FLOP input).
+    vggish_slice_height: int = 96
+    vggish_slice_width: int = 64
     vggish_width: float = 1.0  # 1.0 loads the public torchvggish port
     transformer_layers: int = 1
     transformer_heads: int = 8
@@ -128,10 +144,13 @@ class FusionConfig:
 @dataclass(frozen=True)
 class UNetConfig:
     channels: tuple[int, int, int, int] = (64, 128, 192, 256)
+    # Widths of the diffsal variant's UNet; () = ``channels``. The paper's: those of its MViTv2-S
+    # conditions (official SalUNet up_channel 768/384/192/96).
+    diffsal_channels: tuple[int, ...] = (96, 192, 384, 768)
     heads: int = 4
     time_dim: int = 256
     res_blocks: int = 1  # ResNet blocks per noise-encoder stage
-    efficient_attention: bool = True  # ECA (strided Conv3d + LN key/value compression) vs standard
+    attention: AttentionMode = "eca"  # see ATTENTION_MODES (replaces the bool efficient_attention)
 
 
 @dataclass(frozen=True)
@@ -182,12 +201,29 @@ class Config:
                 raise ConfigError(f"video.{name}={n}: must be a multiple of 16, at least 32")
         if self.fusion.channels[-1] % self.fusion.ravf_heads:
             raise ConfigError("fusion.channels[-1] must be divisible by fusion.ravf_heads")
+        if v.diffsal_backbone not in DIFFSAL_BACKBONES:
+            raise ConfigError(
+                f"video.diffsal_backbone={v.diffsal_backbone!r}: choose one of {', '.join(DIFFSAL_BACKBONES)}"
+            )
+        if len(self.unet.diffsal_channels) not in (0, 4):
+            raise ConfigError(f"unet.diffsal_channels={self.unet.diffsal_channels}: give 4 widths or none")
         if self.window.stride < 1:
             raise ConfigError(f"window.stride={self.window.stride}: must be >= 1")
         if self.window.mode not in ("causal", "centre"):
             raise ConfigError(f"window.mode={self.window.mode!r}: must be 'causal' or 'centre'")
         if self.diffusion.sampling_steps < 0:
             raise ConfigError("diffusion.sampling_steps must be >= 0")
+        if self.unet.attention not in ATTENTION_MODES:
+            raise ConfigError(
+                f"unet.attention={self.unet.attention!r}: choose one of {', '.join(ATTENTION_MODES)}"
+            )
+        a = self.audio
+        if a.vggish_framing not in ("examples", "window"):
+            raise ConfigError(f"audio.vggish_framing={a.vggish_framing!r}: must be 'examples' or 'window'")
+        if a.vggish_example_frames < 1 or a.vggish_example_hop < 1 or a.vggish_slices < 1:
+            raise ConfigError(
+                "audio.vggish_example_frames, audio.vggish_example_hop and audio.vggish_slices must be >= 1"
+            )
         if self.audio.envelope_bands < 1:
             raise ConfigError(f"audio.envelope_bands={self.audio.envelope_bands}: must be >= 1")
         f = self.fusion
@@ -219,13 +255,29 @@ class Config:
     def s3d_channels(self) -> tuple[int, int, int, int]:
         return tuple(scaled(c, self.video.s3d_width) for c in S3D_SCALE_CHANNELS)  # type: ignore[return-value]
 
-    def video_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
-        """The four S3D block outputs (high -> low resolution), batch excluded.
+    def video_backbone(self, variant: str = "hybrid") -> str:
+        """The video encoder of ``variant``: ``video.diffsal_backbone`` for diffsal, else S3D."""
+        return self.video.diffsal_backbone if check_variant(variant) == "diffsal" else "s3d"
 
-        Temporal steps are exact (clip lengths are multiples of 8); spatial steps round up, so
-        112x192 gives 28x48, 14x24, 7x12, 4x6.
+    def unet_channels(self, variant: str = "hybrid") -> tuple[int, ...]:
+        """Saliency-UNet widths of ``variant``: ``unet.diffsal_channels`` (if set) for diffsal."""
+        u = self.unet
+        return tuple(u.diffsal_channels) if variant == "diffsal" and u.diffsal_channels else tuple(u.channels)
+
+    def video_scales(self, variant: str = "hybrid") -> tuple[ScaleShape, ...]:
+        """The four video-encoder outputs (high -> low resolution), batch excluded.
+
+        S3D block outputs, or the MViTv2-S stage outputs for diffsal with ``video.diffsal_backbone
+        = "mvit_v2_s"`` (all at T/2; 224x384 -> 56x96, 28x48, 14x24, 7x12). Temporal steps are
+        exact (clip lengths are multiples of 8); spatial steps round up, so 112x192 gives 28x48,
+        14x24, 7x12, 4x6 with either encoder.
         """
         t, h, w = self.clip_len(variant), self.video.height, self.video.width
+        if self.video_backbone(variant) == "mvit_v2_s":
+            return tuple(
+                ScaleShape(c, t // 2, ceil_halve(h, 2 + i), ceil_halve(w, 2 + i))
+                for i, c in enumerate(MVIT_STAGE_CHANNELS)
+            )
         out = []
         for c, (st, ss) in zip(self.s3d_channels(), S3D_STEPS, strict=True):
             t, h, w = t >> st, ceil_halve(h, ss), ceil_halve(w, ss)
@@ -280,7 +332,7 @@ class Config:
 
         Checkpoints record it, so loading weights trained under another profile fails clearly.
         """
-        d = self.to_dict()
+        d = _legacy_view(self.to_dict())
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
@@ -288,20 +340,19 @@ class Config:
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
         keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
-        for dotted, legacy in LEGACY_DEFAULTS.items():
-            section, name = dotted.split(".")
-            if section in d and d[section].get(name) == legacy:
-                del d[section][name]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict` (unknown fields are rejected; missing ones take their
-        :data:`LEGACY_DEFAULTS` value if listed there, else the defaults)."""
-        return _from_dict(
-            _merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), _with_legacy(data))
-        )
+        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults).
+
+        A stored config written before a field existed gets that field's :data:`LEGACY_DEFAULTS`
+        value (the behaviour it was trained with), and renamed fields are migrated
+        (:data:`RENAMED_FIELDS`).
+        """
+        data = _migrate_legacy(data)
+        return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
         """A copy with dotted / double-underscore / section overrides applied."""
@@ -319,24 +370,40 @@ def check_variant(variant: str) -> str:
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {
-        "video": {"height": 112, "width": 192, "clip_len": 16, "diffsal_clip_len": 16, "s3d_width": 0.5},
+        "video": {
+            "height": 112,
+            "width": 192,
+            "clip_len": 16,
+            "diffsal_clip_len": 16,
+            "s3d_width": 0.5,
+            "diffsal_backbone": "s3d",
+        },
         "audio": {
             "soundnet_width": 0.5,
             "vggish_width": 0.5,
             "vggish_slices": 9,
+            "vggish_framing": "window",
             "vggish_slice_height": 56,
             "vggish_slice_width": 96,
             "transformer_heads": 4,
         },
         "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4, "av_sync": True},
-        "unet": {"channels": (32, 64, 96, 128), "heads": 2, "time_dim": 128},
+        "unet": {"channels": (32, 64, 96, 128), "diffsal_channels": (), "heads": 2, "time_dim": 128},
     },
     "tiny": {
-        "video": {"height": 64, "width": 96, "clip_len": 8, "diffsal_clip_len": 8, "s3d_width": 0.125},
+        "video": {
+            "height": 64,
+            "width": 96,
+            "clip_len": 8,
+            "diffsal_clip_len": 8,
+            "s3d_width": 0.125,
+            "diffsal_backbone": "s3d",
+        },
         "audio": {
             "soundnet_width": 0.125,
             "vggish_width": 0.125,
             "vggish_slices": 5,
+            "vggish_framing": "window",
             "vggish_slice_height": 32,
             "vggish_slice_width": 32,
             "transformer_heads": 2,
@@ -348,7 +415,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "aspp_rates": (1, 2),
             "av_sync": True,
         },
-        "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
+        "unet": {"channels": (8, 16, 24, 32), "diffsal_channels": (), "heads": 2, "time_dim": 32},
         "diffusion": {"sampling_steps": 2},
     },
 }
@@ -418,6 +485,63 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------- legacy configs
+# Dotted field -> the value a STORED config (checkpoint, export manifest) that lacks the field
+# means: the behaviour it was written with. Applied by Config.from_dict only; new profiles get the
+# dataclass defaults. A field at its legacy value is left out of the architecture fingerprint, so
+# old checkpoints reproduce theirs.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "unet.attention": "eca3d",  # before it: the 3-D key/value compression over all frames
+    "video.diffsal_backbone": "s3d",  # before it: S3D for every variant
+    "unet.diffsal_channels": (),  # before it: the diffsal UNet at unet.channels
+    "audio.vggish_framing": "window",  # before it: the window's excerpt cut into equal slices
+    "fusion.temporal_reduction": "mean",  # before it: the saliency decoder's plain temporal mean
+}
+# Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
+# value missing from the map has no equivalent any more. Stored configs are migrated; overrides
+# naming the old field fail with the replacement in the message.
+RENAMED_FIELDS: dict[str, tuple[str, dict[Any, Any], str]] = {
+    "unet.efficient_attention": (
+        "unet.attention",
+        {True: "eca3d"},
+        "unet.attention = 'eca' (per-frame ECA), 'standard' (per-frame, uncompressed) or 'eca3d' "
+        "(what efficient_attention = true built; false's 3-D uncompressed attention is gone)",
+    ),
+}
+
+
+def _migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict in today's fields: renamed fields mapped, missing ones at legacy values."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, (new, values, hint) in RENAMED_FIELDS.items():
+        section, name = old.split(".")
+        if name not in out.get(section, {}):
+            continue
+        value = out[section].pop(name)
+        if value not in values:
+            raise ConfigError(f"config field {old}={value!r} has no equivalent any more: set {hint}")
+        out[section].setdefault(new.split(".")[1], values[value])
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        out.setdefault(section, {}).setdefault(name, value)
+    return out
+
+
+def _legacy_view(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` as a config written before :data:`LEGACY_DEFAULTS` stored it (for the fingerprint):
+    fields at their legacy value dropped, renamed fields back under their old name."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        if d[section].get(name) == value:
+            del d[section][name]
+            for old, (new, values, _) in RENAMED_FIELDS.items():
+                back = [o for o, n in values.items() if n == value]
+                if new == dotted and back:
+                    d[section][old.split(".")[1]] = back[0]
+    return d
+
+
 # --------------------------------------------------------------------- helpers
 _SECTIONS: dict[str, type] = {
     "video": VideoConfig,
@@ -427,16 +551,6 @@ _SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,
     "window": WindowConfig,
 }
-
-
-def _with_legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the :data:`LEGACY_DEFAULTS` of the fields it lacks filled in."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for dotted, legacy in LEGACY_DEFAULTS.items():
-        section, name = dotted.split(".")
-        if name not in out.get(section, {}):
-            out.setdefault(section, {})[name] = legacy
-    return out
 
 
 def _expand(flat: dict[str, Any]) -> dict[str, Any]:
@@ -463,6 +577,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"config section {key!r} needs a table of fields, got {value!r}")
             unknown = set(value) - set(out[key])
+            renamed = [f"{key}.{u}" for u in sorted(unknown) if f"{key}.{u}" in RENAMED_FIELDS]
+            if renamed:
+                raise ConfigError(
+                    f"config field {renamed[0]} was replaced: set {RENAMED_FIELDS[renamed[0]][2]}"
+                )
             if unknown:
                 raise ConfigError(
                     f"unknown config field(s) {', '.join(f'{key}.{u}' for u in sorted(unknown))}"

@@ -1,27 +1,67 @@
-"""Benchmark fixtures: models and exports at the ``small`` profile, made once per session."""
+"""Benchmark fixtures: models and exports per profile, made once per session (and cached on disk).
+
+``AVSAL_BENCH_PROFILES`` (comma-separated, default ``small``) chooses the profiles the engine
+suites run at; ``avsal bench --report`` sets it (``--quick``: tiny,small; else tiny,small,paper).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
-from avsal_deploy.config import load_config
-from avsal_deploy.export.onnx import export_model
-from avsal_deploy.models.build import AVSaliencyModel, build_model
+from avsal_deploy import engine as engines
+from avsal_deploy.bench.exports import bench_export
+from avsal_deploy.models.build import AVSaliencyModel
 
 PROFILE = "small"
 
 
 @pytest.fixture(scope="session")
-def small_model() -> AVSaliencyModel:
-    torch.manual_seed(0)
-    return build_model(load_config(PROFILE), "hybrid").eval()
+def small_export() -> Path:
+    return bench_export(PROFILE)
 
 
 @pytest.fixture(scope="session")
-def small_export(small_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench-export")
-    export_model(small_model, out, ddim_steps=4)
-    return out
+def small_model(small_export) -> AVSaliencyModel:
+    return engines.open(small_export, "torch").model
+
+
+@pytest.fixture(scope="session")
+def profile_engines():
+    """profile -> {"torch": TorchEngine, "onnxruntime": OnnxRuntimeEngine} with the same weights."""
+    cache: dict[str, dict[str, engines.Engine]] = {}
+
+    def get(profile: str) -> dict[str, engines.Engine]:
+        if profile not in cache:
+            export = bench_export(profile)
+            cache[profile] = {
+                "torch": engines.open(export, "torch"),
+                "onnxruntime": engines.open(export, "onnxruntime"),
+            }
+        return cache[profile]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def triton_servers(tmp_path_factory):
+    """profile -> a running tritonserver over that profile's bench export (started on first use)."""
+    from avsal_deploy.serving.repository import build_repository
+    from avsal_deploy.serving.server import TritonServer
+
+    running: dict[str, TritonServer] = {}
+
+    def get(profile: str) -> TritonServer:
+        if profile not in running:
+            repo = build_repository(
+                bench_export(profile), tmp_path_factory.mktemp(f"repo-{profile}") / "repo"
+            )
+            server = TritonServer(repo, startup_timeout=300)
+            server.__enter__()
+            running[profile] = server
+        return running[profile]
+
+    yield get
+    for server in running.values():
+        server.__exit__(None, None, None)

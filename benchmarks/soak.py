@@ -32,14 +32,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int) -> dict[str, float]:
+    """VmRSS and its parts (MB): anonymous memory (heap: a leak shows here) and shared memory
+    (the python backend's shm pool, mapped by the server and every stub: counted in both)."""
+    out = {"rss": 0.0, "anon": 0.0, "shmem": 0.0}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+            key = keys.get(line.split(":")[0] + ":")
+            if key:
+                out[key] = round(int(line.split()[1]) / 1024.0, 1)
     except OSError:
         pass
-    return 0.0
+    return out
+
+
+def _shm_pools_mb(prefix: str) -> dict[str, float]:
+    """Memory the server's python-backend pools hold (tmpfs pages allocated, MB): the physical
+    size of what RssShmem counts, once (a grown pool is mapped again, so RssShmem counts it more
+    than once per process)."""
+    shm = Path("/dev/shm")
+    files = sorted(shm.glob(prefix + "*")) if shm.is_dir() else []
+    return {
+        "files": len(files),
+        "allocated_mb": round(sum(f.stat().st_blocks * 512 for f in files) / 2**20, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             procs = {"tritonserver": pid}
             procs.update({f"{m}:{q}": q for m, pids in server.stubs().items() for q in pids})
             rss.append(
-                {"t": round(time.monotonic() - t0, 1), **{n: round(_rss_mb(q), 1) for n, q in procs.items()}}
+                {"t": round(time.monotonic() - t0, 1), **{n: _rss_mb(q) for n, q in procs.items()}}
+                | {"shm_pools": _shm_pools_mb(server.shm_prefix)}
             )
             if args.drill and not killed and time.monotonic() - t0 > args.minutes * 30.0:
                 victim = next((q for n, q in procs.items() if n.startswith("avsal_stream:")), None)

@@ -1,50 +1,48 @@
-"""DiffSal Table 4's claim: efficient spatio-temporal cross-attention (ECA) needs far less memory
-than standard cross-attention. Measured as the peak resident memory of one Saliency-UNet forward
-in a fresh process, ECA and standard side by side, plus the analytic size of the score tensors.
+"""DiffSal Table 4's memory claim, measured: peak memory of the Saliency-UNet's cross-attention
+blocks alone (the 4 MAM stages; torch, no_grad, batch 1, fresh process), per-frame ECA against
+the standard per-frame cross-attention (and the legacy 3-D ECA), beside the analytic size of the
+score tensors. See :mod:`avsal_deploy.models.attention_memory` for the method and its validation.
+
+The paper's 1.20 GB vs 5.32 GB are for the whole model; ours are the attention alone: the figures
+are recorded in ``extra_info`` (``eca_memory_ratio`` is the bench report's key), never asserted
+against targets. ``paper`` needs about 8.4 GB of RAM for the standard attention.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
+from avsal_deploy.bench.exports import quick
 from avsal_deploy.config import load_config
-from avsal_deploy.models.unet import attention_memory_bytes
-
-CHILD = r"""
-import json, resource, sys, torch
-from avsal_deploy.config import load_config
-from avsal_deploy.models.build import build_model
-from avsal_deploy.export.components import component_specs
-cfg = load_config(sys.argv[1], {"unet.efficient_attention": sys.argv[2] == "eca"})
-torch.manual_seed(0)
-model = build_model(cfg, "hybrid").eval()
-spec = component_specs(cfg, "hybrid")["unet_step"]
-args = [torch.from_numpy(x) for x in spec.sample_inputs(1).values()]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-with torch.no_grad():
-    model.unet(*args)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_kib": after, "forward_kib": after - before}))
-"""
+from avsal_deploy.models.attention_memory import eca_memory_report, validate_method
+from avsal_deploy.models.unet import attention_memory_bytes, attention_score_shapes
 
 
-def _measure(profile: str, mode: str) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, profile, mode], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+# The quick report measures the small profile only (the paper's standard attention takes ~2 min and
+# ~8.4 GB); the full report measures both and reports the paper one.
+@pytest.mark.parametrize("profile", ["small"] if quick() else ["small", "paper"])
+def test_attention_peak_memory(benchmark, profile: str) -> None:
+    variant = "diffsal"  # Table 4's input: 16 frames at 224x384 (the paper profile's DiffSal window)
+    report = benchmark.pedantic(eca_memory_report, args=(profile, variant), rounds=1, iterations=1)
+    benchmark.group = "Saliency-UNet attention peak memory (batch 1, no_grad)"
+    runs = report.pop("runs")
+    benchmark.extra_info.update(report, metric="attention_memory")
+    benchmark.extra_info["stages"] = {mode: r["stages"] for mode, r in runs.items()}
 
-
-@pytest.mark.parametrize("mode", ["eca", "standard"])
-def test_unet_forward_peak_memory(benchmark, mode) -> None:
-    profile = "small"
-    result = benchmark.pedantic(_measure, args=(profile, mode), rounds=1, iterations=1)
     config = load_config(profile)
-    scores = attention_memory_bytes(config, "hybrid", efficient=mode == "eca")
-    benchmark.group = f"Saliency-UNet forward memory ({profile}, hybrid)"
-    benchmark.extra_info.update(result | {"attention_scores_bytes": scores, "mode": mode})
-    assert result["forward_kib"] >= 0
+    scores = {mode: attention_memory_bytes(config, variant, mode) for mode in runs}
+    assert all(r["peak_bytes"] > 0 and r["torch_peak_bytes"] > 0 for r in runs.values())
+    # Structure, not targets: ECA's score tensors are smaller than the standard attention's, and
+    # the standard attention's measured peak holds at least its largest score tensor.
+    assert scores["eca"] < scores["standard"] and scores["eca3d"] < scores["standard"]
+    largest = max(g * h * q * k for g, h, q, k in attention_score_shapes(config, variant, "standard"))
+    assert runs["standard"]["peak_bytes"] >= 4 * largest
+    assert 0 < report["eca_memory_ratio"] < 1
+
+
+def test_memory_counters_validate_on_one_matmul(benchmark) -> None:
+    result = benchmark.pedantic(validate_method, args=(4096,), rounds=1, iterations=1)
+    benchmark.group = "Saliency-UNet attention peak memory (batch 1, no_grad)"
+    benchmark.extra_info.update(result)
+    for key in ("peak_bytes", "torch_peak_bytes"):
+        assert abs(result[key] - result["expected_bytes"]) <= 0.1 * result["expected_bytes"]

@@ -1,8 +1,9 @@
-"""Latency of each component and of whole windows, PyTorch eager vs ONNX Runtime, side by side.
+"""Latency of each component and of whole windows, PyTorch eager vs ONNX Runtime, side by side,
+per profile (``AVSAL_BENCH_PROFILES``), with each case's GEMM-class GFLOP in ``extra_info`` so
+the report can state the achieved FLOP/s as a share of the machine's GEMM rate (test_machine.py).
 
-Run with ``make bench`` (or ``pytest benchmarks --benchmark-enable``). Compare the groups'
-rows: the ratio between engines is measured in one run on one machine, which is what matters;
-absolute numbers depend on the machine.
+Run with ``make bench`` or ``avsal bench --report DIR``. Ratios between engines are measured in
+one run on one machine; absolute numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -11,57 +12,123 @@ import numpy as np
 import pytest
 
 from avsal_deploy import engine as engines
-from avsal_deploy.engine.eager import TorchEngine
+from avsal_deploy.bench.exports import bench_export, bench_profiles
+from avsal_deploy.bench.flops import count_flops
 from avsal_deploy.specs import sample_window
 
 COMPONENTS = ("video_encoder", "audio_encoder", "fusion", "unet_step")
+PROFILES = bench_profiles()
+_FLOPS: dict[tuple[str, str, int], float] = {}
 
 
-@pytest.fixture(scope="module")
-def pair(small_model, small_export):
-    ort = engines.open(small_export, "onnxruntime")
-    return {"torch": TorchEngine(small_model, ort.specs), "onnxruntime": ort}
+def component_gflop(profile: str, component: str, batch: int = 1) -> float:
+    key = (profile, component, batch)
+    if key not in _FLOPS:
+        eng = engines.open(bench_export(profile), "onnxruntime")
+        path = eng.directory / eng.specs[component].onnx_file
+        _FLOPS[key] = count_flops(path, batch).gflop
+    return _FLOPS[key]
+
+
+def window_gflop(profile: str, steps: int, batch: int = 1) -> float:
+    """Encoders and fusion once, then ``steps`` UNet steps (the loop the engines run)."""
+    once = sum(component_gflop(profile, c, batch) for c in COMPONENTS[:3])
+    return once + steps * component_gflop(profile, "unet_step", batch)
+
+
+def _measure(benchmark, profile: str, fn, *args, **kwargs):
+    """The paper profile's windows take seconds: a few rounds, else pytest-benchmark's calibration."""
+    if profile == "paper":
+        return benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=3, warmup_rounds=1, iterations=1)
+    return benchmark(fn, *args, **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_component_latency(benchmark, pair, component, backend) -> None:
-    eng = pair[backend]
+@pytest.mark.parametrize("profile", PROFILES)
+def test_component_latency(benchmark, profile_engines, profile, component, backend) -> None:
+    eng = profile_engines(profile)[backend]
     spec = eng.specs[component]
     feeds = spec.sample_inputs(1)
-    benchmark.group = f"component {component} (small, batch 1)"
-    benchmark.extra_info["backend"] = backend
-    out = benchmark(eng.run, component, feeds)
+    benchmark.group = f"component {component} ({profile}, batch 1)"
+    benchmark.extra_info.update(
+        metric="component",
+        profile=profile,
+        component=component,
+        backend=backend,
+        batch=1,
+        gflop=component_gflop(profile, component),
+    )
+    out = _measure(benchmark, profile, eng.run, component, feeds)
     assert set(out) == set(spec.output_names)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("steps", [0, 1, 4])
-def test_window_latency(benchmark, pair, steps, backend) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_window_latency(benchmark, profile_engines, profile, steps, backend) -> None:
     """One window end to end (encoders + fusion once, ``steps`` UNet calls): the per-frame cost
     at stride 1."""
-    eng = pair[backend]
+    eng = profile_engines(profile)[backend]
     c = eng.config
     w = sample_window(eng.specs, batch=1, seed=0)
     noise = eng.make_noise(1, 0)
-    benchmark.group = f"window (small, {steps} DDIM steps)"
-    benchmark.extra_info["backend"] = backend
-    out = benchmark(eng.predict_window, w["frames"], w["audio"], steps, noise, envelope=w.get("envelope"))
+    benchmark.group = f"window ({profile}, {steps} DDIM steps)"
+    benchmark.extra_info.update(
+        metric="window",
+        profile=profile,
+        backend=backend,
+        steps=steps,
+        batch=1,
+        gflop=window_gflop(profile, steps),
+    )
+    out = _measure(
+        benchmark,
+        profile,
+        eng.predict_window,
+        w["frames"],
+        w["audio"],
+        steps,
+        noise,
+        envelope=w.get("envelope"),
+    )
     assert out.shape == (1, 1, c.video.height, c.video.width)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_window_latency_vs_batch(benchmark, profile_engines, profile, batch) -> None:
+    """Windows of ``batch`` streams at once through ONNX Runtime (DDIM-4): latency and per-frame cost."""
+    if profile == "paper" and batch > 2:
+        pytest.skip("paper profile: batches above 2 take minutes per round on 2 cores")
+    eng = profile_engines(profile)["onnxruntime"]
+    w = sample_window(eng.specs, batch=batch, seed=0)
+    noise = eng.make_noise(batch, 0)
+    benchmark.group = f"window vs batch ({profile}, onnxruntime, 4 DDIM steps)"
+    benchmark.extra_info.update(
+        metric="window_batch",
+        profile=profile,
+        backend="onnxruntime",
+        steps=4,
+        batch=batch,
+        gflop=window_gflop(profile, 4, batch),
+    )
+    out = _measure(
+        benchmark, profile, eng.predict_window, w["frames"], w["audio"], 4, noise, envelope=w.get("envelope")
+    )
+    assert out.shape[0] == batch
 
 
 @pytest.mark.parametrize("form", ["fused", "loop"])
 def test_fused_ddim_graph_vs_loop(benchmark, small_export, form) -> None:
     """4 DDIM steps as one unrolled graph (one engine call) vs the loop over the UNet step."""
-    eng = engines.open(small_export, "onnxruntime")
-    if form == "loop":
-        eng.specs.pop("ddim")
+    loop = engines.open(small_export, "onnxruntime")
+    loop.specs.pop("ddim")
+    eng = loop if form == "loop" else engines.open(small_export, "onnxruntime")
     w = sample_window(eng.specs, batch=1, seed=0)
     cond = eng.condition(w["frames"], w["audio"], w.get("envelope"))
     noise = eng.make_noise(1, 0)
     benchmark.group = "sampler only (small, 4 steps, onnxruntime)"
-    benchmark.extra_info["form"] = form
+    benchmark.extra_info.update(metric="sampler", form=form, profile="small")
     out = benchmark(eng.sample, cond, 4, noise)
-    reference = engines.open(small_export, "onnxruntime")
-    reference.specs.pop("ddim")
-    assert np.abs(out - reference.sample(cond, 4, noise)).max() < 1e-4
+    assert np.abs(out - loop.sample(cond, 4, noise)).max() < 1e-4

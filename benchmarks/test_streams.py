@@ -19,36 +19,20 @@ import numpy as np
 import pytest
 
 from avsal_deploy import engine as engines
+from avsal_deploy.bench.exports import bench_export, bench_profiles, quick
 from avsal_deploy.data.source import MediaSource
 from avsal_deploy.serving.client import open_triton, stream
-from avsal_deploy.serving.repository import build_repository
-from avsal_deploy.serving.server import TritonServer
 from avsal_deploy.specs import sample_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_utils import write_video  # noqa: E402
 
 FRAMES = 24
-
-
-@pytest.fixture(scope="module")
-def exports(small_export) -> dict[str, Path]:
-    return {"tiny": engines.DEFAULT_EXPORT, "small": small_export}
-
-
-@pytest.fixture(scope="module")
-def servers(exports, tmp_path_factory):
-    out = {}
-    opened = []
-    for profile, export in exports.items():
-        repo = build_repository(export, tmp_path_factory.mktemp(f"repo-{profile}") / "repo")
-        server = TritonServer(repo, startup_timeout=300)
-        server.__enter__()
-        opened.append(server)
-        out[profile] = server
-    yield out
-    for server in opened:
-        server.__exit__(None, None, None)
+# Streams run at the tiny and small profiles (the paper profile is seconds per window on 2 cores);
+# the quick report keeps the small one, which carries the stream target.
+STREAM_PROFILES = (
+    ["small"] if quick() else [p for p in ("tiny", "small") if p in bench_profiles("tiny,small")]
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +46,12 @@ def media(tmp_path_factory):
     return [(f, ts) for f, ts, _ in items], [c for _, _, c in items], source.audio_rate
 
 
-@pytest.mark.parametrize("profile", ["tiny", "small"])
+@pytest.mark.parametrize("profile", STREAM_PROFILES)
 @pytest.mark.parametrize("stride", [1, 4])
 @pytest.mark.parametrize("n_streams", [1, 2, 4, 8])
-def test_streams_fps_and_latency(benchmark, servers, media, profile, stride, n_streams) -> None:
+def test_streams_fps_and_latency(benchmark, triton_servers, media, profile, stride, n_streams) -> None:
     frames, chunks, rate = media
-    url = servers[profile].grpc_url
+    url = triton_servers(profile).grpc_url
     latencies: list[float] = []
 
     def one(k: int) -> int:
@@ -94,6 +78,7 @@ def test_streams_fps_and_latency(benchmark, servers, media, profile, stride, n_s
     lat = np.asarray(latencies) * 1000.0
     benchmark.group = f"streams through Triton ({profile}, stride {stride})"
     benchmark.extra_info.update(
+        metric="streams",
         profile=profile,
         stride=stride,
         streams=n_streams,
@@ -105,18 +90,19 @@ def test_streams_fps_and_latency(benchmark, servers, media, profile, stride, n_s
     print(f"\n{profile} stride {stride} x{n_streams}: {benchmark.extra_info}")
 
 
-@pytest.mark.parametrize("profile", ["tiny", "small"])
+@pytest.mark.parametrize("profile", STREAM_PROFILES)
 @pytest.mark.parametrize("engine", ["onnxruntime", "triton", "triton-shm"])
-def test_window_latency_triton_vs_in_process(benchmark, servers, exports, profile, engine) -> None:
+def test_window_latency_triton_vs_in_process(benchmark, triton_servers, profile, engine) -> None:
     """One window (default DDIM steps): in-process ONNX Runtime vs avsal_pipeline over gRPC, the
     window sent over the socket (triton) or through system shared memory (triton-shm)."""
-    ort = engines.open(exports[profile], "onnxruntime")
+    export = bench_export(profile)
+    ort = engines.open(export, "onnxruntime")
     eng = ort
     if engine != "onnxruntime":
         shm = engine == "triton-shm"
-        eng = open_triton(servers[profile].grpc_url, exports[profile], protocol="grpc", shared_memory=shm)
+        eng = open_triton(triton_servers(profile).grpc_url, export, protocol="grpc", shared_memory=shm)
     w = sample_window(ort.specs, batch=1, seed=0)
     benchmark.group = f"one window ({profile}): Triton vs in-process"
-    benchmark.extra_info.update(engine=engine, profile=profile)
+    benchmark.extra_info.update(metric="triton_window", engine=engine, profile=profile)
     out = benchmark(eng.predict_window, w["frames"], w["audio"], envelope=w.get("envelope"))
     assert out.shape[0] == 1

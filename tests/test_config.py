@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from avsal_deploy.config import PROFILES, VARIANTS, Config, ScaleShape, load_config
+from avsal_deploy.config import (
+    LEGACY_DEFAULTS,
+    MVIT_STAGE_CHANNELS,
+    PROFILES,
+    VARIANTS,
+    Config,
+    ScaleShape,
+    load_config,
+)
 from avsal_deploy.errors import ConfigError
 
 
@@ -17,10 +25,11 @@ def test_profiles_load_and_derive_consistent_shapes(profile: str) -> None:
         assert c.frames_shape(variant) == (3, t, c.video.height, c.video.width)
         scales = c.video_scales(variant)
         assert len(scales) == 4 and all(isinstance(s, ScaleShape) for s in scales)
-        # resolution never increases going down the encoder; channels follow the S3D widths
+        # resolution never increases going down the encoder; channels follow the encoder's widths
         for hi, lo in zip(scales, scales[1:], strict=False):
             assert lo.height <= hi.height and lo.width <= hi.width and lo.frames <= hi.frames
-        assert tuple(s.channels for s in scales) == c.s3d_channels()
+        mvit = c.video_backbone(variant) == "mvit_v2_s"
+        assert tuple(s.channels for s in scales) == (MVIT_STAGE_CHANNELS if mvit else c.s3d_channels())
         assert tuple(s.channels for s in c.fusion_scales(variant)) == c.fusion.channels
 
 
@@ -38,8 +47,9 @@ def test_paper_profile_matches_the_papers() -> None:
     # ViNet: int(22050 / 10 * 32) = 70,560 samples around a 32-frame clip
     assert c.soundnet_samples() == 70560
     assert c.audio_input_shape("avrsp") == (1, 70560, 1)
-    # DiffSal: 9 log-mel slices of 112 x 192 per 16-frame clip
-    assert c.audio_input_shape("diffsal") == (9, 1, 112, 192)
+    # DiffSal: 9 VGGish examples of 96 x 64 log-mel per 16-frame clip (the official code resizes
+    # them to 112 x 192, the paper's FLOP input: audio.vggish_slice_height/width)
+    assert c.audio_input_shape("diffsal") == (9, 1, 96, 64)
     assert c.diffusion.timesteps == 1000 and c.diffusion.cosine_s == 0.008
 
 
@@ -114,10 +124,10 @@ def test_legacy_defaults_keep_old_configs_and_fingerprints() -> None:
     assert restored.fusion.temporal_reduction == "mean"
     mean = tiny.replace({"fusion.temporal_reduction": "mean"})
     assert restored == mean
-    # The fingerprint of a field at its legacy value is the fingerprint before the field existed:
-    # the shipped checkpoint's, recorded in its assets README.
-    assert mean.architecture_fingerprint() == "4e7758a3b08eaa8c"
     assert tiny.architecture_fingerprint() != mean.architecture_fingerprint()
+    # Every field at its legacy value gives the fingerprint from before those fields existed: the
+    # shipped checkpoint's, recorded in its assets README.
+    assert tiny.replace(dict(LEGACY_DEFAULTS)).architecture_fingerprint() == "4e7758a3b08eaa8c"
     assert Config.from_dict(tiny.to_dict()) == tiny  # a stored field is never overridden
     with pytest.raises(ConfigError, match="temporal_reduction"):
         load_config("tiny", {"fusion.temporal_reduction": "max"})

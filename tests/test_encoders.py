@@ -42,7 +42,7 @@ def _build(profile: str, builder, *args):  # paper-profile modules live on the m
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("variant", ["hybrid", "diffsal"])
 def test_s3d_outputs_match_config_video_scales(profile: str, variant: str) -> None:
-    config = load_config(profile)
+    config = load_config(profile, {"video.diffsal_backbone": "s3d"})  # the S3D DiffSal (MViT: test_mvit)
     model = _build(profile, build_s3d, config)
     frames = torch.randn(2, *config.frames_shape(variant))
     outputs = _run(model, frames, meta=profile == "paper")

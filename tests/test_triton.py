@@ -596,3 +596,60 @@ def test_a_killed_stub_gives_clear_errors_and_is_reloaded(server: TritonServer, 
     got = [i for i, _ in stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate)]
     assert got == list(range(len(frames)))
     assert server.heal() == []
+
+
+LIVE = "lavfi:testsrc=size=160x120:rate=25[out0];sine=frequency=440:sample_rate=16000[out1]"
+
+
+def test_stream_cli_plays_a_live_input_until_its_time_limit(server: TritonServer, ort, tmp_path) -> None:
+    """A live input (an endless FFmpeg source opened as a device) streamed for 0.8 s: every frame
+    gets the map the in-process flow gives for the same frames and audio chunks."""
+    from avsal_deploy.data.preprocess import postprocess_map
+    from avsal_deploy.data.source import CaptureSource
+    from avsal_deploy.pipeline import Predictor
+
+    out = tmp_path / "live"
+    args = ["stream", LIVE, "--url", server.grpc_url, "--fast", "--seconds", "0.8", "--out", str(out)]
+    assert main(args) == 0
+    got = load_maps(out / "maps.npz")
+    report = json.loads((out / "stream.json").read_text())
+    assert report["live_input"] is True and report["frames"] == 20 == got.shape[0]
+
+    source = CaptureSource(LIVE, max_seconds=0.8)
+    flow = Predictor(ort).flow(source.fps, source.audio_rate)
+    maps = [m for frame, ts, chunk in source.media() for m in flow.push(frame, chunk, ts)] + flow.flush()
+    source.close()
+    want = np.stack([postprocess_map(m.saliency, (120, 160)) for m in maps])
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-4
+
+
+def test_stop_removes_the_shared_memory_pools_a_killed_stub_leaves(tmp_path) -> None:
+    """The python backend's pools live in /dev/shm (RAM) and outlive killed processes: the
+    server's own prefix lets stop() remove them."""
+    import os
+    import signal
+
+    repo = build_repository(open_engine().directory, tmp_path / "repo")
+    with TritonServer(repo, models=["avsal_video_encoder"]) as one:
+        pools = one.shm_pools()
+        assert pools and all(p.name.startswith(one.shm_prefix) for p in pools)
+        for pid in one.stubs()["avsal_video_encoder"]:
+            os.kill(pid, signal.SIGKILL)
+    assert one.shm_pools() == [] and not any(p.exists() for p in pools)
+
+
+def test_bls_window_engine_gives_the_in_process_maps(tiny_export: Path, ort, clips, tmp_path) -> None:
+    """The GPU repository's way (window models calling the component models over BLS) on CPU:
+    the same maps as the default in-stub ONNX Runtime sessions and as offline prediction."""
+    from avsal_deploy.serving.client import stream
+
+    repo = build_repository(tiny_export, tmp_path / "repo", window_engine="bls")
+    config = (repo / "avsal_stream" / "config.pbtxt").read_text()
+    assert 'key: "window_engine"' in config and 'string_value: "bls"' in config
+    frames, chunks, fps, rate = _media(clips[0])
+    components = [p.name for p in repo.iterdir() if (p / "1" / "model.onnx").exists()]
+    with TritonServer(repo, models=[*components, "avsal_stream"]) as bls:
+        got = np.stack([m for _, m in stream(bls.grpc_url, frames, chunks, fps=fps, audio_rate=rate)])
+    assert np.abs(got - _offline(ort, clips[0])).max() <= 1e-4
+    with pytest.raises(ConfigError, match="window_engine"):
+        build_repository(tiny_export, tmp_path / "r2", window_engine="tensorrt")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from avsal_deploy.config import Config, load_config, scaled
+from avsal_deploy.config import LEGACY_DEFAULTS, Config, load_config, scaled
+from avsal_deploy.engine import DEFAULT_CHECKPOINT
 from avsal_deploy.errors import ConfigError
+from avsal_deploy.models.attention_memory import measure_attention_peak, validate_method
+from avsal_deploy.models.build import load_trained
 from avsal_deploy.models.unet import (
     SaliencyUNet,
+    SpatioTemporalCrossAttention,
     attention_memory_bytes,
     attention_score_shapes,
+    eca_extra_parameters,
     eca_kernels,
 )
+from avsal_deploy.models.weights import read_checkpoint_metadata
 
 INPUT_NAMES = ["x_t", "t", "c0", "c1", "c2", "c3", "audio"]
 
@@ -146,45 +154,199 @@ def test_batch_items_are_independent(tiny: Config) -> None:
     torch.testing.assert_close(both[:1], first, rtol=1e-5, atol=1e-5)
 
 
-def test_efficient_and_standard_attention(tiny: Config) -> None:
-    inputs = _inputs(tiny, "hybrid")
-    for efficient in (True, False):
-        cfg = tiny.replace({"unet.efficient_attention": efficient})
-        model = _model(cfg).eval()
-        keys: dict[int, int] = {}
-        hooks = [
-            stage.attn.norm_k.register_forward_hook(
-                lambda m, a, out, i=i, k=keys: k.__setitem__(i, out.shape[1])
-            )
-            for i, stage in enumerate(model.mam)
-        ]
-        with torch.no_grad():
-            out = model(*inputs)
-        for h in hooks:
-            h.remove()
-        assert out.shape == (2, *cfg.map_shape())
-        analytic = attention_score_shapes(cfg, "hybrid", efficient)
-        assert [keys[i] for i in range(4)] == [n_kv for _, _, n_kv in analytic]
-        has_conv = [stage.attn.compress_k is not None for stage in model.mam]
-        assert has_conv == [efficient] * 4
-    eff = attention_score_shapes(tiny, "hybrid", True)
-    std = attention_score_shapes(tiny, "hybrid", False)
-    assert all(e[1] == s[1] and e[2] < s[2] for e, s in zip(eff, std, strict=True))
-    assert attention_memory_bytes(tiny, "hybrid", True) < attention_memory_bytes(tiny, "hybrid", False)
+@pytest.mark.parametrize("mode", ["eca", "standard", "eca3d"])
+def test_attention_modes_key_counts(tiny: Config, mode: str) -> None:
+    """Keys per attention group as the analytic shapes say: per frame (noise slot included)
+    ceil(H/k) ceil(W/k) for ECA, H W for standard; one group of all frames for eca3d."""
+    cfg = tiny.replace({"unet.attention": mode})
+    model = _model(cfg).eval()
+    keys: dict[int, tuple[int, ...]] = {}
+    hooks = [
+        stage.attn.norm_k.register_forward_hook(
+            lambda m, a, out, i=i, k=keys: k.__setitem__(i, tuple(out.shape[:2]))
+        )
+        for i, stage in enumerate(model.mam)
+    ]
+    batch = 2
+    with torch.no_grad():
+        out = model(*_inputs(tiny, "hybrid", batch=batch))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (batch, *cfg.map_shape())
+    analytic = attention_score_shapes(cfg, "hybrid", mode)
+    assert [keys[i] for i in range(4)] == [(batch * g, n_kv) for g, _, _, n_kv in analytic]
+    for s, (groups, heads, n_q, n_kv), kernel in zip(
+        cfg.video_scales("hybrid"), analytic, eca_kernels(cfg, mode), strict=True
+    ):
+        assert heads == cfg.unet.heads
+        if mode == "eca3d":
+            assert groups == 1 and n_q == (s.frames + 1) * s.height * s.width
+            continue
+        assert (groups, n_q) == (s.frames + 1, s.height * s.width)
+        assert kernel[0] == 1  # (1, k, k), clipped per axis to small grids
+        want = math.ceil(s.height / kernel[1]) * math.ceil(s.width / kernel[2]) if mode == "eca" else n_q
+        assert n_kv == want
+    has_conv = [stage.attn.compress_k is not None for stage in model.mam]
+    assert has_conv == [mode != "standard"] * 4
+
+
+def _attention(mode: str, channels: int = 8, grid: tuple[int, int, int] = (4, 7, 12), k: int = 4):
+    torch.manual_seed(0)
+    kernel = (1, k, k) if mode != "eca3d" else (2, k, k)
+    block = SpatioTemporalCrossAttention(channels, 2, kernel, mode).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, channels, *grid, generator=g)
+    f_avs = torch.randn(2, channels, *grid, generator=g)
+    return block, x, f_avs
+
+
+@pytest.mark.parametrize("mode", ["eca", "standard"])
+@pytest.mark.parametrize("frame", [0, 2, 3])  # 3 = the noise slot (the last of T + 1 frames)
+def test_per_frame_attention_keeps_frames_apart(mode: str, frame: int) -> None:
+    """Changing frame j of f_avs (the keys) or of [f_v, f_s] changes frame j's output only."""
+    block, x, f_avs = _attention(mode)
+    with torch.no_grad():
+        base = block(x, f_avs)
+        f2 = f_avs.clone()
+        f2[:, :, frame] += torch.randn_like(f2[:, :, frame])
+        by_keys = block(x, f2)
+        x2 = x.clone()
+        x2[1, :, frame] += 1.0
+        by_values = block(x2, f_avs)
+    assert base.shape == x.shape  # all T + 1 frames, the noise slot included, come out
+    others = [i for i in range(x.shape[2]) if i != frame]
+    torch.testing.assert_close(by_keys[:, :, others], base[:, :, others], rtol=0, atol=0)
+    assert (by_keys[:, :, frame] - base[:, :, frame]).abs().max() > 1e-4
+    torch.testing.assert_close(by_values[:, :, others], base[:, :, others], rtol=0, atol=0)
+    torch.testing.assert_close(by_values[0], base[0], rtol=0, atol=0)  # batch items apart too
+    assert (by_values[1, :, frame] - base[1, :, frame]).abs().max() > 1e-4
+
+
+def test_eca3d_mixes_frames_through_the_keys() -> None:
+    """The legacy 3-D form is NOT per frame: one frame's keys reach the other frames' outputs."""
+    block, x, f_avs = _attention("eca3d")
+    with torch.no_grad():
+        base = block(x, f_avs)
+        f2 = f_avs.clone()
+        f2[:, :, 3] += 1.0
+        changed = block(x, f2)
+    assert (changed[:, :, 0] - base[:, :, 0]).abs().max() > 1e-4
+
+
+def test_eca_pads_instead_of_dropping_pixels() -> None:
+    """7 x 12 with k = 4: 2 x 3 keys; the last row and column (not multiples of 4) still count."""
+    block, x, f_avs = _attention("eca", grid=(2, 7, 12), k=4)
+    keys: list[tuple[int, ...]] = []
+    hook = block.norm_k.register_forward_hook(lambda m, a, out: keys.append(tuple(out.shape)))
+    with torch.no_grad():
+        base = block(x, f_avs)
+        f2 = f_avs.clone()
+        f2[:, :, :, -1, :] += 1.0  # the 7th row, alone in its key row
+        changed = block(x, f2)
+    hook.remove()
+    assert keys[0] == (2 * 2, 2 * 3, 8)
+    assert (changed - base).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="temporal kernel of 1"):
+        SpatioTemporalCrossAttention(8, 2, (2, 4, 4), "eca")
 
 
 def test_attention_memory_at_paper_profile() -> None:
     cfg = load_config("paper")
-    # ECA kernel 2^m at MAM stage m (m = 1 at the lowest resolution), clipped to each grid.
-    assert eca_kernels(cfg) == ((9, 16, 16), (8, 8, 8), (4, 4, 4), (2, 2, 2))
-    shapes = attention_score_shapes(cfg, "diffsal", True)
-    assert shapes[0] == (4, 9 * 56 * 96, 1 * 4 * 6)  # 56 / 16 rounds up: no pixel dropped
-    eff = attention_memory_bytes(cfg, "diffsal", True)
-    std = attention_memory_bytes(cfg, "diffsal", False)
-    assert std == 4 * 4 * sum(((s.frames + 1) * s.height * s.width) ** 2 for s in cfg.video_scales("diffsal"))
-    assert std > 1000 * eff
+    # Official kernel_kv = stride_kv = [2, 4, 8, 16] from the lowest resolution up: 2^m at MAM stage m.
+    assert eca_kernels(cfg) == ((1, 16, 16), (1, 8, 8), (1, 4, 4), (1, 2, 2))
+    assert eca_kernels(cfg, "eca3d") == ((9, 16, 16), (8, 8, 8), (4, 4, 4), (2, 2, 2))
+    assert eca_kernels(cfg, "standard") == ((1, 1, 1),) * 4
+    eca = attention_score_shapes(cfg, "diffsal", "eca")
+    # 9 frames (8 + the noise slot; MViTv2-S keeps T/2 at every scale) per window, 24 keys per
+    # frame: 56 / 16 rounds up.
+    assert eca == (
+        (9, 4, 56 * 96, 4 * 6),
+        (9, 4, 28 * 48, 4 * 6),
+        (9, 4, 14 * 24, 4 * 6),
+        (9, 4, 7 * 12, 4 * 6),
+    )
+    s3d = cfg.replace({"video.diffsal_backbone": "s3d"})  # S3D halves time at scales 2 and 3
+    assert [shape[0] for shape in attention_score_shapes(s3d, "diffsal", "eca")] == [9, 9, 5, 3]
+    assert attention_score_shapes(cfg, "diffsal", "standard")[0] == (9, 4, 5376, 5376)
+    assert attention_score_shapes(cfg, "diffsal", "eca3d")[0] == (1, 4, 9 * 56 * 96, 1 * 4 * 6)
+    std = attention_memory_bytes(cfg, "diffsal", "standard")
+    frames = [(s.frames + 1) * (s.height * s.width) ** 2 for s in cfg.video_scales("diffsal")]
+    assert std == 4 * 4 * sum(frames)
+    assert std > 100 * attention_memory_bytes(cfg, "diffsal", "eca")
+    assert attention_memory_bytes(cfg, "diffsal") == attention_memory_bytes(cfg, "diffsal", "eca")
     with pytest.raises(ConfigError, match="no Saliency-UNet"):
-        attention_memory_bytes(cfg, "avrsp", True)
+        attention_memory_bytes(cfg, "avrsp", "eca")
+    with pytest.raises(ConfigError, match="attention mode"):
+        attention_memory_bytes(cfg, "diffsal", "sparse")
+
+
+def test_eca_parameter_count_at_paper_profile() -> None:
+    """The docstring's figures: ECA adds 2 sum C_i k_i^2 = 57,344 parameters at the paper profile
+    (92,160 at the paper's widths 96..768); the legacy 3-D form 454,656."""
+    counts = {}
+    for mode in ("eca", "standard", "eca3d"):
+        cfg = load_config("paper", {"unet.attention": mode})
+        with torch.device("meta"):
+            model = SaliencyUNet(cfg, _cond_channels(cfg, "diffsal"), _audio_channels(cfg, "vggish"))
+        counts[mode] = sum(p.numel() for p in model.parameters())
+    paper = load_config("paper")
+    assert counts["eca"] - counts["standard"] == eca_extra_parameters(paper) == 57_344
+    assert counts["eca3d"] - counts["standard"] == eca_extra_parameters(paper, "eca3d") == 454_656
+    wide = paper.replace({"unet.channels": (96, 192, 384, 768)})
+    assert eca_extra_parameters(wide) == 92_160
+
+
+def test_attention_config_and_legacy_migration(tiny: Config) -> None:
+    """New profiles default to per-frame ECA; a stored config from before unet.attention (the
+    shipped checkpoint's: efficient_attention = true) maps to the 3-D form and its fingerprint."""
+    assert all(load_config(p).unet.attention == "eca" for p in ("paper", "small", "tiny"))
+    assert LEGACY_DEFAULTS["unet.attention"] == "eca3d"
+    meta = read_checkpoint_metadata(DEFAULT_CHECKPOINT)
+    stored = meta["config"]
+    assert "attention" not in stored["unet"] and stored["unet"]["efficient_attention"] is True
+    migrated = Config.from_dict(stored)
+    assert migrated.unet.attention == "eca3d"
+    assert migrated.architecture_fingerprint() == meta["fingerprint"]
+    # A stored config lacking both fields means the legacy form too; one at today's default does not.
+    bare = {**stored, "unet": {k: v for k, v in stored["unet"].items() if k != "efficient_attention"}}
+    assert Config.from_dict(bare).unet.attention == "eca3d"
+    assert Config.from_dict(bare).architecture_fingerprint() == meta["fingerprint"]
+    new = migrated.replace({"unet.attention": "eca"})
+    assert Config.from_dict(new.to_dict()).unet.attention == "eca"
+    assert new.architecture_fingerprint() != meta["fingerprint"]
+    with pytest.raises(ConfigError, match="no equivalent"):
+        Config.from_dict({**stored, "unet": {**stored["unet"], "efficient_attention": False}})
+    with pytest.raises(ConfigError, match="unet.attention"):
+        tiny.replace({"unet.efficient_attention": True})
+    with pytest.raises(ConfigError, match="choose one of"):
+        tiny.replace({"unet.attention": "sparse"})
+
+
+def test_shipped_checkpoint_loads_with_the_3d_attention() -> None:
+    model, _ = load_trained(DEFAULT_CHECKPOINT)  # strict load
+    config = model.config
+    assert config.unet.attention == "eca3d"
+    convs = [stage.attn.compress_k for stage in model.unet.mam]
+    assert all(isinstance(c, torch.nn.Conv3d) for c in convs)
+    assert [tuple(c.kernel_size) for c in convs] == list(eca_kernels(config, "eca3d"))
+
+
+@pytest.mark.slow
+def test_attention_memory_counters_agree_with_tensor_sizes() -> None:
+    """The measurement method (fresh process, peak RSS and torch allocator events) on one MatMul
+    reports its output's size; at the small profile standard attention needs more than ECA and at
+    least its score tensor."""
+    check = validate_method(2048)
+    for key in ("peak_bytes", "torch_peak_bytes"):
+        assert abs(check[key] - check["expected_bytes"]) <= 0.1 * check["expected_bytes"]
+    cfg = load_config("small")
+    eca = measure_attention_peak(cfg, "diffsal", "eca")
+    std = measure_attention_peak(cfg, "diffsal", "standard")
+    largest = max(math.prod(s) for s in attention_score_shapes(cfg, "diffsal", "standard")) * 4
+    assert std["peak_bytes"] >= 2 * largest * 0.95  # scores and softmax output live together
+    assert std["torch_peak_bytes"] >= 2 * largest
+    assert 0 < eca["peak_bytes"] < std["peak_bytes"] / 10
+    assert [st["input_shape"] for st in eca["stages"]][0] == [1, 32, 9, 28, 48]
 
 
 def test_rejects_bad_config_and_inputs(tiny: Config) -> None:

@@ -352,3 +352,33 @@ def test_library_does_not_warn_on_clean_files(media: dict[str, Path]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_video(media["h264_aac"], max_frames=2)
+
+
+def test_capture_source_reads_a_live_input_with_its_audio() -> None:
+    from avsal_deploy.data.source import CaptureSource, is_capture_spec, split_capture_spec
+
+    spec = "lavfi:testsrc=size=96x64:rate=25:duration=1[out0];sine=frequency=440:sample_rate=16000:duration=1[out1]"
+    assert is_capture_spec(spec) and split_capture_spec(spec)[0] == "lavfi"
+    assert split_capture_spec("rtsp://cam/stream") == (None, "rtsp://cam/stream")
+    source = CaptureSource(spec)
+    assert (source.fps, source.source_size, source.audio_rate, source.has_audio) == (
+        25.0,
+        (64, 96),
+        16000,
+        True,
+    )
+    items = list(source.media())
+    assert len(items) == 25 and items[1][1] == pytest.approx(0.04)
+    audio = np.concatenate([c for _, _, c in items] + [source.rest_of_audio()])
+    assert audio.shape == (16000,) and np.abs(audio).max() > 0.05  # the whole sine, mono float32
+    source.close()
+    stopped = CaptureSource(spec, max_seconds=0.2)
+    assert len(list(stopped.media())) == 5
+    stopped.close()
+
+
+def test_capture_source_names_the_input_it_cannot_open() -> None:
+    from avsal_deploy.data.source import CaptureSource
+
+    with pytest.raises(MediaError, match="lavfi:nosuchfilter.*cannot open"):
+        CaptureSource("lavfi:nosuchfilter")

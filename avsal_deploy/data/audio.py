@@ -19,11 +19,32 @@ flips the whole buffer, which differs from ours by at most one sample of centrin
 
 VGGish (DiffSal): the log-mel of VGGish's ``mel_features.py`` (16 kHz, 25 ms periodic Hann window,
 10 ms hop, FFT of the next power of two, STFT magnitude, 64 HTK-mel bands 125-7500 Hz with
-triangles linear in mel and the DC bin dropped, ``log(mel + 0.01)``), computed on the window's
-excerpt, cut into ``audio.vggish_slices`` equal slices along time, each resized (bilinear) to
-``(vggish_slice_height, vggish_slice_width)``. Deviation: DiffSal's loader centres the excerpt
-in a fixed zero buffer, cuts 0.96 s VGGish examples and repeats them to 9; slicing the excerpt
-itself keeps every slice tied to the window's own frames (no silent padding slices).
+triangles linear in mel and the DC bin dropped, ``log(mel + 0.01)``), cut into
+``audio.vggish_slices`` slices in one of two framings (``audio.vggish_framing``):
+
+``examples`` (paper profile): VGGish fed as it was trained. Each slice is one VGGish example of
+``vggish_example_frames`` = 96 log-mel frames (0.96 s) x 64 bands; consecutive slices start
+``vggish_example_hop`` = 11 frames (0.11 s) apart, so the 9 slices cover 96 + 8 x 11 = 184 frames
+(``vggish_buffer_samples``: 29,680 samples, 1.855 s). The window's excerpt (its own frames' span,
+as for SoundNet) is centred in a zero buffer of that length (cropped centrally when longer) and the
+log-mel of the buffer gives the slices. This is the official loader's arrangement
+(junwenxiong/diff_sal ``datasets/saliency_db.py`` ``get_mel_feature`` with its
+``vggish_params.py``): the 16-frame excerpt centred in a zero buffer of ``int(22050 / 10 * 16)``
+samples, ``waveform_to_examples`` with examples of ``EXAMPLE_WINDOW_SECONDS`` and a hop of
+``EXAMPLE_HOP_SECONDS = 0.11`` s, 9 of them (repeated when fewer). So the slices sit symmetrically
+around the window's centre, i.e. around the target frame in centre mode (slice 4 is centred on it),
+and see only the window's own audio, the rest silence. Deviations: the official
+``vggish_params.py`` is edited to 0.64 s examples (64 frames; VGGish's own is 0.96 s) and every
+slice is then resized to 112x192 (``transforms.Resize`` to half the frame size, the paper's
+"1x9x112x192"); we keep VGGish's 0.96 s / 96x64 examples, sized by the buffer so that exactly
+9 exist (the official buffer is 1.6 s only for 22,050 Hz files). Setting
+``audio.vggish_slice_height/width`` = 112/192 reproduces the official resize.
+
+``window`` (small/tiny profiles, checkpoints written before this setting): the window's excerpt
+itself cut into equal slices along time, each resized (bilinear) to ``(vggish_slice_height,
+vggish_slice_width)``, so each slice holds about 0.06 s of audio stretched in time.
+
+Either way a slice of another size than the model input is resized (bilinear) to it.
 
 Resampling is polyphase (``scipy.signal.resample_poly``). :func:`excerpt` resamples only the
 samples a window needs, aligned to the polyphase grid so it equals slicing the resampled track.
@@ -210,6 +231,36 @@ def slice_bounds(n_frames: int, n_slices: int) -> list[tuple[int, int]]:
     return [(int(lo), int(max(hi, lo + 1))) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
+def vggish_buffer_samples(config: Config) -> int:
+    """Samples at ``audio.vggish_rate`` of the zero buffer of the ``examples`` framing: exactly
+    ``vggish_example_frames + (vggish_slices - 1) * vggish_example_hop`` log-mel frames."""
+    a = config.audio
+    win, hop, _ = _stft_geometry(config)
+    frames = a.vggish_example_frames + (a.vggish_slices - 1) * a.vggish_example_hop
+    return win + (frames - 1) * hop
+
+
+def _centred(x: np.ndarray, size: int) -> np.ndarray:
+    """``x`` centred in a zero buffer of ``size`` samples (cropped centrally when longer)."""
+    buffer = np.zeros(size, np.float32)
+    if x.shape[0] <= size:
+        first = size // 2 - x.shape[0] // 2
+        buffer[first : first + x.shape[0]] = x
+    else:
+        first = (x.shape[0] - size) // 2
+        buffer[:] = x[first : first + size]
+    return buffer
+
+
+def vggish_examples(x: np.ndarray, config: Config) -> np.ndarray:
+    """The ``examples`` framing of a window's excerpt ``x`` (at ``audio.vggish_rate``):
+    ``[vggish_slices, vggish_example_frames, n_mels]`` log-mel, before any resize."""
+    a = config.audio
+    mel = _log_mel_native(_centred(x, vggish_buffer_samples(config)), config)
+    starts = np.arange(a.vggish_slices) * a.vggish_example_hop
+    return np.stack([mel[s : s + a.vggish_example_frames] for s in starts])
+
+
 def vggish_slices(
     audio: np.ndarray,
     audio_rate: int,
@@ -221,20 +272,24 @@ def vggish_slices(
     reverse: bool | None = None,
     audio_offset: int = 0,
 ) -> np.ndarray:
-    """VGGish input for one window: float32 ``[slices, 1, slice_height, slice_width]``.
-
-    The excerpt is zero-padded to one STFT window (25 ms) when shorter, so every slice has data.
-    """
+    """VGGish input for one window: float32 ``[slices, 1, slice_height, slice_width]`` in the
+    config's framing (module docstring). ``window`` framing: the excerpt is zero-padded to one STFT
+    window (25 ms) when shorter, so every slice has data."""
     a = config.audio
     start, stop = frame_span(frame_indices, fps, a.vggish_rate, timestamps)
     x = excerpt(audio, audio_rate, start, stop, a.vggish_rate, audio_offset)
     if _is_reversed(frame_indices, reverse):
         x = x[::-1]
+    size = (a.vggish_slice_height, a.vggish_slice_width)
+    if a.vggish_framing == "examples":
+        examples = vggish_examples(x, config)
+        if examples.shape[1:] != size:
+            examples = np.stack([resize(e, size) for e in examples])
+        return examples[:, None].astype(np.float32)
     win, _, _ = _stft_geometry(config)
     if x.shape[0] < win:
         x = np.concatenate([x, np.zeros(win - x.shape[0], np.float32)])
     mel = _log_mel_native(x, config)
-    size = (a.vggish_slice_height, a.vggish_slice_width)
     out = [resize(mel[lo:hi], size) for lo, hi in slice_bounds(mel.shape[0], a.vggish_slices)]
     return np.stack(out)[:, None].astype(np.float32)
 

@@ -139,3 +139,127 @@ class ArraySource:
 
     def close(self) -> None:
         pass
+
+
+class CaptureSource:
+    """A live input PyAV (FFmpeg's libavdevice) opens: a camera (``v4l2:/dev/video0``), a screen
+    grab (``x11grab::0.0``), a network stream (``rtsp://...``, no prefix) or a filter graph
+    (``lavfi:testsrc=rate=25``), with :class:`MediaSource`'s interface.
+
+    ``spec`` is ``FORMAT:TARGET`` for an input device or format (FFmpeg's ``-f FORMAT -i TARGET``),
+    else a URL FFmpeg opens as is; ``options`` are the demuxer's (``video_size``, ``framerate``,
+    ...). One container is demuxed in arrival order: each video frame comes with the audio decoded
+    since the previous one (mono, the track's rate; trimmed to start at the first frame), so a
+    live source's audio lead is whatever the device delivered, not :data:`AUDIO_LEAD_S`.
+    ``max_seconds`` ends a source that never ends by itself; :meth:`stop` ends it from another
+    thread (a signal handler) after the current frame.
+    """
+
+    def __init__(
+        self, spec: str, options: dict[str, str] | None = None, max_seconds: float | None = None
+    ) -> None:
+        import av
+
+        from avsal_deploy.errors import MediaError
+
+        fmt, target = split_capture_spec(spec)
+        self.path = Path(spec)
+        self.spec = spec
+        try:
+            self._container = av.open(target, format=fmt, options=dict(options or {}), timeout=10.0)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise MediaError(f"{spec}: cannot open the capture input ({exc})") from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise MediaError(f"{spec}: the capture input has no video stream")
+        self._video = self._container.streams.video[0]
+        audio = self._container.streams.audio
+        self._audio_stream = audio[0] if audio else None
+        self.has_audio = self._audio_stream is not None
+        self.audio_rate = (
+            int(self._audio_stream.rate) if self._audio_stream is not None else SILENT_AUDIO_RATE
+        )
+        rate = self._video.average_rate or self._video.guessed_rate
+        self.fps = float(rate) if rate else 25.0
+        self.estimated_frames = 0  # live: unknown
+        self.max_seconds = max_seconds
+        self._stopped = False
+        self._pending: list[np.ndarray] = []
+        self._decoded = self._decode()
+        first = next(self._decoded, None)
+        if first is None:
+            self._container.close()
+            raise MediaError(f"{spec}: the capture input delivered no video frame")
+        self._first = first
+        self.source_size = (int(first[1].shape[0]), int(first[1].shape[1]))
+
+    def _decode(self) -> Iterator[tuple[str, np.ndarray, float]]:
+        import av
+
+        streams = [s for s in (self._video, self._audio_stream) if s is not None]
+        resampler = av.AudioResampler(format="flt", layout="mono") if self._audio_stream is not None else None
+        for packet in self._container.demux(*streams):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue  # a damaged packet: its neighbours still play
+            for frame in frames:
+                t = float(frame.time) if frame.time is not None else 0.0
+                if packet.stream.type == "video":
+                    yield "video", frame.to_ndarray(format="rgb24"), t
+                elif resampler is not None:
+                    for out in resampler.resample(frame):
+                        yield "audio", out.to_ndarray().reshape(-1).astype(np.float32, copy=False), t
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def media(self, timings: Timings | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+        timings = timings if timings is not None else Timings()
+        start = self._first[2]
+        item: tuple[str, np.ndarray, float] | None = self._first
+        while item is not None and not self._stopped:
+            kind, data, t = item
+            if kind == "audio":
+                skip = int(round(max(0.0, start - t) * self.audio_rate))  # audio before the first frame
+                if skip < data.shape[0]:
+                    self._pending.append(data[skip:])
+            else:
+                ts = t - start
+                if self.max_seconds is not None and ts >= self.max_seconds:
+                    return
+                chunk = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+                self._pending.clear()
+                yield data, ts, chunk
+            t0 = time.perf_counter()
+            item = next(self._decoded, None)
+            timings.decode += time.perf_counter() - t0
+
+    def rest_of_audio(self) -> np.ndarray:
+        rest = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending.clear()
+        return rest
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def split_capture_spec(spec: str) -> tuple[str | None, str]:
+    """``FORMAT:TARGET`` -> (FORMAT, TARGET) when FORMAT is an input format FFmpeg has (a device
+    such as v4l2, alsa, x11grab, avfoundation, or lavfi); a URL (``rtsp://...``) -> (None, spec)."""
+    import av
+
+    fmt, sep, target = spec.partition(":")
+    if sep and fmt and not target.startswith("//") and fmt in av.formats_available:
+        return fmt, target
+    return None, spec
+
+
+def is_capture_spec(spec: str) -> bool:
+    """Whether ``spec`` names a live input (``FORMAT:TARGET`` or a streaming URL), not a file."""
+    if Path(spec).exists():
+        return False
+    fmt, target = split_capture_spec(spec)
+    return fmt is not None or spec.startswith(
+        ("rtsp://", "rtmp://", "udp://", "srt://", "http://", "https://")
+    )

@@ -34,6 +34,19 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     return chosen
 
 
+def session_options(ort: Any, threads: int | None = None) -> Any:
+    """Our ONNX Runtime session options: every graph optimisation, intra-op threads = the cores we
+    may use, no spinning between calls."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    opts.inter_op_num_threads = 1
+    # Idle intra-op pools otherwise busy-wait between calls: with several sessions (one per
+    # component) that spinning takes every core away from decoding, torch and each other.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
@@ -51,13 +64,7 @@ class OnnxRuntimeEngine(Engine):
         super().__init__(config, variant, specs)
         self.directory = Path(directory)
         self.providers = select_providers(providers)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        opts.inter_op_num_threads = 1
-        # Idle intra-op pools otherwise busy-wait between calls: with several sessions (one per
-        # component) that spinning takes every core away from decoding, torch and each other.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(ort, threads)
         self.sessions = {}
         for name, spec in self.specs.items():
             path = self.directory / spec.onnx_file

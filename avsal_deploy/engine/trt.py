@@ -92,6 +92,12 @@ def _cudart() -> Any:
     return cudart
 
 
+def require_gpu() -> None:
+    """Raise BackendUnavailableError unless TensorRT and a CUDA device are both here."""
+    import_tensorrt()
+    _cudart()
+
+
 def _check(result: Any) -> Any:
     """Unwrap a cuda-python ``(error, value...)`` tuple, raising on a CUDA error."""
     err, *values = result if isinstance(result, tuple) else (result,)
@@ -433,8 +439,7 @@ class TensorRTEngine(Engine):
 def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) -> TensorRTEngine:
     """The TensorRT engine of an export directory holding ``<component>.plan`` files
     (``avsal build-engines``); ``options``: ``cuda_graph``."""
-    import_tensorrt()
-    _cudart()
+    require_gpu()
     directory = resolve_export(source)
     manifest, config, specs = read_manifest(directory)
     return TensorRTEngine(directory, config, manifest["variant"], specs, **options)

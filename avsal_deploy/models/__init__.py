@@ -3,7 +3,8 @@
 ``build_model(config, variant)`` gives an :class:`~avsal_deploy.models.build.AVSaliencyModel`:
 
 - ``avrsp``: S3D + ASPP/LIP, SoundNet-8, MS + RAVF + MRG fusion decoder -> one-shot map.
-- ``diffsal``: S3D, VGGish + temporal transformer, Saliency-UNet sampled with DDIM.
+- ``diffsal``: MViTv2-S (paper profile; ``video.diffsal_backbone``, or S3D), VGGish + temporal
+  transformer, Saliency-UNet sampled with DDIM.
 - ``hybrid`` (deploy default): the AVRSP encoders and fusion decoder condition the Saliency-UNet;
   ``steps=0`` returns the one-shot AVRSP map.
 

@@ -109,7 +109,8 @@ MLP_RATIO = 0.5
 def vggish_output_hw(h: int, w: int) -> tuple[int, int]:
     """Feature-map size (h_a, w_a) of the VGGish trunk for an ``h x w`` log-mel slice.
 
-    Each of the four 2x2/2 max pools rounds down: 112x192 -> 7x12 (the paper's slices).
+    Each of the four 2x2/2 max pools rounds down: 96x64 -> 6x4 (VGGish's own examples, the paper
+    profile), 112x192 -> 7x12 (the official code's resized slices).
     """
     ha, wa = h, w
     for _ in range(VGGISH_POOLS):

@@ -8,6 +8,7 @@ and :meth:`AVSaliencyModel.condition` (fusion decoder) run ONCE per window; only
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
 from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.audio import build_audio_encoder
 from avsal_deploy.models.fusion import FusionAux, FusionDecoder
+from avsal_deploy.models.mvit import build_mvit
 from avsal_deploy.models.s3d import build_s3d
 from avsal_deploy.models.unet import SaliencyUNet
 
@@ -43,7 +45,8 @@ class AVSaliencyModel(nn.Module):
         super().__init__()
         self.config = config
         self.variant = check_variant(variant)
-        self.video_encoder = build_s3d(config)
+        backbone = config.video_backbone(variant)
+        self.video_encoder = build_mvit(config, variant) if backbone == "mvit_v2_s" else build_s3d(config)
         self.audio_encoder = build_audio_encoder(config, variant)
         audio_ch = int(self.audio_encoder.out_channels)
         video_ch = tuple(self.video_encoder.out_channels)
@@ -53,7 +56,7 @@ class AVSaliencyModel(nn.Module):
             self.fusion = FusionDecoder(config, video_ch, audio_ch)
         if variant in ("diffsal", "hybrid"):
             cond_ch = tuple(config.fusion.channels) if variant == "hybrid" else video_ch
-            self.unet = SaliencyUNet(config, cond_ch, audio_ch)
+            self.unet = SaliencyUNet(config, cond_ch, audio_ch, config.unet_channels(variant))
         self.scheduler = DDIMScheduler.from_config(config.diffusion)
 
     # ------------------------------------------------------------------ stages
@@ -179,10 +182,42 @@ def example_inputs(
     return frames, audio, envelope
 
 
+#: Sizes the papers report for their own models (parameters, "FLOPs" as printed), with the input
+#: they were measured on. DiffSal Table 6 (audio-visual; Table 8, visual-only: 70.54 M / 161.06 G).
+#: The paper does not name its counting convention. Its figure must count one per multiply-add
+#: (fvcore/thop style): the MViTv2-S backbone alone takes 127.8 G multiply-adds on its
+#: 3x16x224x384 clip (our count; 64.2 G at 16x224x224, torchvision's figure), i.e. 255.6 GFLOP at
+#: 2 FLOPs per multiply-add, more than the 187.31 G total. The AVRSP paper reports no sizes.
+PAPER_SIZES: dict[str, dict[str, Any]] = {
+    "diffsal": {
+        "parameters": 76.57e6,
+        "flops_as_printed": 187.31e9,
+        "convention": "multiply-adds (inferred; the paper does not say)",
+        "input": "audio 1x9x112x192, video 3x16x224x384",
+        "frames_shape": (3, 16, 224, 384),
+        "audio_shape": (9, 1, 112, 192),
+        "source": "DiffSal (CVPR 2024) Table 6",
+    }
+}
+
+
+def forward_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of running ``fn()``, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Its convention: 2 FLOPs per multiply-add of every matmul, convolution and attention product
+    (mm, bmm, addmm, conv, scaled-dot-product attention); element-wise ops, norms, pools and
+    softmax count 0. Multiply-adds (MACs) are therefore exactly half. Works on "meta" tensors.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def count_flops(
     model: AVSaliencyModel, config: Config | None = None, steps: int | None = None
 ) -> dict[str, int]:
-    """FLOPs of one window (batch 1) per component, counted by torch's own FlopCounterMode.
+    """FLOPs of one window (batch 1) per component, counted by torch's own FlopCounterMode
+    (:func:`forward_flops`: 2 per multiply-add).
 
     Runs on the "meta" device (shapes only, no arithmetic), so the paper profile costs no compute.
     ``unet_step`` is one Saliency-UNet evaluation; ``per_window`` adds ``steps`` of them (default
@@ -194,26 +229,25 @@ def count_flops(
         meta = build_model(config, variant)
     frames, audio, envelope = example_inputs(config, variant, 1, device="meta")
     out: dict[str, int] = {}
+    held: dict[str, Any] = {}
     with torch.no_grad():
-        with FlopCounterMode(display=False) as fc:
-            video = meta.video_encoder(frames)
-        out["video_encoder"] = fc.get_total_flops()
-        with FlopCounterMode(display=False) as fc:
-            audio_feat = meta.audio_encoder(audio)
-        out["audio_encoder"] = fc.get_total_flops()
+        out["video_encoder"] = forward_flops(lambda: held.update(video=tuple(meta.video_encoder(frames))))
+        out["audio_encoder"] = forward_flops(lambda: held.update(audio=meta.audio_encoder(audio)))
+        video, audio_feat = held["video"], held["audio"]
         conds: tuple[Tensor, ...] = tuple(video)
         if meta.fusion is not None:
-            with FlopCounterMode(display=False) as fc:
-                _, *conds = meta.fusion(*video, audio_feat, envelope)
-            out["fusion"] = fc.get_total_flops()
+            out["fusion"] = forward_flops(
+                lambda: held.update(fused=meta.fusion(*video, audio_feat, envelope))
+            )
+            conds = tuple(held["fused"][1:])
         n_steps = meta.resolve_steps(steps)
-        if meta.unet is not None:
+        unet = meta.unet
+        if unet is not None:
             x_t = torch.randn(1, *config.map_shape(), device="meta")
             t = torch.zeros(1, device="meta")
-            with FlopCounterMode(display=False) as fc:
-                meta.unet(x_t, t, *conds, audio_feat)
-            out["unet_step"] = fc.get_total_flops()
+            out["unet_step"] = forward_flops(lambda: unet(x_t, t, *conds, audio_feat))
     out["steps"] = n_steps
     once = sum(v for k, v in out.items() if k in ("video_encoder", "audio_encoder", "fusion"))
+    out["forward"] = once + out.get("unet_step", 0)  # one pass: encoders (+ fusion) + one UNet step
     out["per_window"] = once + n_steps * out.get("unet_step", 0)
     return out

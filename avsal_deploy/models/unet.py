@@ -17,7 +17,8 @@ Structure (paper Fig. 2 and §4.2; official code ``junwenxiong/diff_sal``, ``sal
    upward. Each stage: up-sample the previous stage's output to the scale's grid and add it to
    ``f_s^i``; build the spatio-temporal noise map ``[f_v^i, f_s^i]`` (``T_i + 1`` frames, the noise
    slot LAST); multi-modal interaction module (MIM, eq. 9) -> ``f_avs``; efficient spatio-temporal
-   cross-attention (ECA, eq. 7-8); a 3D temporal conv; reduction to a 2D map feature.
+   cross-attention (ECA, eq. 7-8; per frame, see below); a 3D temporal conv (the only place the
+   frames meet after the MIM); reduction to a 2D map feature.
 4. **Prediction head**: up-sample to the map size, add the full-resolution stem feature (a U-Net skip
    of ``x_t``), GroupNorm + SiLU + conv to one channel. No sigmoid: x0 parameterisation, the sampler
    clamps (:func:`avsal_deploy.diffusion.ddim_sample`).
@@ -30,14 +31,39 @@ Deviations from the paper/official code (and why):
 - MIM softmax axis: we normalise over the whole spatial grid (``H_i * W_i``, per channel); the official
   code applies ``softmax(dim=-1)``, i.e. over the width axis only, which makes the mask depend on the
   arbitrary row split of the grid.
-- ECA: ``Q = V = [f_v, f_s]`` and ``K = f_avs`` as in the paper (eq. 7) and the official code. The STC
-  compression is a depthwise Conv3d (official ``groups=dim``; this also matches the +0.14M parameters
-  of ECA over standard attention in Table 4, a dense 16^3 kernel would add tens of millions) with
-  kernel = stride = ``2^m`` in MAM stage ``m = 1..4`` (stage 1 = lowest resolution), i.e. ``2^(4-i)`` at
-  scale ``i``: the high-resolution stages are compressed the most, as in the official ``kernel_kv=[2,4,8]``.
-  The kernel is clipped per axis to the smallest ``(T_i + 1, H_i, W_i)`` the config produces for the
-  UNet variants, and inputs are zero-padded on the far side to a multiple of the stride ("ceil" mode)
-  so that no frame or pixel (in particular the noise slot) is dropped.
+- ECA (``unet.attention = "eca"``, the default) follows eq. 7-8 and the official ``Attention``
+  (``models/saliency_decoder/attention.py``, run by ``TransformerBlock`` on ``(b t) c h w``): the
+  ``T_i + 1`` frames of ``[f_v, f_s]`` (the noise slot included, as its own frame) are folded into
+  the batch and each frame attends over space to its own keys; ``Q = V = [f_v, f_s]``,
+  ``K = f_avs``; keys and values are compressed by a depthwise conv of kernel = stride
+  ``(1, k, k)`` (official ``kernel_kv = stride_kv = [2, 4, 8, 16]`` from the lowest resolution up,
+  i.e. ``k = 2^(4-i)`` at scale ``i``, the paper's ``2^m`` in MAM stage ``m``) + LayerNorm. At the
+  ``paper`` profile (224x384, 16 frames) that is 24 keys per frame at every scale for 5376 / 1344 /
+  336 / 84 queries. Remaining deviations: (a) inputs are zero-padded on the far side to a multiple
+  of the stride (official: no padding, so a 56-row grid with ``k = 16`` keeps 3 of 3.5 key rows and
+  drops the last 8 pixel rows); (b) the kernel is clipped to the grid on small profiles (nothing is
+  clipped at ``paper``); (c) no depthwise 3x3 convolution on the queries (the official ``conv_proj_q``,
+  ``q_proj_method = "dw_bn"``): eq. 7 has a plain ``Q W_Q``, which we follow; (d) scores are scaled
+  by ``(C / heads)^-0.5`` (standard multi-head attention; official ``C^-0.5``) and the head count is
+  ``unet.heads`` (official 2); (e) the LayerNorms sit on the query tokens and after each compression
+  (eq. 8's STC), the official code adds one pre-norm of ``[f_v, f_s]`` before all three.
+- Parameters: ECA adds ``2 * sum_i C_i k_i^2`` (the two depthwise kernels; LayerNorms and
+  projections are shared with the standard attention), :func:`eca_extra_parameters`: 57,344
+  (0.057 M) at the ``paper`` profile's widths (64, 128, 192, 256), 92,160 at the paper's widths
+  (96, 192, 384, 768). Table 4's +0.14 M (SCA 76.43 M, ECA 76.57 M) is more than the key/value
+  kernels alone: it matches an SCA without all three official convolutional projections and their
+  LayerNorms (92,160 + 3x3x3 query kernel 38,880 + LayerNorms 8,640 = 139,680); the paper does not
+  say what its SCA removed.
+- ``unet.attention = "standard"`` is Table 4's baseline: the same per-frame attention with
+  uncompressed keys/values (``H_i W_i`` keys per frame). Its score tensor at the finest ``paper``
+  scale is 9 frames x 4 heads x 5376^2 floats = 4.16 GB per batch item.
+- ``unet.attention = "eca3d"`` is the earlier form, kept for checkpoints trained with it (the shipped
+  tiny checkpoint; :data:`avsal_deploy.config.LEGACY_DEFAULTS` maps stored configs without the
+  field to it): all ``(T_i + 1) H_i W_i`` tokens of a scale attend together to keys compressed by a
+  3-D depthwise conv of kernel = stride ``2^(4-i)`` also over time (clipped to the smallest
+  ``T_i + 1``), so at the finest ``paper`` scale the 9 frames collapse into ONE key frame (24 keys
+  for 48,384 queries) and frames, the noise slot included, mix through the keys. It adds 454,656
+  parameters at the ``paper`` profile. Not DiffSal's ECA; not for new models.
 - Time reduction after each stage: we keep the NOISE SLOT (the last of the ``T_i + 1`` frames), which
   the attention and the temporal conv have filled with video and audio information and which carries
   the identity path of ``f_s``. The official ``ReduceTemp`` is a learned conv over a fixed number of
@@ -58,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avsal_deploy.config import Config, ceil_halve, check_variant
+from avsal_deploy.config import ATTENTION_MODES, Config, ceil_halve, check_variant
 from avsal_deploy.errors import ConfigError
 
 NUM_SCALES = 4
@@ -78,49 +104,85 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 # ---------------------------------------------------------------------- analytic shapes
-def eca_kernels(config: Config) -> tuple[tuple[int, int, int], ...]:
-    """Kernel (= stride) ``(k_t, k_h, k_w)`` of the STC Conv3d at each scale ``i`` (0 = high resolution).
+def _check_mode(mode: str) -> str:
+    if mode not in ATTENTION_MODES:
+        raise ConfigError(f"attention mode {mode!r}: choose one of {', '.join(ATTENTION_MODES)}")
+    return mode
 
-    MAM stage ``m = 4 - i`` uses ``2^m`` (paper §5.1), clipped per axis to the smallest
-    ``(T_i + 1, H_i, W_i)`` of the UNet variants, so it stays valid on small grids.
+
+def eca_kernels(config: Config, mode: str | None = None) -> tuple[tuple[int, int, int], ...]:
+    """Kernel (= stride) ``(k_t, k_h, k_w)`` of the key/value compression at each scale ``i``
+    (0 = high resolution), for attention ``mode`` (default ``config.unet.attention``).
+
+    MAM stage ``m = 4 - i`` (stage 1 = lowest resolution) uses ``k = 2^m`` (paper §5.1; official
+    ``kernel_kv = stride_kv = [2, 4, 8, 16]`` from the lowest resolution up), clipped per axis to the
+    scale's grid ``(H_i, W_i)`` so that it stays valid on small profiles (at the ``paper`` profile
+    nothing is clipped). ``eca``: ``(1, k, k)``, one frame at a time; ``standard``: ``(1, 1, 1)``
+    (no compression); ``eca3d`` (legacy): ``k`` also over time, clipped to the smallest ``T_i + 1``
+    of the UNet variants.
     """
+    mode = _check_mode(config.unet.attention if mode is None else mode)
     out = []
     for i in range(NUM_SCALES):
         k = 2 ** (NUM_SCALES - i)
-        frames = min(config.video_scales(v)[i].frames for v in UNET_VARIANTS) + 1
         s = config.video_scales()[i]
-        out.append((min(k, frames), min(k, s.height), min(k, s.width)))
+        if mode == "standard":
+            out.append((1, 1, 1))
+        elif mode == "eca":
+            out.append((1, min(k, s.height), min(k, s.width)))
+        else:
+            frames = min(config.video_scales(v)[i].frames for v in UNET_VARIANTS) + 1
+            out.append((min(k, frames), min(k, s.height), min(k, s.width)))
     return tuple(out)
 
 
-def attention_score_shapes(config: Config, variant: str, efficient: bool) -> tuple[tuple[int, int, int], ...]:
-    """Shape ``(heads, queries, keys)`` of the attention score tensor per batch item, per scale 0..3.
+def attention_score_shapes(
+    config: Config, variant: str, mode: str | None = None
+) -> tuple[tuple[int, int, int, int], ...]:
+    """Shape ``(groups, heads, queries, keys)`` of the attention score tensor of ONE batch item, per
+    scale 0..3 (the module computes ``batch * groups`` of them in one batched MatMul).
 
-    Queries are the ``(T_i + 1) * H_i * W_i`` tokens of ``[f_v, f_s]``; keys are as many (standard
-    cross-attention) or the STC-compressed grid ``prod(ceil(n / k))`` (ECA).
+    ``eca`` / ``standard`` attend per frame: ``groups = T_i + 1`` frames (the noise slot included),
+    ``queries = H_i W_i`` and ``keys = ceil(H_i / k_h) ceil(W_i / k_w)`` (ECA) or ``H_i W_i``
+    (standard). ``eca3d`` (legacy) attends over all frames at once: ``groups = 1``,
+    ``queries = (T_i + 1) H_i W_i``, ``keys = prod(ceil(n / k))`` over ``(T_i + 1, H_i, W_i)``.
     """
     check_variant(variant)
     if variant not in UNET_VARIANTS:
         raise ConfigError(f"variant {variant!r} has no Saliency-UNet (choose {', '.join(UNET_VARIANTS)})")
+    mode = _check_mode(config.unet.attention if mode is None else mode)
     heads = config.unet.heads
     shapes = []
-    for s, kernel in zip(config.video_scales(variant), eca_kernels(config), strict=True):
+    for s, kernel in zip(config.video_scales(variant), eca_kernels(config, mode), strict=True):
         grid = (s.frames + 1, s.height, s.width)
-        n_q = math.prod(grid)
-        n_kv = math.prod(-(-n // k) for n, k in zip(grid, kernel, strict=True)) if efficient else n_q
-        shapes.append((heads, n_q, n_kv))
+        keys = math.prod(-(-n // k) for n, k in zip(grid, kernel, strict=True))  # over all frames
+        if mode == "eca3d":
+            shapes.append((1, heads, math.prod(grid), keys))
+        else:  # kernel (1, k_h, k_w): the same key count in every frame
+            shapes.append((grid[0], heads, s.height * s.width, keys // grid[0]))
     return tuple(shapes)
 
 
-def attention_memory_bytes(config: Config, variant: str, efficient: bool) -> int:
+def attention_memory_bytes(config: Config, variant: str, mode: str | None = None) -> int:
     """Bytes of the float32 attention score tensors of one batch item, summed over the 4 MAM stages.
 
-    The quantity behind DiffSal's Table 4 claim (ECA 1.20 GB vs standard cross-attention 5.32 GB for
-    the whole model): standard attention is quadratic in the ``(T_i + 1) H_i W_i`` tokens, ECA divides
-    the key count by the STC kernel volume (up to 16^3 at the highest resolution). See :func:`attention_score_shapes` for the per-stage shapes.
+    Standard attention is quadratic in the ``H_i W_i`` tokens of a frame; ECA divides the key count
+    by ``k^2`` (``16^2`` at the highest resolution). This counts one score tensor per stage; the
+    softmax holds a second one of the same size while it runs (see
+    :mod:`avsal_deploy.models.attention_memory` for the measured peak).
     """
-    return (
-        sum(math.prod(shape) for shape in attention_score_shapes(config, variant, efficient)) * _FLOAT32_BYTES
+    return sum(math.prod(shape) for shape in attention_score_shapes(config, variant, mode)) * _FLOAT32_BYTES
+
+
+def eca_extra_parameters(config: Config, mode: str | None = None) -> int:
+    """Parameters the key/value compression adds over the standard attention (2 depthwise kernels,
+    no bias, per MAM stage; the LayerNorms and projections are shared by every mode)."""
+    mode = _check_mode(config.unet.attention if mode is None else mode)
+    if mode == "standard":
+        return 0
+    return sum(
+        2 * c * math.prod(kernel)
+        for c, kernel in zip(config.unet.channels, eca_kernels(config, mode), strict=True)
     )
 
 
@@ -193,25 +255,42 @@ class NoiseStage(nn.Module):
 
 
 def _tokens(x: Tensor) -> Tensor:
-    """[B, C, T, H, W] -> [B, T*H*W, C]."""
+    """[G, C, *grid] -> [G, prod(grid), C]."""
     return x.flatten(2).transpose(1, 2)
 
 
-class SpatioTemporalCrossAttention(nn.Module):
-    """ECA (eq. 7-8): multi-head attention of ``[f_v, f_s]`` queries over STC-compressed keys/values.
+def _frames(x: Tensor) -> Tensor:
+    """[B, C, T, H, W] -> [B T, C, H, W] (frames folded into the batch, batch-major)."""
+    return x.transpose(1, 2).flatten(0, 1)
 
-    ``out = x + W_o MHA(LN(x) W_Q, STC_K(f_avs) W_K, STC_V(x) W_V)`` with
-    ``STC(z) = LN(DepthwiseConv3d_{kernel = stride}(z))``. With ``efficient=False`` the keys and
-    values are the uncompressed (LayerNormed) tokens: the standard cross-attention of Table 4.
-    Written with Linear / MatMul / Softmax only, for a clean ONNX graph.
+
+class SpatioTemporalCrossAttention(nn.Module):
+    """ECA (eq. 7-8): multi-head cross-attention of ``[f_v, f_s]`` queries over compressed keys/values.
+
+    ``out = x + W_o MHA(LN(x) W_Q, STC(f_avs) W_K, STC(x) W_V)``, ``STC(z) = LN(DWConv_{k = stride}(z))``
+    (``Q = V = [f_v, f_s]``, ``K = f_avs``). ``mode``:
+
+    - ``"eca"``: per frame. The ``T + 1`` frames (the noise slot included) are folded into the batch;
+      each frame's ``H W`` queries attend to its own ``ceil(H / k) ceil(W / k)`` keys, compressed
+      by a depthwise ``k x k`` conv of stride ``k`` (the official ``(1, k, k)`` Conv3d on one frame).
+    - ``"standard"``: the same per-frame attention without compression (``H W`` keys per frame).
+    - ``"eca3d"`` (legacy): all ``(T + 1) H W`` tokens attend together to keys compressed by a 3-D
+      depthwise conv of kernel ``kernel`` over ``(T + 1, H, W)``.
+
+    Inputs are zero-padded on the far side to a multiple of the stride, so no frame or pixel is
+    dropped. Written with Linear / Conv / MatMul / Softmax only, for a clean ONNX graph.
     """
 
-    def __init__(self, channels: int, heads: int, kernel: tuple[int, int, int], efficient: bool) -> None:
+    def __init__(self, channels: int, heads: int, kernel: tuple[int, int, int], mode: str) -> None:
         super().__init__()
         self.heads = heads
         self.scale = (channels // heads) ** -0.5
-        self.kernel = kernel
-        self.efficient = efficient
+        self.mode = _check_mode(mode)
+        self.per_frame = mode != "eca3d"
+        # Compression kernel over the axes the tokens span: (H, W) per frame, (T+1, H, W) for eca3d.
+        self.kernel = tuple(kernel[1:]) if self.per_frame else tuple(kernel)
+        if self.per_frame and kernel[0] != 1:
+            raise ConfigError(f"per-frame attention needs a temporal kernel of 1, got {kernel}")
         self.norm_q = nn.LayerNorm(channels)
         self.norm_k = nn.LayerNorm(channels)
         self.norm_v = nn.LayerNorm(channels)
@@ -219,17 +298,18 @@ class SpatioTemporalCrossAttention(nn.Module):
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
         self.to_out = nn.Linear(channels, channels)
-        self.compress_k: nn.Conv3d | None = None
-        self.compress_v: nn.Conv3d | None = None
-        if efficient:
-            self.compress_k = nn.Conv3d(
-                channels, channels, kernel, stride=kernel, groups=channels, bias=False
+        self.compress_k: nn.Module | None = None
+        self.compress_v: nn.Module | None = None
+        if mode != "standard":
+            conv = nn.Conv2d if self.per_frame else nn.Conv3d
+            self.compress_k = conv(
+                channels, channels, self.kernel, stride=self.kernel, groups=channels, bias=False
             )
-            self.compress_v = nn.Conv3d(
-                channels, channels, kernel, stride=kernel, groups=channels, bias=False
+            self.compress_v = conv(
+                channels, channels, self.kernel, stride=self.kernel, groups=channels, bias=False
             )
 
-    def _compress(self, conv: nn.Conv3d | None, z: Tensor) -> Tensor:
+    def _compress(self, conv: nn.Module | None, z: Tensor) -> Tensor:
         """STC without the LayerNorm: zero-pad to a multiple of the stride, strided depthwise conv."""
         if conv is None:
             return z
@@ -241,16 +321,25 @@ class SpatioTemporalCrossAttention(nn.Module):
         return conv(z)
 
     def _heads(self, x: Tensor) -> Tensor:
-        """[B, N, C] -> [B, heads, N, C / heads]."""
+        """[G, N, C] -> [G, heads, N, C / heads]."""
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def forward(self, x: Tensor, f_avs: Tensor) -> Tensor:
+    def _attend(self, x: Tensor, f_avs: Tensor) -> Tensor:
+        """Attention over the token grid of ``x`` [G, C, *grid] -> [G, prod(grid), C]."""
         q = self._heads(self.to_q(self.norm_q(_tokens(x))))
         k = self._heads(self.to_k(self.norm_k(_tokens(self._compress(self.compress_k, f_avs)))))
         v = self._heads(self.to_v(self.norm_v(_tokens(self._compress(self.compress_v, x)))))
         attn = torch.softmax(torch.matmul(q * self.scale, k.transpose(-1, -2)), dim=-1)
-        out = self.to_out(torch.matmul(attn, v).transpose(1, 2).flatten(2))
-        return x + out.transpose(1, 2).reshape(x.shape)
+        return self.to_out(torch.matmul(attn, v).transpose(1, 2).flatten(2))
+
+    def forward(self, x: Tensor, f_avs: Tensor) -> Tensor:
+        """``x = [f_v, f_s]`` and ``f_avs``: [B, C, T + 1, H, W] -> [B, C, T + 1, H, W]."""
+        if not self.per_frame:
+            return x + self._attend(x, f_avs).transpose(1, 2).reshape(x.shape)
+        frames, height, width = x.shape[2:]
+        out = self._attend(_frames(x), _frames(f_avs))  # [B (T+1), H W, C]
+        out = out.transpose(1, 2).unflatten(2, (height, width)).unflatten(0, (-1, frames))
+        return x + out.transpose(1, 2)
 
 
 def multimodal_interaction(x: Tensor, audio: Tensor) -> Tensor:
@@ -273,11 +362,11 @@ class MAMStage(nn.Module):
     """
 
     def __init__(
-        self, channels: int, audio_channels: int, heads: int, kernel: tuple[int, int, int], efficient: bool
+        self, channels: int, audio_channels: int, heads: int, kernel: tuple[int, int, int], mode: str
     ) -> None:
         super().__init__()
         self.audio_conv = nn.Conv3d(audio_channels, channels, 1)
-        self.attn = SpatioTemporalCrossAttention(channels, heads, kernel, efficient)
+        self.attn = SpatioTemporalCrossAttention(channels, heads, kernel, mode)
         self.temporal_norm = _group_norm(channels)
         self.temporal_conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
 
@@ -295,16 +384,24 @@ class MAMStage(nn.Module):
 class SaliencyUNet(nn.Module):
     """DiffSal's Saliency-UNet ``g_psi(S_t, t, f_a, f_v) -> S0_hat`` (eq. 6).
 
-    ``cond_channels``: channels of ``c0..c3`` (S3D widths for ``diffsal``, ``config.fusion.channels``
-    for ``hybrid``); ``audio_channels``: channels of the audio feature (VGGish or SoundNet).
-    Widths, heads, time-embedding size, blocks and the ECA switch come from ``config.unet``; the map
+    ``cond_channels``: channels of ``c0..c3`` (video-encoder widths for ``diffsal``,
+    ``config.fusion.channels`` for ``hybrid``); ``audio_channels``: channels of the audio feature
+    (VGGish or SoundNet); ``channels``: the UNet widths (``config.unet_channels(variant)``; default
+    ``unet.channels``). Heads, time-embedding size, blocks and the attention mode come from
+    ``config.unet``; the map
     size and the spatial grids from ``config.video`` / ``config.video_scales``.
     """
 
-    def __init__(self, config: Config, cond_channels: tuple[int, int, int, int], audio_channels: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cond_channels: tuple[int, int, int, int],
+        audio_channels: int,
+        channels: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         u = config.unet
-        ch = tuple(u.channels)
+        ch = tuple(u.channels if channels is None else channels)  # config.unet_channels(variant)
         if len(ch) != NUM_SCALES or len(tuple(cond_channels)) != NUM_SCALES:
             raise ConfigError(f"unet.channels and the condition channels must have {NUM_SCALES} entries")
         if any(c % u.heads for c in ch):
@@ -315,7 +412,7 @@ class SaliencyUNet(nn.Module):
             )
         self.map_size = (config.video.height, config.video.width)
         self.grids = tuple((s.height, s.width) for s in config.video_scales())
-        self.efficient_attention = u.efficient_attention
+        self.attention = u.attention
 
         self.time_embed = TimestepEmbedding(u.time_dim)
         self.stem = nn.Conv2d(1, ch[0], 3, padding=1)
@@ -331,8 +428,8 @@ class SaliencyUNet(nn.Module):
         # Channel change on the way up, scale i+1 -> i (applied before the bilinear up-sampling).
         self.lateral = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 1) for i in range(NUM_SCALES - 1))
         self.mam = nn.ModuleList(
-            MAMStage(c, audio_channels, u.heads, kernel, u.efficient_attention)
-            for c, kernel in zip(ch, eca_kernels(config), strict=True)
+            MAMStage(c, audio_channels, u.heads, kernel, u.attention)
+            for c, kernel in zip(ch, eca_kernels(config, u.attention), strict=True)
         )
         self.head_norm = _group_norm(ch[0])
         self.head_conv = nn.Conv2d(ch[0], 1, 3, padding=1)

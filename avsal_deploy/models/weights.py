@@ -29,6 +29,22 @@ Layouts (public source: key rules, public -> ours):
     ``soundnet8_final.pth`` (``convI.{weight,bias}`` -> ``convI.0.*``, ``batchnormI.*`` ->
     ``convI.1.*``). Ignored: the object/scene heads ``conv8.0.*``, ``conv8_2.0.*`` (block) and
     ``conv8_objs.*``, ``conv8_scns.*`` (flat).
+``torchvision-mvit_v2_s``
+    ``torchvision.models.video.mvit_v2_s`` (MViT_V2_S_Weights.KINETICS400_V1, ``mvit_v2_s-ae3be167.pth``;
+    DiffSal's video backbone). Our :class:`~avsal_deploy.models.mvit.MViTv2S` uses torchvision's
+    names, so the rule is the identity over ``conv_proj.*``, ``pos_encoding.class_token``,
+    ``blocks.N.*`` and ``norm.*``; the relative-position tables keep the shapes of the 16x224x224
+    weights at any frame size (resized at run time). Not provided (trained here):
+    ``stage_norms.*``, the output norms of stages 0-2. Ignored: ``head.1.*`` (Kinetics classifier).
+``mmaction2-mvit_v2_s``
+    mmaction2's ``MViT(arch="small")``, the layout of the Kinetics-400 file the official DiffSal
+    code loads (``mvit-small-p244_16x4x1_kinetics400-rgb.pth``; keys with or without the
+    recogniser's ``backbone.`` prefix). ``patch_embed.projection`` -> ``conv_proj``,
+    ``cls_token`` [1, 1, 96] -> ``pos_encoding.class_token`` [96], ``attn.proj`` ->
+    ``attn.project.0``, ``attn.pool_X`` / ``attn.norm_X`` -> ``attn.pool_X.pool`` /
+    ``attn.pool_X.norm_act.0``, ``mlp.fc1/fc2`` -> ``mlp.0/3``, ``proj`` -> ``project``,
+    ``norm3`` -> ``norm``, ``norm0-2`` (optional: present in DiffSal-trained backbones) ->
+    ``stage_norms.0-2``. Ignored: ``cls_head.*``.
 ``torchvggish``
     harritaylor/torchvggish ``vggish`` state dict. ``features.N.*`` -> ``trunk.N.*`` (N = 0, 3,
     6, 8, 11, 13). Covers the VGGish trunk only; the temporal transformer is trained by us.
@@ -60,6 +76,7 @@ from torch import Tensor, nn
 from avsal_deploy.config import Config, check_variant
 from avsal_deploy.errors import WeightsError
 from avsal_deploy.models.audio import SoundNet8, VGGishEncoder
+from avsal_deploy.models.mvit import MViTv2S
 from avsal_deploy.models.s3d import S3D
 
 # --------------------------------------------------------------------------- layouts
@@ -103,6 +120,8 @@ class Layout:
     rules: tuple[tuple[str, str], ...]  # (regex over a whole public key, our key template)
     ignored: tuple[str, ...]  # regexes of public keys the model does not use (heads)
     covers: str = ""  # prefix of our keys the layout must provide ("" = the whole encoder)
+    optional: tuple[str, ...] = ()  # prefixes of our keys the public weights may lack (trained here)
+    reshape: tuple[str, ...] = ()  # our keys whose public tensor may differ in shape, not in size
     width_setting: str = ""  # the config setting that must be 1.0 for public weights
 
     def translate(self, key: str) -> str | None:
@@ -170,6 +189,54 @@ LAYOUTS: dict[str, Layout] = {
             r"conv8_(objs|scns)\.(weight|bias)",  # flat port: object / scene heads
         ),
         width_setting="audio.soundnet_width",
+    ),
+    "torchvision-mvit_v2_s": Layout(
+        name="torchvision-mvit_v2_s",
+        source="torchvision.models.video.mvit_v2_s (MViT_V2_S_Weights.KINETICS400_V1)",
+        encoder=MViTv2S,
+        attribute="video_encoder",
+        rules=(
+            (
+                r"(?P<key>conv_proj\.(weight|bias)|pos_encoding\.class_token|norm\.(weight|bias)"
+                r"|blocks\.\d+\.[a-z_0-9.]+)",
+                "{key}",
+            ),
+        ),
+        ignored=(r"head\.1\.(weight|bias)",),
+        optional=("stage_norms.",),
+    ),
+    "mmaction2-mvit_v2_s": Layout(
+        name="mmaction2-mvit_v2_s",
+        source="mmaction2 MViT(arch='small'), mvit-small-p244_16x4x1_kinetics400-rgb (DiffSal's official backbone)",
+        encoder=MViTv2S,
+        attribute="video_encoder",
+        rules=tuple(
+            (rf"(?:backbone\.)?{pattern}", template)
+            for pattern, template in (
+                (r"patch_embed\.projection\.(?P<p>weight|bias)", "conv_proj.{p}"),
+                (r"cls_token", "pos_encoding.class_token"),
+                (r"blocks\.(?P<i>\d+)\.(?P<n>norm1|norm2)\.(?P<p>weight|bias)", "blocks.{i}.{n}.{p}"),
+                (r"blocks\.(?P<i>\d+)\.attn\.qkv\.(?P<p>weight|bias)", "blocks.{i}.attn.qkv.{p}"),
+                (r"blocks\.(?P<i>\d+)\.attn\.proj\.(?P<p>weight|bias)", "blocks.{i}.attn.project.0.{p}"),
+                (
+                    r"blocks\.(?P<i>\d+)\.attn\.pool_(?P<w>[qkv])\.weight",
+                    "blocks.{i}.attn.pool_{w}.pool.weight",
+                ),
+                (
+                    r"blocks\.(?P<i>\d+)\.attn\.norm_(?P<w>[qkv])\.(?P<p>weight|bias)",
+                    "blocks.{i}.attn.pool_{w}.norm_act.0.{p}",
+                ),
+                (r"blocks\.(?P<i>\d+)\.attn\.rel_pos_(?P<a>[thw])", "blocks.{i}.attn.rel_pos_{a}"),
+                (r"blocks\.(?P<i>\d+)\.mlp\.fc1\.(?P<p>weight|bias)", "blocks.{i}.mlp.0.{p}"),
+                (r"blocks\.(?P<i>\d+)\.mlp\.fc2\.(?P<p>weight|bias)", "blocks.{i}.mlp.3.{p}"),
+                (r"blocks\.(?P<i>\d+)\.proj\.(?P<p>weight|bias)", "blocks.{i}.project.{p}"),
+                (r"norm3\.(?P<p>weight|bias)", "norm.{p}"),
+                (r"norm(?P<s>[012])\.(?P<p>weight|bias)", "stage_norms.{s}.{p}"),
+            )
+        ),
+        ignored=(r"cls_head\..+",),
+        optional=("stage_norms.",),
+        reshape=("pos_encoding.class_token",),  # mmaction2 stores it as [1, 1, 96]
     ),
     "torchvggish": Layout(
         name="torchvggish",
@@ -278,12 +345,18 @@ def load_backbone_weights(
             duplicate.append(f"{origin[ours]} / {key}")
             continue
         origin[ours] = key
+        if ours in spec.reshape and value.numel() == own[ours].numel():
+            value = value.reshape(own[ours].shape)
         if tuple(value.shape) != tuple(own[ours].shape):
             shapes.append(f"{key} {tuple(value.shape)} vs {tuple(own[ours].shape)}")
             continue
         mapped[ours] = value
     # BatchNorm step counters are optional: checkpoints older than PyTorch 0.4.1 have none.
-    missing = sorted(k for k in wanted - set(origin) if not k.endswith("num_batches_tracked"))
+    missing = sorted(
+        k
+        for k in wanted - set(origin)
+        if not k.endswith("num_batches_tracked") and not k.startswith(spec.optional)
+    )
     problems = []
     if missing:
         problems.append(f"missing model keys {_names(missing)}")

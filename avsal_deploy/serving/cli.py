@@ -11,6 +11,7 @@ import signal
 import time
 from types import FrameType
 
+from avsal_deploy.errors import AvsalError
 from avsal_deploy.serving.repository import PLATFORMS
 
 
@@ -24,6 +25,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         platform=args.platform,
         overwrite=args.force,
+        window_engine=args.window_engine,
     )
     models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").exists())
     print(f"wrote {len(models)} models to {out} ({args.platform}): {', '.join(models)}")
@@ -66,6 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AvsalError(f"--capture-option {item!r}: expected KEY=VALUE (e.g. video_size=640x480)")
+        out[key] = value
+    return out
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from avsal_deploy.serving.player import play
 
@@ -81,6 +93,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         roi_out=args.roi_out,
         roi_codec=args.roi_codec,
         roi_crf=args.roi_crf,
+        capture_options=_options(args.capture_option),
+        max_seconds=args.seconds,
     )
     lat = report["latency_ms"]
     print(
@@ -100,6 +114,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
     p.add_argument("--max-batch", type=int, default=None, help="cap on the batch (default: the export's)")
     p.add_argument("--force", action="store_true", help="replace our models already in --out")
+    p.add_argument(
+        "--window-engine",
+        default=None,
+        choices=["onnxruntime", "bls"],
+        help="how avsal_pipeline / avsal_stream / avsal_video run the components: ONNX Runtime in their "
+        "own process (CPU default) or BLS calls to the component models (TensorRT default)",
+    )
     p.set_defaults(handler=cmd_triton_repo)
 
     p = sub.add_parser("serve", help="serve a model repository with the tritonserver of nvidia-pytriton")
@@ -113,8 +134,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("stream", help="play a video through a server's avsal_stream model, in real time")
-    p.add_argument("video", help="video file (any container FFmpeg reads)")
+    p.add_argument(
+        "video",
+        help="video file (any container FFmpeg reads), or a live input: FORMAT:TARGET (v4l2:/dev/video0, "
+        "lavfi:testsrc=rate=25, ...) or a streaming URL (rtsp://...); Ctrl-C ends a live input cleanly",
+    )
     p.add_argument("--url", required=True, help="the server's gRPC endpoint (host:port)")
+    p.add_argument(
+        "--capture-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="demuxer option of a live input (repeatable)",
+    )
+    p.add_argument("--seconds", type=float, default=None, help="stop a live input after this many seconds")
     p.add_argument("--out", default="out/stream", help="where maps.npz, overlay.mp4, stream.json go")
     p.add_argument("--fast", action="store_true", help="send frames as fast as the server answers")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")

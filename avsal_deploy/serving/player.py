@@ -1,6 +1,7 @@
-"""Play a video file through ``avsal_stream`` as a live source would, and keep what comes back.
+"""Play a video file (or a live input) through ``avsal_stream``, and keep what comes back.
 
-:func:`play` decodes the file with the offline flow's own :class:`~avsal_deploy.data.source.MediaSource`,
+:func:`play` decodes a file with the offline flow's own :class:`~avsal_deploy.data.source.MediaSource`
+or opens a capture device / live URL with :class:`~avsal_deploy.data.source.CaptureSource`,
 sends each frame with its audio (at the pace of its timestamps with ``realtime``), and writes the
 returned maps (``maps.npz``) and an overlay video with the soundtrack, reporting per-frame latency
 (from sending a frame to receiving its map; start-up frames wait for their reversed windows) and
@@ -10,6 +11,8 @@ throughput.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.data.preprocess import postprocess_map
-from avsal_deploy.data.source import MediaSource
+from avsal_deploy.data.source import CaptureSource, MediaSource, is_capture_spec
 from avsal_deploy.serving.client import stream
 
 
@@ -35,17 +38,28 @@ def play(
     roi_out: str | Path | None = None,
     roi_codec: str = "x264",
     roi_crf: float = 28.0,
+    capture_options: dict[str, str] | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Stream ``video`` through the server at ``url`` (gRPC); returns and writes ``stream.json``.
 
     ``roi_out``: also encode the stream with the QP offsets the server returns per frame
     (``roi_codec``, CRF ``roi_crf``; :func:`avsal_deploy.roi.encode.encode`; the frames are kept
-    as yuv420p until the end of the stream, then encoded)."""
+    as yuv420p until the end of the stream, then encoded).
+
+    ``video`` may name a live input (``FORMAT:TARGET`` such as ``v4l2:/dev/video0`` or
+    ``lavfi:testsrc``, or a streaming URL; ``capture_options`` are its demuxer options): it plays
+    until it ends, ``max_seconds`` pass, or Ctrl-C, which ends the stream cleanly (the start-up
+    frames are flushed and every output is written)."""
     from avsal_deploy import outputs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = MediaSource(video)
+    live = is_capture_spec(str(video))
+    source = CaptureSource(str(video), capture_options, max_seconds) if live else MediaSource(video)
+    previous_handler = None
+    if live and threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: source.stop())
     sent: dict[int, tuple[np.ndarray, float, float]] = {}
     chunks: list[np.ndarray] = []
     writer = outputs.MapWriter(out / "maps.npz", source.source_size, source.fps)
@@ -110,6 +124,8 @@ def play(
         raise
     finally:
         source.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     seconds = time.perf_counter() - t_start
     lat = np.asarray(latencies) * 1000.0
     report = {
@@ -118,6 +134,7 @@ def play(
         "seconds": round(seconds, 3),
         "frames_per_second": round(len(latencies) / max(seconds, 1e-9), 2),
         "realtime": realtime,
+        "live_input": live,
         "latency_ms": {
             q: round(float(np.percentile(lat, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
         },

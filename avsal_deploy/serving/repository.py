@@ -328,6 +328,7 @@ def build_repository(
     overwrite: bool = False,
     stream_limits: Mapping[str, float] | None = None,
     video_limits: Mapping[str, float] | None = None,
+    window_engine: str | None = None,
 ) -> Path:
     """Write a Triton model repository for the export in ``export_dir`` into ``out_dir``.
 
@@ -335,8 +336,17 @@ def build_repository(
     the maximum of each spec's batch profile, which a TensorRT plan cannot exceed). Other models
     already in ``out_dir`` are left alone; ours are replaced only with ``overwrite``.
     ``stream_limits`` / ``video_limits`` override the limits of ``avsal_stream`` / ``avsal_video``
-    (:data:`~avsal_deploy.serving.stream_models.STREAM_LIMITS`, ``VIDEO_LIMITS``). Returns ``out_dir``.
+    (:data:`~avsal_deploy.serving.stream_models.STREAM_LIMITS`, ``VIDEO_LIMITS``). ``window_engine``:
+    how the window models run the components (:mod:`avsal_deploy.serving.bls`; default
+    ``onnxruntime`` in their own stub on the CPU platform, ``bls`` calls on TensorRT). Returns ``out_dir``.
     """
+    from avsal_deploy.serving.bls import WINDOW_ENGINE_PARAMETER, WINDOW_ENGINES
+
+    window_engine = window_engine or ("onnxruntime" if platform == "python-onnxruntime" else "bls")
+    if window_engine not in WINDOW_ENGINES:
+        raise ConfigError(f"window_engine {window_engine!r}: choose one of {', '.join(WINDOW_ENGINES)}")
+    if window_engine == "onnxruntime" and platform != "python-onnxruntime":
+        raise ConfigError(f"window_engine onnxruntime needs the python-onnxruntime platform, not {platform}")
     s_limits = {**STREAM_LIMITS, **(stream_limits or {})}
     v_limits = {**VIDEO_LIMITS, **(video_limits or {})}
     for key in {*(stream_limits or {}), *(video_limits or {})} - {*STREAM_LIMITS, *VIDEO_LIMITS}:
@@ -376,10 +386,10 @@ def build_repository(
         )
     window_batch = min(batches.values())
     pipeline = pipeline_config(manifest, config, specs, instances, window_batch)
-    _write_model(out / PIPELINE_MODEL, pipeline, {"model.py": _template("pipeline")})
     stream = stream_config(manifest, instances, s_limits, window_batch)
-    _write_model(out / STREAM_MODEL, stream, {"model.py": _template("stream")})
     decoder = "pyav" if platform == "python-onnxruntime" else "dali"  # GPU repositories decode on NVDEC
     video = video_config(manifest, instances, v_limits, decoder)
-    _write_model(out / VIDEO_MODEL, video, {"model.py": _template("video")})
+    for model, template in ((pipeline, "pipeline"), (stream, "stream"), (video, "video")):
+        model["parameters"] += _parameters({WINDOW_ENGINE_PARAMETER: window_engine})
+        _write_model(out / model["name"], model, {"model.py": _template(template)})
     return out

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ HOST = "127.0.0.1"
 HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM", "pinned memory")
 _ERROR_LINE = re.compile(r"^(E\d{4} |error: |\[libprotobuf ERROR)")
 SERVE_HINT = "install the 'serve' extra: pip install 'avsal-deploy[serve]'"
+
+
+SHM_POOL_BYTES = 16 * 2**20  # per python-backend stub (tmpfs: allocated up front, physically)
+SHM_GROWTH_BYTES = 16 * 2**20
 
 
 class TritonServerError(AvsalError):
@@ -146,6 +151,7 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._kept_log = ""  # a temporary log's text, kept when its directory is removed at stop
+        self.shm_prefix = f"avsal_pb_{uuid.uuid4().hex[:12]}_"
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -212,6 +218,16 @@ class TritonServer:
             f"--grpc-port={p.grpc}",
             f"--metrics-port={p.metrics}",
             f"--exit-timeout-secs={self.exit_timeout}",
+            # Our own prefix for the python backend's shared-memory pools, so that stop() can remove
+            # the ones a killed server or stub leaves in /dev/shm (they are RAM until removed).
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            # Each growth of a pool maps the whole region again in the server and the stub (the old
+            # mappings stay), which inflates their RSS though the memory is the same pages. The
+            # default 1 MB pools grow in 1 MB steps (the stream model's to ~50 MB in a 10-minute
+            # soak: dozens of mappings); pools start at 16 MB and grow 16 MB at a time instead. The
+            # backend allocates a pool's pages up front (RAM in /dev/shm): 16 MB per stub.
+            f"--backend-config=python,shm-default-byte-size={SHM_POOL_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
         ]
 
     def start(self) -> TritonServer:
@@ -352,12 +368,22 @@ class TritonServer:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
             self._reap_group(proc.pid)
+            self._remove_shm_pools()
         if self._workdir is not None:
             if self._requested_log is None and self.log_path is not None and self.log_path.exists():
                 self._kept_log = self.log_path.read_text(errors="replace")
             self._workdir.cleanup()
             self._workdir = None
         return None if proc is None else proc.returncode
+
+    def shm_pools(self) -> list[Path]:
+        """The python backend's shared-memory pool files of this server (in /dev/shm)."""
+        shm = Path("/dev/shm")
+        return sorted(shm.glob(self.shm_prefix + "*")) if shm.is_dir() else []
+
+    def _remove_shm_pools(self) -> None:
+        for path in self.shm_pools():
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _reap_group(pgid: int) -> None:

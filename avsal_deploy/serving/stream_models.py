@@ -273,12 +273,10 @@ class StreamModel:
     """``avsal_stream`` (see the module docstring); requests arrive from the sequence batcher."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        from avsal_deploy.serving.bls import BLSEngine
-        from avsal_deploy.serving.repository import pipeline_manifest
+        from avsal_deploy.serving.bls import window_engine
 
         config = json.loads(args["model_config"])
-        manifest, cfg, specs = pipeline_manifest(config)
-        engine = BLSEngine(cfg, manifest["variant"], specs)
+        engine = window_engine(args, config)
         batch = int(config.get("parameters", {}).get("window_batch", {}).get("string_value", 8))
         self.sessions = StreamSessions(engine, limits_of(config, STREAM_LIMITS), batch)
 
@@ -395,12 +393,10 @@ class VideoModel:
     """``avsal_video`` (see the module docstring): one whole encoded video per request."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        from avsal_deploy.serving.bls import BLSEngine
-        from avsal_deploy.serving.repository import pipeline_manifest
+        from avsal_deploy.serving.bls import window_engine
 
         config = json.loads(args["model_config"])
-        manifest, cfg, specs = pipeline_manifest(config)
-        self.engine = BLSEngine(cfg, manifest["variant"], specs)
+        self.engine = window_engine(args, config)
         self.limits = limits_of(config, VIDEO_LIMITS)
         self.decoder = config.get("parameters", {}).get("decoder", {}).get("string_value", "pyav")
 

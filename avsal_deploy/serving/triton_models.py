@@ -135,12 +135,12 @@ class PipelineModel:
     """
 
     def initialize(self, args: dict[str, str]) -> None:
-        from avsal_deploy.serving.bls import BLSEngine
+        from avsal_deploy.serving.bls import window_engine
         from avsal_deploy.serving.repository import pipeline_manifest
 
         config = json.loads(args["model_config"])
-        manifest, cfg, specs = pipeline_manifest(config)
-        self.engine = BLSEngine(cfg, manifest["variant"], specs)
+        _, _, specs = pipeline_manifest(config)
+        self.engine = window_engine(args, config)
         self.max_batch = int(_parameter(config, MAX_BATCH_PARAMETER) or 0)
         self.frames_input = specs["video_encoder"].input_names[0]
         self.audio_input = specs["audio_encoder"].input_names[0]

@@ -44,6 +44,17 @@ from avsal_deploy.errors import ConfigError
 from avsal_deploy.training.data import check_audio_mode
 
 MODULE_NAMES: tuple[str, ...] = ("video_encoder", "audio_encoder", "fusion", "unet")
+#: Sub-modules a stage may freeze besides MODULE_NAMES: the VGGish trunk of the diffsal audio encoder
+#: (its temporal transformer stays trainable).
+PART_NAMES: tuple[str, ...] = ("audio_encoder.trunk",)
+
+
+def pretrained_audio_part(variant: str) -> str:
+    """What ``train.freeze_audio`` freezes: the VGGish trunk for diffsal (as the official DiffSal
+    code, which runs it under no_grad), the whole SoundNet otherwise."""
+    return "audio_encoder.trunk" if variant == "diffsal" else "audio_encoder"
+
+
 SCHEDULERS: tuple[str, ...] = ("plateau", "cosine", "constant")
 AMP_MODES: tuple[str, ...] = ("auto", "off", "fp16", "bf16")
 #: Validation metrics a recipe may monitor, and whether larger is better.
@@ -97,6 +108,12 @@ class TrainSection:
     amp: str = "auto"  # auto: fp16/bf16 autocast on CUDA, off on CPU
     audio: str = "real"  # "silent": the visual-only twin
     freeze: tuple[str, ...] = ()  # modules without gradient: video_encoder, audio_encoder, fusion, unet
+    # Freeze the audio encoder's pretrained part in every stage (recipe.pretrained_audio_part): no
+    # gradient, not in the optimiser, eval mode. The DiffSal recipe sets it, as the official code.
+    freeze_audio: bool = False
+    # Public encoder weights loaded before training, "layout=path" (models.weights.LAYOUTS), e.g.
+    # "torchvggish=/weights/vggish.pth", "torchvision-mvit_v2_s=/weights/mvit_v2_s-ae3be167.pth".
+    backbone_weights: tuple[str, ...] = ()
     # Losses: oneshot = AVRSP loss on the one-shot map (avrsp, hybrid); diffusion = x0 MSE (diffsal, hybrid).
     kl_weight: float = 1.0
     cc_weight: float = -0.1
@@ -187,6 +204,9 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"stage names must be unique, got {names}")
+        bad = [w for w in t.backbone_weights if not w.partition("=")[0] or not w.partition("=")[2]]
+        if bad:
+            raise ConfigError(f"train.backbone_weights: expected 'layout=path' entries, got {bad}")
         unknown_init = [m for m in t.he_init if m not in MODULE_NAMES]
         if unknown_init:
             raise ConfigError(
@@ -194,10 +214,11 @@ class TrainConfig:
             )
         for stage in self.resolved_stages():
             check_audio_mode(stage.audio)
-            unknown = [m for m in stage.freeze if m not in MODULE_NAMES]
+            unknown = [m for m in stage.freeze if m not in MODULE_NAMES + PART_NAMES]
             if unknown:
                 raise ConfigError(
-                    f"stage {stage.name!r}: cannot freeze {unknown}; choose from {', '.join(MODULE_NAMES)}"
+                    f"stage {stage.name!r}: cannot freeze {unknown}; choose from "
+                    f"{', '.join(MODULE_NAMES + PART_NAMES)}"
                 )
             if stage.lr <= 0:
                 raise ConfigError(f"stage {stage.name!r}: lr={stage.lr} must be > 0")
@@ -207,6 +228,18 @@ class TrainConfig:
     def model_config(self) -> Config:
         """The model :class:`Config`: the profile with ``[model.overrides]`` applied."""
         return load_config(self.model.profile, dict(self.model.overrides))
+
+    def backbone_layouts(self) -> tuple[tuple[str, str], ...]:
+        """``train.backbone_weights`` as (layout, path) pairs."""
+        return tuple((w.partition("=")[0], w.partition("=")[2]) for w in self.train.backbone_weights)
+
+    def frozen_audio_untrained(self) -> bool:
+        """Whether ``train.freeze_audio`` would freeze an audio encoder that no weights fill
+        (neither public audio weights nor ``train.init_checkpoint``)."""
+        t = self.train
+        audio_layouts = {"torchvggish", "soundnet8"}
+        given = any(layout in audio_layouts for layout, _ in self.backbone_layouts())
+        return t.freeze_audio and not (given or t.init_checkpoint)
 
     def resolved_stages(self) -> tuple[Stage, ...]:
         """The stages with inherited values filled in (one ``main`` stage when none are listed)."""
@@ -220,7 +253,8 @@ class TrainConfig:
                     name=s.name,
                     epochs=t.epochs if s.epochs is None else int(s.epochs),
                     audio=t.audio if s.audio is None else s.audio,
-                    freeze=tuple(t.freeze if s.freeze is None else s.freeze),
+                    freeze=tuple(t.freeze if s.freeze is None else s.freeze)
+                    + ((pretrained_audio_part(self.model.variant),) if t.freeze_audio else ()),
                     lr=t.lr if s.lr is None else float(s.lr),
                     oneshot_weight=t.oneshot_weight if s.oneshot_weight is None else float(s.oneshot_weight),
                     diffusion_weight=(

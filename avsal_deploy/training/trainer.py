@@ -49,7 +49,7 @@ from avsal_deploy.data.datasets import open_dataset
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
 from avsal_deploy.models.build import AVSaliencyModel, build_model
-from avsal_deploy.models.weights import load_checkpoint
+from avsal_deploy.models.weights import load_backbone_weights, load_checkpoint
 from avsal_deploy.training.checkpoints import (
     load_training_state,
     save_training_state,
@@ -143,6 +143,9 @@ def _apply_freeze(model: AVSaliencyModel, frozen: tuple[str, ...]) -> list[nn.Pa
         module = getattr(model, name)
         if module is not None:
             module.requires_grad_(name not in frozen)
+    for name in frozen:  # sub-modules (recipe.PART_NAMES), e.g. the VGGish trunk of train.freeze_audio
+        if "." in name:
+            model.get_submodule(name).requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"every module of the model is frozen ({', '.join(frozen)}): nothing to train")
@@ -153,7 +156,7 @@ def _train_mode(model: AVSaliencyModel, frozen: tuple[str, ...]) -> None:
     """Train mode, except frozen modules stay in eval mode (their BatchNorm statistics stay fixed)."""
     model.train()
     for name in frozen:
-        module = getattr(model, name)
+        module = model.get_submodule(name) if "." in name else getattr(model, name)
         if module is not None:
             module.eval()
 
@@ -335,6 +338,13 @@ class Trainer:
         self.model = build_model(self.config, self.variant)
         self._val_engine = None
         he_initialise(self.model, t.he_init)
+        if r.frozen_audio_untrained() and not self.resume:
+            raise ConfigError(
+                "train.freeze_audio: the audio encoder would stay at its random initialisation; give its "
+                "public weights (train.backbone_weights, e.g. torchvggish=<path>) or train.init_checkpoint"
+            )
+        for layout, path in r.backbone_layouts():
+            load_backbone_weights(self.model, path, layout)
         self.model.to(self.ctx.device)
         self.precision = resolve_precision(t.amp, self.ctx.device)
         self.step = self.epoch = self.stage_epoch = 0

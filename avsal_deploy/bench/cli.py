@@ -1,0 +1,68 @@
+"""``avsal bench``: the benchmark report (see :mod:`avsal_deploy.bench.report`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from avsal_deploy.config import PROFILES
+from avsal_deploy.errors import AvsalError
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from avsal_deploy.bench import report as rep
+
+    out = Path(args.report)
+    if args.from_json:
+        raw = Path(args.from_json)
+        if not raw.exists():
+            raise AvsalError(f"{raw}: no such pytest-benchmark JSON")
+    else:
+        suites = Path(args.suites) if args.suites else rep.default_suites_dir()
+        if suites is None or not (suites / "conftest.py").exists():
+            raise AvsalError(
+                f"{suites or 'benchmarks/'}: the benchmark suites are not here; `avsal bench` runs the "
+                "repository's benchmarks/ (give --suites DIR in a source checkout)"
+            )
+        profiles = args.profile or (["tiny", "small"] if args.quick else ["tiny", "small", "paper"])
+        print(f"running the benchmark suites ({', '.join(profiles)}{', quick' if args.quick else ''}) ...")
+        raw = rep.run_suites(out, profiles, args.quick, suites, args.suite or rep.SUITES)
+    node_profiles = None
+    if not args.no_node_profile:
+        data = json.loads(raw.read_text())
+        profiles_run = {b.get("extra_info", {}).get("profile") for b in data.get("benchmarks", [])}
+        largest = rep._largest(p for p in profiles_run if p)
+        if largest:
+            print(f"profiling the {largest} components per ONNX node ...")
+            node_profiles = rep.profile_nodes(largest)
+    report = rep.build_report(raw, out, node_profiles)
+    _print_summary(report, out)
+    return 0
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    for t in report["targets"]:
+        met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        value = "–" if t["value"] is None else f"{t['value']:.3g}"
+        print(f"  {t['key']:<24} {value:>8}  target {t['target']:<8} {met}")
+    print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="run the benchmark suites and write a report (json, markdown, plots)")
+    p.add_argument("--report", required=True, metavar="DIR", help="where report.json, report.md and plots go")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny and small profiles only (a few minutes on 2 cores)"
+    )
+    p.add_argument("--profile", action="append", choices=PROFILES, help="engine profiles to run (repeatable)")
+    p.add_argument("--suite", action="append", metavar="FILE", help="only these suite files (repeatable)")
+    p.add_argument(
+        "--suites", default=None, metavar="DIR", help="the benchmarks/ directory (default: the checkout's)"
+    )
+    p.add_argument(
+        "--from-json", default=None, metavar="FILE", help="rebuild the report from a pytest-benchmark JSON"
+    )
+    p.add_argument("--no-node-profile", action="store_true", help="skip the per-node ONNX Runtime profile")
+    p.set_defaults(handler=cmd_bench)

@@ -1,0 +1,82 @@
+"""The machine's limit, measured in the same run as the engines: fp32 GEMM FLOP/s.
+
+The rate of one large square fp32 matrix product is what a compute-bound network can reach at
+best on this CPU; every engine's achieved FLOP/s (:mod:`avsal_deploy.bench.flops` over its measured
+time) is reported as a share of it. Measured two ways, ONNX Runtime's MatMul (MLAS, the kernels the
+CPU engine runs) and NumPy's BLAS, each at the given thread count; the higher rate is the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GemmPeak:
+    gflops: float  # the limit: max over the backends
+    backend: str
+    size: int
+    threads: int
+    per_backend: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _best_rate(fn, flop: float, repeats: int) -> float:
+    fn()  # warm-up (thread pools, page faults)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return flop / best / 1e9
+
+
+def _ort_matmul(size: int, threads: int):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "gemm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((size, size), dtype=np.float32) for n in ("a", "b")}
+    return lambda: session.run(None, feeds)
+
+
+def gemm_peak(size: int = 2048, threads: int | None = None, repeats: int = 5) -> GemmPeak:
+    """fp32 GEMM GFLOP/s of a ``size`` x ``size`` product (best of ``repeats``), the machine's limit."""
+    threads = threads or len(os.sched_getaffinity(0))
+    flop = 2.0 * size**3
+    rates: dict[str, float] = {}
+    try:
+        rates["onnxruntime"] = _best_rate(_ort_matmul(size, threads), flop, repeats)
+    except ImportError:  # onnx is in the export / bench extras
+        pass
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    rates["numpy"] = _best_rate(lambda: a @ b, flop, repeats)
+    backend = max(rates, key=rates.__getitem__)
+    return GemmPeak(
+        round(rates[backend], 2), backend, size, threads, {k: round(v, 2) for k, v in rates.items()}
+    )
