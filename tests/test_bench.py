@@ -18,7 +18,7 @@ from avsal_deploy.bench.machine import gemm_peak
 from avsal_deploy.bench.ortprof import family, profile_component
 from avsal_deploy.bench.perf import _parse_csv, write_input_data
 from avsal_deploy.bench.precision import map_agreement
-from avsal_deploy.bench.report import HEADLINE, derive
+from avsal_deploy.bench.report import HEADLINE, derive, merge_raw
 from avsal_deploy.cli import main
 
 
@@ -86,9 +86,10 @@ def test_node_profile_attributes_time_and_flops_per_family(tmp_path: Path) -> No
 
 
 def _case(metric: str, median: float, **info) -> dict:
+    name = f"{metric}[{'-'.join(str(v) for v in info.values())}]"  # unique, as pytest's are
     return {
-        "name": metric,
-        "fullname": metric,
+        "name": name,
+        "fullname": name,
         "stats": {"median": median},
         "extra_info": {"metric": metric, **info},
     }
@@ -167,6 +168,19 @@ def test_derive_computes_each_ratio_from_side_by_side_cases() -> None:
     assert judged["ort_speedup"]["met"] is True and judged["gemm_fraction"]["met"] is False
     assert judged["triton_overhead"]["met"] is False and judged["stream_fps_small"]["met"] is True
     assert report["tables"]["breakdown"]["unet_step x4"] == pytest.approx(0.8)
+
+
+def test_a_later_json_replaces_the_cases_it_measured_again(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(_raw()))
+    again = [_case("window", 0.8, profile="small", backend="onnxruntime", steps=4, gflop=80.0)]
+    second.write_text(json.dumps({"benchmarks": again}))
+    merged = merge_raw([first, second])
+    assert len(merged["benchmarks"]) == len(_raw()["benchmarks"])
+    report = derive(merged)
+    assert report["ort_speedup"] == pytest.approx(
+        1.6 * 2.5 / 0.8
+    )  # torch from a.json, onnxruntime from b.json
 
 
 def test_missing_suites_give_null_with_a_reason() -> None:

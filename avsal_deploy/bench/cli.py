@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out = Path(args.report)
     if args.from_json:
-        raw = Path(args.from_json)
-        if not raw.exists():
-            raise AvsalError(f"{raw}: no such pytest-benchmark JSON")
+        raws = [Path(p) for p in args.from_json]
+        for raw in raws:
+            if not raw.exists():
+                raise AvsalError(f"{raw}: no such pytest-benchmark JSON")
     else:
         suites = Path(args.suites) if args.suites else rep.default_suites_dir()
         if suites is None or not (suites / "conftest.py").exists():
@@ -28,16 +28,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         profiles = args.profile or (["tiny", "small"] if args.quick else ["tiny", "small", "paper"])
         print(f"running the benchmark suites ({', '.join(profiles)}{', quick' if args.quick else ''}) ...")
-        raw = rep.run_suites(out, profiles, args.quick, suites, args.suite or rep.SUITES)
+        raws = [rep.run_suites(out, profiles, args.quick, suites, args.suite or rep.SUITES)]
     node_profiles = None
     if not args.no_node_profile:
-        data = json.loads(raw.read_text())
+        data = rep.merge_raw(raws)
         profiles_run = {b.get("extra_info", {}).get("profile") for b in data.get("benchmarks", [])}
         largest = rep._largest(p for p in profiles_run if p)
         if largest:
             print(f"profiling the {largest} components per ONNX node ...")
             node_profiles = rep.profile_nodes(largest)
-    report = rep.build_report(raw, out, node_profiles)
+    report = rep.build_report(raws, out, node_profiles)
     _print_summary(report, out)
     return 0
 
@@ -62,7 +62,11 @@ def register(sub: Any) -> None:
         "--suites", default=None, metavar="DIR", help="the benchmarks/ directory (default: the checkout's)"
     )
     p.add_argument(
-        "--from-json", default=None, metavar="FILE", help="rebuild the report from a pytest-benchmark JSON"
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="rebuild the report from pytest-benchmark JSON(s); a case in a later file replaces an earlier one",
     )
     p.add_argument("--no-node-profile", action="store_true", help="skip the per-node ONNX Runtime profile")
     p.set_defaults(handler=cmd_bench)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+FUSED = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}  # ONNX Runtime fused forms
 GEMM_OPS = (
     "Conv",
     "ConvTranspose",
@@ -79,7 +80,7 @@ def _node_flops(node, shapes: dict[str, tuple[int, ...] | None]) -> int | None:
         names = node.output if outputs else node.input
         return shapes.get(names[i]) if i < len(names) and names[i] else None
 
-    op = node.op_type
+    op = FUSED.get(node.op_type, node.op_type)
     if op in ("Conv", "ConvInteger"):
         w, y = shape(1), shape(0, outputs=True)
         if w is None or y is None:
@@ -108,10 +109,31 @@ def _node_flops(node, shapes: dict[str, tuple[int, ...] | None]) -> int | None:
     return 0
 
 
-def count_flops(onnx_file: str | Path, batch: int = 1) -> GraphFlops:
-    """GEMM-class FLOPs of ``onnx_file`` at ``batch`` (see the module docstring)."""
+def executed_graph(onnx_file: str | Path, out_file: str | Path) -> Path:
+    """The work ONNX Runtime executes: ``onnx_file`` after its basic graph optimisations
+    (constant folding, common-subexpression elimination, redundant nodes), which keep standard
+    operators (the later fusions change no arithmetic and their contrib operators have no shape
+    inference). In an unrolled DDIM graph, CSE computes the condition-only branches of the UNet
+    (the audio projections, the conditions' own paths) once instead of once per step."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out_file)
+    ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    return Path(out_file)
+
+
+def count_flops(onnx_file: str | Path, batch: int = 1, executed: bool = False) -> GraphFlops:
+    """GEMM-class FLOPs of ``onnx_file`` at ``batch`` (see the module docstring); ``executed``:
+    of the graph ONNX Runtime runs after its optimisations (:func:`executed_graph`)."""
+    import tempfile
+
     import onnx
 
+    if executed:
+        with tempfile.TemporaryDirectory() as tmp:
+            return count_flops(executed_graph(onnx_file, Path(tmp) / "executed.onnx"), batch)
     model = _fixed_batch(onnx.load(str(onnx_file), load_external_data=False), batch)
     shapes = _shapes(model)
     result = GraphFlops()

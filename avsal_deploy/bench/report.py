@@ -494,11 +494,25 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def merge_raw(raw_jsons: Sequence[Path]) -> dict[str, Any]:
+    """Several pytest-benchmark JSONs as one: a case measured again in a later file (same full
+    name) replaces the earlier one, so one suite can be rerun without the others."""
+    merged: dict[str, dict[str, Any]] = {}
+    head: dict[str, Any] = {}
+    for path in raw_jsons:
+        data = json.loads(Path(path).read_text())
+        head = {k: v for k, v in data.items() if k != "benchmarks"}
+        for b in data.get("benchmarks", []):
+            merged[b.get("fullname") or b.get("name")] = b
+    return {**head, "benchmarks": list(merged.values()), "sources": [str(p) for p in raw_jsons]}
+
+
 def build_report(
-    raw_json: Path, out_dir: Path, node_profiles: dict[str, Any] | None = None
+    raw_json: Path | Sequence[Path], out_dir: Path, node_profiles: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Derive and write report.json, report.md and the plots from a pytest-benchmark JSON."""
-    raw = json.loads(Path(raw_json).read_text())
+    """Derive and write report.json, report.md and the plots from pytest-benchmark JSON(s)."""
+    paths = [Path(raw_json)] if isinstance(raw_json, (str, Path)) else [Path(p) for p in raw_json]
+    raw = merge_raw(paths)
     report = derive(raw, node_profiles)
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = [p.name for p in write_plots(report, out_dir)]
