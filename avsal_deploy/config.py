@@ -107,6 +107,14 @@ class FusionConfig:
     av_sync: bool = False
     sync_scale: int = 1
     sync_heads: int = 2
+    # Audio-visual binding (our extension, issue 16; off in the paper profile): a parameter-free map
+    # of where each position's luminance correlates over the window with the per-frame audio
+    # loudness (best of lags 0..binding_lags frames, the sound trailing the picture), plus where the
+    # luminance varies at all, projected and added to fusion scale ``binding_scale``
+    # (models.binding). Takes the window's frames and the envelope as extra fusion inputs.
+    binding: bool = False
+    binding_scale: int = 0
+    binding_lags: int = 2
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,12 @@ class Config:
             raise ConfigError(
                 f"fusion.sync_scale={f.sync_scale}: must index one of the {len(f.channels)} scales"
             )
+        if not 0 <= f.binding_scale < len(f.channels):
+            raise ConfigError(
+                f"fusion.binding_scale={f.binding_scale}: must index one of the {len(f.channels)} scales"
+            )
+        if f.binding_lags < 0:
+            raise ConfigError(f"fusion.binding_lags={f.binding_lags}: must be >= 0")
         if f.sync_heads < 1 or f.channels[f.sync_scale] % f.sync_heads:
             raise ConfigError(
                 f"fusion.sync_heads={f.sync_heads}: must divide fusion.channels[{f.sync_scale}]="
@@ -236,8 +250,13 @@ class Config:
         return (1, self.soundnet_samples(), 1)
 
     def uses_envelope(self, variant: str = "hybrid") -> bool:
-        """Whether ``variant`` takes the per-frame audio envelope (its fusion decoder has AV sync)."""
-        return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.av_sync
+        """Whether ``variant`` takes the per-frame audio envelope (its fusion decoder has AV sync or
+        the binding map)."""
+        return check_variant(variant) in ("avrsp", "hybrid") and (self.fusion.av_sync or self.fusion.binding)
+
+    def uses_binding(self, variant: str = "hybrid") -> bool:
+        """Whether ``variant``'s fusion decoder also takes the window's frames (``fusion.binding``)."""
+        return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.binding
 
     def envelope_shape(self, variant: str = "hybrid") -> tuple[int, int]:
         """Per-frame audio envelope of a window, batch excluded: [envelope_bands + 1, T]."""
@@ -260,6 +279,10 @@ class Config:
         Checkpoints record it, so loading weights trained under another profile fails clearly.
         """
         d = self.to_dict()
+        for dotted, legacy in LEGACY_DEFAULTS.items():  # at its legacy value a field is not hashed,
+            section, name = dotted.split(".")  # so checkpoints from before it keep their fingerprint
+            if d[section].get(name) == legacy:
+                d[section].pop(name)
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
@@ -272,7 +295,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults)."""
+        """Inverse of :meth:`to_dict` (unknown fields are rejected, missing ones take defaults;
+        a field of :data:`LEGACY_DEFAULTS` missing from ``data`` takes its legacy value)."""
+        for dotted, legacy in LEGACY_DEFAULTS.items():
+            section, name = dotted.split(".")
+            if isinstance(data.get(section), dict) and name not in data[section]:
+                data = {**data, section: {**data[section], name: legacy}}
         return _from_dict(_merge(Config(profile=str(data.get("profile", "paper"))).to_dict(), data))
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
@@ -280,6 +308,18 @@ class Config:
         merged: dict[str, Any] = dict(overrides or {})
         merged.update(kwargs)
         return _from_dict(_merge(self.to_dict(), _expand(merged)))
+
+
+#: The one migration table: dotted config field -> the value a stored config that lacks the field
+#: means (the behaviour before the field existed). :meth:`Config.from_dict` fills it in for stored
+#: configs (checkpoints) that lack it, and :meth:`Config.architecture_fingerprint` leaves a field at
+#: its legacy value out of the hash, so checkpoints written before the field keep loading with their
+#: old behaviour and fingerprint while the profiles choose new defaults.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "fusion.binding": False,
+    "fusion.binding_scale": 0,
+    "fusion.binding_lags": 2,
+}
 
 
 def check_variant(variant: str) -> str:
@@ -319,6 +359,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "ravf_heads": 2,
             "aspp_rates": (1, 2),
             "av_sync": True,
+            "binding": True,
         },
         "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
         "diffusion": {"sampling_steps": 2},

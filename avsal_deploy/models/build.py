@@ -68,7 +68,8 @@ class AVSaliencyModel(nn.Module):
         video, audio_feat = self.encode(frames, audio)
         if self.fusion is None:
             return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
-        one_shot, *conds = self.fusion(*video, audio_feat, envelope)
+        binding_frames = frames if self.config.uses_binding(self.variant) else None
+        one_shot, *conds = self.fusion(*video, audio_feat, envelope, binding_frames)
         return Conditioning(one_shot, tuple(conds), audio_feat)  # type: ignore[arg-type]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -202,7 +203,9 @@ def count_flops(
         conds: tuple[Tensor, ...] = tuple(video)
         if meta.fusion is not None:
             with FlopCounterMode(display=False) as fc:
-                _, *conds = meta.fusion(*video, audio_feat, envelope)
+                _, *conds = meta.fusion(
+                    *video, audio_feat, envelope, frames if config.uses_binding(variant) else None
+                )
             out["fusion"] = fc.get_total_flops()
         n_steps = meta.resolve_steps(steps)
         if meta.unet is not None:
