@@ -220,14 +220,24 @@ def _train_and_score(
     """Train one model (unless ``run_dir`` holds a finished run) and score it on the test split.
 
     Returns ``{"seconds", "steps", "stopped", "stride", "scores": {condition: {metric: value}}}``,
-    also kept in ``run_dir/done.json`` so that a re-run reuses it. Runs in a worker process when
+    also kept in ``run_dir/done.json`` so that a re-run reuses it; a re-run with a larger
+    ``train.max_steps`` continues the run from its last checkpoint (the cosine schedule is then
+    re-spread over the new budget: a warm restart, recorded in ``extended_from``). Runs in a worker process when
     the experiment has several jobs (then ``threads`` bounds its torch threads).
     """
     done = run_dir / "done.json"
+    previous: list[int] | None = None
     if done.is_file():
         record = json.loads(done.read_text())
         wants_control = audio == "real" and control
-        if record.get("stride") == stride and (not wants_control or "mismatched_scores" in record):
+        budget = recipe.train.max_steps
+        extend = (
+            bool(budget) and record.get("stopped") == "max_steps" and int(record.get("steps", 0)) < budget
+        )
+        if extend:  # a larger step budget continues the finished run from its last checkpoint
+            previous = [*record.get("extended_from", []), int(record.get("steps", 0))]
+            done.unlink()
+        elif record.get("stride") == stride and (not wants_control or "mismatched_scores" in record):
             return dict(record)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -239,13 +249,15 @@ def _train_and_score(
     inputs = dataset_inputs(test_set, config, variant, audio)  # type: ignore[arg-type]
     predictor = model_predictor(model, None, recipe.train.val_batch_size, recipe.train.seed, device or "cpu")
     scores = evaluate_predictor(predictor, inputs, metrics=METRICS, stride=stride).by_condition()
-    record = {
+    record: dict[str, Any] = {
         "seconds": round(result.seconds, 1),
         "steps": result.steps,
         "stopped": result.stopped,
         "stride": stride,
         "scores": scores,
     }
+    if previous is not None:
+        record["extended_from"] = previous
     if audio == "real" and control:  # control: does the model use WHAT it hears, or only THAT it hears?
         swapped = mismatched_inputs(test_set, config, variant)
         record["mismatched_scores"] = evaluate_predictor(

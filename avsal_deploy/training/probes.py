@@ -275,3 +275,73 @@ def score_model(
     predictor = model_predictor(model, steps, 16, 0, "cpu")
     scores = evaluate_predictor(predictor, inputs, metrics=("cc",), stride=stride).by_condition()
     return {c: float(v["cc"]) for c, v in scores.items()}
+
+
+def run_probes(
+    root: str | Path,
+    av: str | Path | None = None,
+    v: str | Path | None = None,
+    stride: int = 4,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Every probe on a generated set: the binding map's alignment (no model), and with the ``av``
+    (and ``v``) checkpoints the sync gate, the audio-rate probe and CC one-shot vs DDIM, train vs
+    test."""
+    from avsal_deploy.config import load_config
+    from avsal_deploy.training.checkpoints import load_trained_model
+
+    say = progress or (lambda _m: None)
+    out: dict[str, Any] = {"data": str(root), "stride": stride}
+    config = load_config("tiny", {"video.clip_len": 16})
+    if av is not None:
+        config = load_trained_model(av)[1]
+    say("binding map alignment")
+    out["binding_alignment"] = binding_alignment(
+        root, config.replace({"fusion.binding": True}), stride=stride
+    )
+    for key, path in (("av", av), ("v", v)):
+        if path is None:
+            continue
+        model, _, _, _ = load_trained_model(path)
+        entry: dict[str, Any] = {"checkpoint": str(path), "binding": model.config.fusion.binding}
+        audio = "real" if key == "av" else "silent"
+        if key == "av":
+            say(f"{key}: sync gate alignment")
+            entry["sync_gate"] = sync_gate_alignment(model, root, stride=stride)
+            say(f"{key}: audio-rate probe")
+            entry["audio_rate_probe"] = audio_rate_probe(model, root, stride=stride)
+        say(f"{key}: CC one-shot vs DDIM, train vs test")
+        entry["cc"] = {
+            "test_ddim": score_model(model, root, "test", None, audio, stride),
+            "test_oneshot": score_model(model, root, "test", 0, audio, stride),
+            "train_ddim": score_model(model, root, "train", None, audio, 2 * stride),
+        }
+        out[key] = entry
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m avsal_deploy.training.probes DATA [--av CKPT] [--v CKPT] [--out JSON]``."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m avsal_deploy.training.probes", description=__doc__)
+    p.add_argument("data", help="a set written by avsal_deploy.data.synthetic.generate")
+    p.add_argument("--av", default=None, help="the audio-visual model's checkpoint")
+    p.add_argument("--v", default=None, help="its visual-only twin's checkpoint")
+    p.add_argument("--stride", type=int, default=4, help="every k-th window (default 4)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run_probes(args.data, args.av, args.v, args.stride, progress=lambda m: print(m, flush=True))
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
