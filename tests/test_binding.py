@@ -363,6 +363,16 @@ def test_miniature_grid_runs_and_summarises(tmp_path: Path, capsys: pytest.Captu
     assert (out / "summary.md").read_text().count("\n| ") >= 2 and (out / "summary.png").is_file()
     info = json.loads((out / "four" / "data" / "annotations" / "synthetic" / "generator.json").read_text())
     assert info["scene"]["objects"] == [3, 4]
+    # a partial grid: the summary of what has run, the rest listed as missing
+    path.write_text(GRID + '\n[[cell]]\nname = "later"\n')
+    assert (
+        main(["experiment", "audio-relevance", "--grid", str(path), "--out", str(out), "--summary-only"]) == 0
+    )
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["missing"] == ["later"] and len(partial["cells"]) == 2 and not partial["all_hold"]
+    assert (
+        partial["cells"][0]["cc"] == summary["cells"][0]["cc"] and "later" in (out / "summary.md").read_text()
+    )
     # the single-set contract still holds
     single = tmp_path / "single"
     assert (

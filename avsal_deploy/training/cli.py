@@ -201,6 +201,12 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.grid is None):
         raise ConfigError("experiment audio-relevance: give exactly one of --data DIR and --grid GRID.toml")
+    if args.grid is not None and args.summary_only:
+        from avsal_deploy.training.grid import summarise_grid
+
+        summary = summarise_grid(args.grid, args.out)
+        print((Path(args.out) / "summary.md").read_text())
+        return 0
     if args.grid is not None:
         from avsal_deploy.training.grid import run_grid
 
@@ -365,6 +371,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "run the experiment per cell, write OUT/<cell>/results.json and OUT/summary.{json,md,png}",
     )
     q.add_argument("--cells", default=None, help="with --grid: only these cells (comma-separated names)")
+    q.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="with --grid: write the summary from the cells' existing results.json, run nothing",
+    )
     q.add_argument("--stride", type=int, default=None, help="score every k-th test frame (default 1)")
     q.add_argument("--no-control", action="store_true", help="skip the mismatched-soundtrack control")
     q.add_argument("--out", required=True, help="output folder")

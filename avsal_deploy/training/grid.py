@@ -228,6 +228,31 @@ def run_grid(
     return _write_summary(out_dir, str(grid), summary_cells)
 
 
+def summarise_grid(grid: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the summary from the cells of ``grid`` that have an ``OUT/<cell>/results.json``
+    (a partial grid: the cells not run are left out and listed under ``missing``)."""
+    out_dir = Path(out)
+    entries, missing = [], []
+    for cell in load_grid(grid):
+        path = out_dir / cell["name"] / "results.json"
+        if not path.is_file():
+            missing.append(cell["name"])
+            continue
+        results = json.loads(path.read_text())
+        entry = _cell_entry(cell, results)
+        entry["seeds"] = len(results["seeds"])
+        entries.append(entry)
+    summary = _write_summary(out_dir, str(grid), entries, missing)
+    return summary
+
+
+def _binding(results: dict[str, Any]) -> bool:
+    """Whether the experiment's models had the binding map (``fusion.binding``)."""
+    from avsal_deploy.training.recipe import from_dict
+
+    return bool(from_dict(results["recipe"]).model_config().fusion.binding)
+
+
 def _cell_entry(cell: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     cc = {
         c: {
@@ -251,7 +276,9 @@ def _cell_entry(cell: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]
         "cc": cc,
         "references_cc": refs,
         "criteria": cell_criteria(results),
-        "results": str(Path(results.get("data", "")).parent / "results.json"),
+        "recipe_max_steps": results["recipe"]["train"]["max_steps"],
+        "profile": results.get("profile"),
+        "binding": _binding(results),
     }
 
 
@@ -273,11 +300,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
     rows = []
     for e in summary["cells"]:
+        steps = f", {e['recipe_max_steps']} steps" if "recipe_max_steps" in e else ""
+        binding = "" if e.get("binding", True) else ", no binding map"
         cr = e["criteria"]
         s = e["scene"]
         variant = (
             f"{s['objects'][0]}-{s['objects'][1]} obj, lag {s['audio_lag_ms'][0]:g}-{s['audio_lag_ms'][1]:g} ms, "
-            f"{e['data']['frames']} fr, {e['data']['train_per_condition']} train/cond"
+            f"{e['data']['frames']} fr, {e['data']['train_per_condition']} train/cond{steps}{binding}"
         )
         rel = cr.get("relevant_margin", {})
         diff_rel = f"{np.mean(rel['per_seed']):+.3f} ({rel['min_difference']:+.3f})" if rel else "-"
@@ -294,16 +323,22 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "AV - V >= -0.02 with music and with silence (mean over seeds); AV and V above the centre bias "
         "on CC and NSS in every condition. Means ± sample std over seeds.\n"
     )
+    missing = summary.get("missing") or []
+    if missing:
+        legend += f"\nNot run (no results.json): {', '.join(missing)}.\n"
     return head + "\n".join(rows) + "\n" + legend
 
 
-def _write_summary(out_dir: Path, grid: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+def _write_summary(
+    out_dir: Path, grid: str, cells: list[dict[str, Any]], missing: list[str] | None = None
+) -> dict[str, Any]:
     summary = {
         "experiment": "audio-relevance grid",
         "grid": grid,
         "criteria": CRITERIA,
         "cells": cells,
-        "all_hold": all(c["criteria"]["all"] for c in cells),
+        "missing": missing or [],
+        "all_hold": bool(cells) and not missing and all(c["criteria"]["all"] for c in cells),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "summary.md").write_text(summary_markdown(summary))
