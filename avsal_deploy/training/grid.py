@@ -357,7 +357,7 @@ def plot_grid(summary: dict[str, Any], path: str | Path) -> Path:
     cells = summary["cells"]
     conditions = ("relevant", "music", "silent")
     colours = {"relevant": "tab:red", "music": "tab:blue", "silent": "tab:grey"}
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(cells) + 1.5), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(cells) + 2.0), 3.6))
     width = 0.25
     for j, c in enumerate(conditions):
         xs, means = [], []
@@ -375,7 +375,7 @@ def plot_grid(summary: dict[str, Any], path: str | Path) -> Path:
     ax.axhline(0.0, color="k", lw=0.5)
     ax.set_xticks(range(len(cells)), [e["name"] for e in cells], rotation=20, ha="right")
     ax.set_ylabel("CC, AV - V")
-    ax.set_title("audio-relevance grid: AV - V per cell (dots: seeds)")
+    ax.set_title("AV - V per cell (dots: seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
