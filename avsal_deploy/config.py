@@ -107,7 +107,8 @@ class FusionConfig:
     av_sync: bool = False
     sync_scale: int = 1
     sync_heads: int = 2
-    # Audio-visual binding (our extension, issue 16; off in the paper profile): a parameter-free map
+    # Audio-visual binding (our extension, issue 16; off in every profile until it is shown to help:
+    # the issue-16 grid turns it on): a parameter-free map
     # of where each position's luminance correlates over the window with the per-frame audio
     # loudness (best of lags 0..binding_lags frames, the sound trailing the picture), plus where the
     # luminance varies at all, projected and added to fusion scale ``binding_scale``
@@ -359,7 +360,6 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "ravf_heads": 2,
             "aspp_rates": (1, 2),
             "av_sync": True,
-            "binding": True,
         },
         "unet": {"channels": (8, 16, 24, 32), "heads": 2, "time_dim": 32},
         "diffusion": {"sampling_steps": 2},

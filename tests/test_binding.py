@@ -34,7 +34,7 @@ def _digest(root: Path) -> str:
 
 
 def _config() -> Config:
-    return load_config("tiny", {"video.clip_len": 16})
+    return load_config("tiny", {"video.clip_len": 16, "fusion.binding": True})
 
 
 def _pulsing_clip(config: Config, lag: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -83,13 +83,13 @@ def test_binding_map_of_silence_is_exactly_zero_and_injector_starts_neutral() ->
 
 
 def test_profiles_switch_and_legacy_defaults_keep_the_shipped_checkpoint() -> None:
-    assert load_config("tiny").fusion.binding and not load_config("paper").fusion.binding
-    assert load_config("tiny").uses_envelope() and load_config("tiny").uses_binding()
-    assert not load_config("tiny").uses_binding("diffsal")
+    assert not any(load_config(p).fusion.binding for p in ("paper", "small", "tiny"))
+    on = load_config("tiny", {"fusion.binding": True, "fusion.av_sync": False})
+    assert on.uses_envelope() and on.uses_binding() and not on.uses_binding("diffsal")
     with pytest.raises(ConfigError, match="binding_scale"):
         load_config("tiny", {"fusion.binding_scale": 4})
     # a stored config without the new fields means the old architecture (no binding map) ...
-    old = load_config("tiny").to_dict()
+    old = _config().to_dict()
     for dotted in LEGACY_DEFAULTS:
         section, name = dotted.split(".")
         old[section].pop(name)
@@ -97,9 +97,9 @@ def test_profiles_switch_and_legacy_defaults_keep_the_shipped_checkpoint() -> No
     assert migrated.fusion.binding is False
     assert (
         migrated.architecture_fingerprint()
-        == load_config("tiny", {"fusion.binding": False}).architecture_fingerprint()
+        == load_config("tiny", {"video.clip_len": 16}).architecture_fingerprint()
     )
-    assert migrated.architecture_fingerprint() != load_config("tiny").architecture_fingerprint()
+    assert migrated.architecture_fingerprint() != _config().architecture_fingerprint()
     if not SHIPPED.is_file():
         pytest.skip("shipped checkpoint not built")
     # ... so the shipped checkpoint loads strictly, with its recorded fingerprint and no binding map
@@ -281,6 +281,7 @@ stride = 8
 "train.batch_size" = 2
 "train.warmup_steps" = 0
 "data.windows_per_video" = 2
+"model.overrides.fusion.binding" = true
 
 [[cell]]
 name = "default"
