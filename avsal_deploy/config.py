@@ -139,6 +139,15 @@ class FusionConfig:
     # earlier plain temporal mean before the head (checkpoints that predate the field, see
     # LEGACY_DEFAULTS).
     temporal_reduction: Literal["conv", "mean"] = "conv"
+    # Audio-visual binding (our extension, issue 16; off in every profile until it is shown to help:
+    # the issue-16 grid turns it on): a parameter-free map
+    # of where each position's luminance correlates over the window with the per-frame audio
+    # loudness (best of lags 0..binding_lags frames, the sound trailing the picture), plus where the
+    # luminance varies at all, projected and added to fusion scale ``binding_scale``
+    # (models.binding). Takes the window's frames and the envelope as extra fusion inputs.
+    binding: bool = False
+    binding_scale: int = 0
+    binding_lags: int = 2
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,12 @@ class Config:
             raise ConfigError(
                 f"fusion.sync_scale={f.sync_scale}: must index one of the {len(f.channels)} scales"
             )
+        if not 0 <= f.binding_scale < len(f.channels):
+            raise ConfigError(
+                f"fusion.binding_scale={f.binding_scale}: must index one of the {len(f.channels)} scales"
+            )
+        if f.binding_lags < 0:
+            raise ConfigError(f"fusion.binding_lags={f.binding_lags}: must be >= 0")
         if f.sync_heads < 1 or f.channels[f.sync_scale] % f.sync_heads:
             raise ConfigError(
                 f"fusion.sync_heads={f.sync_heads}: must divide fusion.channels[{f.sync_scale}]="
@@ -309,8 +324,13 @@ class Config:
         return (1, self.soundnet_samples(), 1)
 
     def uses_envelope(self, variant: str = "hybrid") -> bool:
-        """Whether ``variant`` takes the per-frame audio envelope (its fusion decoder has AV sync)."""
-        return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.av_sync
+        """Whether ``variant`` takes the per-frame audio envelope (its fusion decoder has AV sync or
+        the binding map)."""
+        return check_variant(variant) in ("avrsp", "hybrid") and (self.fusion.av_sync or self.fusion.binding)
+
+    def uses_binding(self, variant: str = "hybrid") -> bool:
+        """Whether ``variant``'s fusion decoder also takes the window's frames (``fusion.binding``)."""
+        return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.binding
 
     def envelope_shape(self, variant: str = "hybrid") -> tuple[int, int]:
         """Per-frame audio envelope of a window, batch excluded: [envelope_bands + 1, T]."""
@@ -496,6 +516,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "unet.diffsal_channels": (),  # before it: the diffsal UNet at unet.channels
     "audio.vggish_framing": "window",  # before it: the window's excerpt cut into equal slices
     "fusion.temporal_reduction": "mean",  # before it: the saliency decoder's plain temporal mean
+    "fusion.binding": False,  # before it: no audio-visual binding map (issue 16)
+    "fusion.binding_scale": 0,
+    "fusion.binding_lags": 2,
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
 # value missing from the map has no equivalent any more. Stored configs are migrated; overrides

@@ -31,7 +31,8 @@ OUTPUT_NAMES = ["saliency", "c0", "c1", "c2", "c3"]
 
 
 def input_names(cfg: Config) -> list[str]:
-    return ["v0", "v1", "v2", "v3", "audio", *(["envelope"] if cfg.fusion.av_sync else [])]
+    envelope = ["envelope"] if cfg.uses_envelope("avrsp") else []
+    return ["v0", "v1", "v2", "v3", "audio", *envelope, *(["frames"] if cfg.uses_binding("avrsp") else [])]
 
 
 def audio_channels(cfg: Config) -> int:
@@ -46,17 +47,21 @@ def build(cfg: Config, seed: int = 0) -> FusionDecoder:
 def fake_inputs(
     cfg: Config, batch: int, t_a: int = 3, seed: int = 1, device: str = "cpu"
 ) -> list[torch.Tensor]:
-    """v0..v3, audio features and (with fusion.av_sync) the per-frame envelope."""
+    """v0..v3, audio features, (with fusion.av_sync or binding) the per-frame envelope and (with
+    fusion.binding) the window's frames."""
     g = torch.Generator().manual_seed(seed)
-    env = cfg.envelope_shape("avrsp") if cfg.fusion.av_sync else None
+    env = cfg.envelope_shape("avrsp") if cfg.uses_envelope("avrsp") else None
+    frames = cfg.frames_shape("avrsp") if cfg.uses_binding("avrsp") else None
     if device == "meta":
         vs = [torch.empty(batch, *s.as_tuple(), device="meta") for s in cfg.video_scales("avrsp")]
         out = vs + [torch.empty(batch, audio_channels(cfg), t_a, 1, 1, device="meta")]
-        return out + ([torch.empty(batch, *env, device="meta")] if env else [])
+        out += [torch.empty(batch, *env, device="meta")] if env else []
+        return out + ([torch.empty(batch, *frames, device="meta")] if frames else [])
     vs = [torch.randn(batch, *s.as_tuple(), generator=g) for s in cfg.video_scales("avrsp")]
     # SoundNet conv7 features follow a ReLU: non-negative; envelope values are log energies in [0, 1].
     out = vs + [torch.rand(batch, audio_channels(cfg), t_a, 1, 1, generator=g)]
-    return out + ([torch.rand(batch, *env, generator=g)] if env else [])
+    out += [torch.rand(batch, *env, generator=g)] if env else []
+    return out + ([torch.randn(batch, *frames, generator=g)] if frames else [])
 
 
 def expected_shapes(cfg: Config, batch: int) -> list[tuple[int, ...]]:

@@ -120,6 +120,70 @@ class AttentionModel:
 
 
 @dataclass(frozen=True)
+class SceneOptions:
+    """What can vary in the task (issue 16); the defaults are the benchmark as first written, and
+    with them :func:`generate` writes byte for byte what it wrote before these options existed.
+
+    - ``objects``: (min, max) objects per video, drawn uniformly (2 to 4; with more than 3 the
+      frame is split into a 2-row grid of cells instead of vertical strips);
+    - ``audio_lag_ms``: (min, max) delay of the relevant soundtrack behind the picture, drawn
+      uniformly per relevant video (0 to 60 ms: up to 1.5 frames at 25 fps);
+    - ``rhythm_grid_hz`` / ``rhythm_jitter_hz``: the pulse rates objects draw from (distinct grid
+      values plus a uniform jitter);
+    - ``shapes``: the shapes objects draw from (distinct per video, at least ``objects[1]``);
+    - ``hues``: ``"spread"`` (evenly around the hue wheel from a random start) or ``"random"``
+      (independent uniform hues); every colour keeps the equal luma.
+    """
+
+    objects: tuple[int, int] = OBJECTS_PER_VIDEO
+    audio_lag_ms: tuple[float, float] = (0.0, 0.0)
+    rhythm_grid_hz: tuple[float, ...] = RHYTHM_GRID_HZ
+    rhythm_jitter_hz: float = RHYTHM_JITTER_HZ
+    shapes: tuple[str, ...] = SHAPES
+    hues: str = "spread"
+
+    def __post_init__(self) -> None:
+        lo, hi = (int(v) for v in self.objects)
+        if not 2 <= lo <= hi <= 4:
+            raise ConfigError(f"synthetic objects={self.objects}: need 2 <= min <= max <= 4")
+        a, b = (float(v) for v in self.audio_lag_ms)
+        if not 0.0 <= a <= b <= 200.0:
+            raise ConfigError(f"synthetic audio_lag_ms={self.audio_lag_ms}: need 0 <= min <= max <= 200")
+        if len(set(self.rhythm_grid_hz)) < hi or min(self.rhythm_grid_hz) <= 0:
+            raise ConfigError(
+                f"synthetic rhythm_grid_hz={self.rhythm_grid_hz}: need at least {hi} distinct positive rates"
+            )
+        gaps = np.diff(np.sort(np.asarray(self.rhythm_grid_hz, np.float64)))
+        if not 0.0 <= self.rhythm_jitter_hz < max(float(gaps.min()) / 2.0, 1e-9):
+            raise ConfigError(
+                f"synthetic rhythm_jitter_hz={self.rhythm_jitter_hz}: must be >= 0 and below half the "
+                "smallest gap between grid rates (rates must stay distinct)"
+            )
+        unknown = sorted(set(self.shapes) - set(SHAPES))
+        if unknown or len(set(self.shapes)) < hi:
+            raise ConfigError(
+                f"synthetic shapes={self.shapes}: need at least {hi} distinct shapes of {', '.join(SHAPES)}"
+            )
+        if self.hues not in ("spread", "random"):
+            raise ConfigError(f"synthetic hues={self.hues!r}: choose 'spread' or 'random'")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SceneOptions:
+        """From :meth:`to_json` (or a TOML table); unknown keys are rejected, lists become tuples."""
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"synthetic options: unknown key(s) {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+DEFAULT_OPTIONS = SceneOptions()
+
+
+@dataclass(frozen=True)
 class SceneObject:
     """One pulsing object: its look, its rhythm and its per-frame geometry (pixels)."""
 
@@ -156,10 +220,11 @@ class Scene:
     source: int | None  # index of the sound-source object (relevant videos only)
     fixations: np.ndarray  # bool [T, H, W]
     maps: np.ndarray  # float32 [T, H, W] in [0, 1], max 1 per frame
+    audio_lag: float = 0.0  # seconds the relevant soundtrack trails the picture
 
     def objects_json(self) -> dict[str, object]:
         t, h, w = self.maps.shape
-        return {
+        out: dict[str, object] = {
             "condition": self.condition,
             "fps": self.fps,
             "n_frames": t,
@@ -167,6 +232,9 @@ class Scene:
             "source": self.source,
             "objects": [o.to_json() for o in self.objects],
         }
+        if self.audio_lag:
+            out["audio_lag_s"] = round(self.audio_lag, 6)
+        return out
 
 
 # --------------------------------------------------------------------------- rhythm and audio
@@ -218,21 +286,28 @@ def _tone(t: np.ndarray, hz: float, phase: float) -> np.ndarray:
     return np.sin(2 * np.pi * hz * t + phase) + 0.25 * np.sin(4 * np.pi * hz * t + 2 * phase)
 
 
-def _burst_train(rng: np.random.Generator, t: np.ndarray, obj: SceneObject) -> np.ndarray:
-    """A tone-plus-noise carrier whose amplitude envelope is the source object's rhythm."""
+def _burst_train(rng: np.random.Generator, t: np.ndarray, obj: SceneObject, lag: float = 0.0) -> np.ndarray:
+    """A tone-plus-noise carrier whose amplitude envelope is the source object's rhythm, trailing
+    the picture by ``lag`` seconds."""
     pitch = float(rng.uniform(300.0, 700.0))
     carrier = 0.75 * _tone(t, pitch, 0.0) + 0.35 * rng.standard_normal(t.shape)
-    return rhythm(t, obj.rhythm_hz, obj.phase) * carrier
+    return rhythm(t - lag if lag else t, obj.rhythm_hz, obj.phase) * carrier
 
 
 def _soundtrack(
-    rng: np.random.Generator, condition: str, n_samples: int, rate: int, source: SceneObject | None
+    rng: np.random.Generator,
+    condition: str,
+    n_samples: int,
+    rate: int,
+    source: SceneObject | None,
+    lag: float = 0.0,
 ) -> np.ndarray:
-    """Silence, the source's burst train (``relevant``, ``source`` given) or music, peak 0.4-0.8."""
+    """Silence, the source's burst train (``relevant``, ``source`` given; ``lag`` seconds behind
+    the picture) or music, peak 0.4-0.8."""
     if condition == "silent":
         return np.zeros(n_samples, np.float32)
     t = np.arange(n_samples) / rate
-    sound = _music(rng, t, rate) if source is None else _burst_train(rng, t, source)
+    sound = _music(rng, t, rate) if source is None else _burst_train(rng, t, source, lag)
     peak = float(np.max(np.abs(sound))) or 1.0
     gain = float(rng.uniform(0.4, 0.8))
     sound = gain * sound / peak + _NOISE_FLOOR * rng.standard_normal(n_samples)
@@ -280,37 +355,53 @@ def _bounce(start: float, velocity: float, t: np.ndarray, lo: float, hi: float) 
     return lo + span - np.abs(x - span)
 
 
-def _make_objects(rng: np.random.Generator, h: int, w: int, t: np.ndarray) -> tuple[SceneObject, ...]:
+def _cell_grid(k: int) -> tuple[int, int]:
+    """(rows, columns) of the cells of ``k`` objects: vertical strips up to 3, two rows beyond."""
+    return (1, k) if k <= 3 else (2, math.ceil(k / 2))
+
+
+def _make_objects(
+    rng: np.random.Generator, h: int, w: int, t: np.ndarray, options: SceneOptions = DEFAULT_OPTIONS
+) -> tuple[SceneObject, ...]:
     base = _RADIUS * min(h, w)
     margin = _EXTENT * base * (1 + _PULSE_SIZE) + 1.0
-    k_max = OBJECTS_PER_VIDEO[1]
-    if w < k_max * (2 * margin + 1) or h < 2 * margin + 1:
-        raise ConfigError(
-            f"synthetic frame {h}x{w}: too small for {k_max} objects in their own cells "
-            f"(width must be >= {math.ceil(k_max * (2 * margin + 1))} at this height)"
-        )
-    k = int(rng.integers(OBJECTS_PER_VIDEO[0], k_max + 1))
-    cell_w = w / k
-    shapes = rng.choice(len(SHAPES), size=k, replace=False)
+    k_lo, k_max = (int(v) for v in options.objects)
+    for k_try in range(k_lo, k_max + 1):
+        rows_, cols_ = _cell_grid(k_try)
+        if w < cols_ * (2 * margin + 1) or h < rows_ * (2 * margin + 1):
+            raise ConfigError(
+                f"synthetic frame {h}x{w}: too small for {k_try} objects in their own cells "
+                f"({rows_}x{cols_} cells need at least {math.ceil(rows_ * (2 * margin + 1))}x"
+                f"{math.ceil(cols_ * (2 * margin + 1))} pixels)"
+            )
+    k = int(rng.integers(k_lo, k_max + 1))
+    rows, cols = _cell_grid(k)
+    cell_w, cell_h = w / cols, h / rows
+    shape_set = options.shapes
+    shapes = rng.choice(len(shape_set), size=k, replace=False)
     hue0 = float(rng.uniform(0, 1))
-    hues = [(hue0 + j / k) % 1.0 for j in rng.permutation(k)]
-    rates = rng.choice(np.array(RHYTHM_GRID_HZ), size=k, replace=False) + rng.uniform(
-        -RHYTHM_JITTER_HZ, RHYTHM_JITTER_HZ, size=k
+    if options.hues == "spread":
+        hues = [(hue0 + j / k) % 1.0 for j in rng.permutation(k)]
+    else:
+        hues = [float(u) for u in rng.uniform(0, 1, size=k)]
+    rates = rng.choice(np.array(options.rhythm_grid_hz), size=k, replace=False) + rng.uniform(
+        -options.rhythm_jitter_hz, options.rhythm_jitter_hz, size=k
     )
-    cells = rng.permutation(k)
+    cells = rng.permutation(rows * cols)[:k] if rows > 1 else rng.permutation(k)
     speed = _SPEED * w
     objects = []
     for j in range(k):
         phase = float(rng.uniform(0, 2 * np.pi))
-        x_lo, x_hi = cells[j] * cell_w + margin, (cells[j] + 1) * cell_w - margin
-        y_lo, y_hi = margin, h - margin
+        col, row = int(cells[j]) % cols, int(cells[j]) // cols
+        x_lo, x_hi = col * cell_w + margin, (col + 1) * cell_w - margin
+        y_lo, y_hi = row * cell_h + margin, (row + 1) * cell_h - margin
         heading = float(rng.uniform(0, 2 * np.pi))
         x = _bounce(float(rng.uniform(x_lo, x_hi)), speed * math.cos(heading), t, x_lo, x_hi)
         y = _bounce(float(rng.uniform(y_lo, y_hi)), speed * math.sin(heading), t, y_lo, y_hi)
         radii = base * (1.0 + _PULSE_SIZE * rhythm(t, float(rates[j]), phase))
         objects.append(
             SceneObject(
-                shape=SHAPES[int(shapes[j])],
+                shape=shape_set[int(shapes[j])],
                 colour=_equal_luma_colour(hues[j]),
                 rhythm_hz=float(rates[j]),
                 phase=phase,
@@ -463,8 +554,13 @@ def render_scene(
     fps: float = 25.0,
     audio_rate: int = 22050,
     attention: AttentionModel | None = None,
+    options: SceneOptions = DEFAULT_OPTIONS,
 ) -> Scene:
-    """One video of the benchmark: frames, soundtrack, per-object geometry and ground truth."""
+    """One video of the benchmark: frames, soundtrack, per-object geometry and ground truth.
+
+    ``options``: what varies in the task (:class:`SceneOptions`); a relevant video's audio lag is
+    drawn after everything else, so a zero lag range draws nothing and leaves the scene as before.
+    """
     if condition not in CONDITIONS:
         raise ConfigError(f"synthetic condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
     if n_frames < 1 or fps <= 0 or audio_rate < 8000:
@@ -474,13 +570,19 @@ def render_scene(
     h, w = size
     model = attention or AttentionModel()
     t = np.arange(n_frames) / fps
-    objects = _make_objects(rng, h, w, t)
+    objects = _make_objects(rng, h, w, t, options)
     source = int(rng.integers(0, len(objects))) if condition == "relevant" else None
     frames = _render(rng, objects, h, w, t)
     n_samples = int(round(n_frames / fps * audio_rate))
-    audio = _soundtrack(rng, condition, n_samples, audio_rate, None if source is None else objects[source])
+    lo_ms, hi_ms = (float(v) for v in options.audio_lag_ms)
+    lag = 0.0
+    if source is not None and hi_ms > 0.0:
+        lag = float(rng.uniform(lo_ms, hi_ms)) / 1000.0
+    audio = _soundtrack(
+        rng, condition, n_samples, audio_rate, None if source is None else objects[source], lag
+    )
     fixations, maps = _fixations(rng, objects, source, h, w, model)
-    return Scene(condition, float(fps), frames, audio, audio_rate, objects, source, fixations, maps)
+    return Scene(condition, float(fps), frames, audio, audio_rate, objects, source, fixations, maps, lag)
 
 
 def _write_mat(path: Path, fixations: np.ndarray) -> None:
@@ -526,6 +628,18 @@ def _splits(rng: np.random.Generator, conditions: list[str]) -> dict[str, list[i
     return {"train": sorted(train), "test": sorted(test)}
 
 
+def _exact_splits(rng: np.random.Generator, conditions: list[str], n_test: int) -> dict[str, list[int]]:
+    """``n_test`` random videos of each condition to test, the rest to train."""
+    train: list[int] = []
+    test: list[int] = []
+    for cond in CONDITIONS:
+        idx = [i for i, c in enumerate(conditions) if c == cond]
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return {"train": sorted(train), "test": sorted(test)}
+
+
 def _resolve_size(
     profile: str, size: tuple[int, int] | None, n_frames: int | None
 ) -> tuple[tuple[int, int], int]:
@@ -545,15 +659,36 @@ def generate(
     fps: float = 25.0,
     audio_rate: int = 22050,
     attention: AttentionModel | None = None,
+    options: SceneOptions = DEFAULT_OPTIONS,
+    train_per_condition: int | None = None,
+    test_per_condition: int | None = None,
 ) -> Path:
     """Write the benchmark in the STAViS layout under ``out_dir`` and return ``out_dir``.
 
     Videos ``synth_000 ...`` cycle through ``relevant``, ``music``, ``silent``; split lists
     ``fold_lists/synthetic_list_{train,test}_1_fps.txt`` hold about 2/3 and 1/3 of each condition
     (a condition with a single video goes to train only, so use ``n_videos >= 6`` to have every
-    condition in both splits). Files of an earlier ``synthetic`` set under ``out_dir`` are
-    replaced; nothing else there is touched except ``conditions.json``.
+    condition in both splits). With ``train_per_condition`` and ``test_per_condition`` the split
+    sizes are exact instead (``n_videos`` must then be ``3 * (train + test)``, or 0 to derive it).
+    ``options`` (:class:`SceneOptions`) sets what varies in the task; with the defaults the files
+    are byte for byte those written before the options existed. Files of an earlier ``synthetic``
+    set under ``out_dir`` are replaced; nothing else there is touched except ``conditions.json``.
     """
+    exact = train_per_condition is not None or test_per_condition is not None
+    if exact:
+        if train_per_condition is None or test_per_condition is None:
+            raise ConfigError("synthetic: give both train_per_condition and test_per_condition, or neither")
+        if train_per_condition < 1 or test_per_condition < 1:
+            raise ConfigError(
+                f"synthetic train/test per condition {train_per_condition}/{test_per_condition}: must be >= 1"
+            )
+        total = len(CONDITIONS) * (train_per_condition + test_per_condition)
+        if n_videos not in (0, total):
+            raise ConfigError(
+                f"synthetic n_videos={n_videos}: {train_per_condition} train + {test_per_condition} test "
+                f"per condition make {total} videos"
+            )
+        n_videos = total
     if n_videos < 1:
         raise ConfigError(f"synthetic n_videos={n_videos}: must be >= 1")
     hw, n_t = _resolve_size(profile, size, n_frames)
@@ -571,9 +706,16 @@ def generate(
     conditions = [CONDITIONS[i % len(CONDITIONS)] for i in range(n_videos)]
     for i, name in enumerate(names):
         rng = np.random.default_rng(seeds[i + 1])
-        _write_scene(root, name, render_scene(rng, conditions[i], hw, n_t, fps, audio_rate, model))
+        scene = render_scene(rng, conditions[i], hw, n_t, fps, audio_rate, model, options)
+        _write_scene(root, name, scene)
 
-    for split, idx in _splits(np.random.default_rng(seeds[0]), conditions).items():
+    split_rng = np.random.default_rng(seeds[0])
+    if exact:
+        assert test_per_condition is not None
+        splits = _exact_splits(split_rng, conditions, test_per_condition)
+    else:
+        splits = _splits(split_rng, conditions)
+    for split, idx in splits.items():
         lines = "".join(f"{names[i]} {n_t} {fps:.6f}\n" for i in idx)
         (lists / f"{SET_NAME}_list_{split}_1_fps.txt").write_text(lines)
     (root / "conditions.json").write_text(json.dumps(dict(zip(names, conditions, strict=True)), indent=1))
@@ -587,6 +729,10 @@ def generate(
         "audio_rate": audio_rate,
         "attention": asdict(model),
     }
+    if options != DEFAULT_OPTIONS:  # the defaults leave generator.json as it was
+        info["scene"] = options.to_json()
+    if exact:
+        info["per_condition"] = {"train": train_per_condition, "test": test_per_condition}
     (root / "annotations" / SET_NAME / "generator.json").write_text(json.dumps(info, indent=1))
     return root
 

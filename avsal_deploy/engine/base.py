@@ -70,6 +70,7 @@ class Engine(ABC):
                         "the per-frame audio envelope (avsal_deploy.data.audio.envelope_input)"
                     )
                 feats[ENVELOPE] = envelope
+            feats["frames"] = frames  # read only by a fusion decoder with the binding map
             feats.update(self._call("fusion", feats))
         else:  # diffsal: the UNet is conditioned on the video features themselves
             feats.update({c: feats[v] for c, v in zip(CONDS, SCALES, strict=True)})

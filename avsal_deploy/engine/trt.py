@@ -316,7 +316,8 @@ class TensorRTEngine(Engine):
         addresses = {**{n: video.device[n] for n in SCALES}, "audio_feat": aud.device["audio_feat"]}
         fusion = None
         if "fusion" in self.specs:
-            fusion = self._bind("fusion", batch, addresses)
+            extra = {"frames": video.device["frames"]} if "frames" in self.specs["fusion"].input_names else {}
+            fusion = self._bind("fusion", batch, {**addresses, **extra})
             if ENVELOPE in self.specs["fusion"].input_names:
                 if envelope is None:
                     raise BackendUnavailableError("the fusion decoder needs the per-frame audio envelope")

@@ -59,6 +59,23 @@ class SyncFusionComponent(FusionComponent):
         return one_shot, c0, c1, c2, c3
 
 
+class BindingFusionComponent(FusionComponent):
+    """The fusion decoder with the binding map (``fusion.binding``): the envelope and the frames."""
+
+    def forward(
+        self,
+        v0: Tensor,
+        v1: Tensor,
+        v2: Tensor,
+        v3: Tensor,
+        audio_feat: Tensor,
+        envelope: Tensor,
+        frames: Tensor,
+    ):  # type: ignore[override]
+        one_shot, c0, c1, c2, c3 = self.fusion(v0, v1, v2, v3, audio_feat, envelope, frames)
+        return one_shot, c0, c1, c2, c3
+
+
 class UNetStepComponent(nn.Module):
     def __init__(self, model: AVSaliencyModel) -> None:
         super().__init__()
@@ -110,7 +127,9 @@ def _infer_shapes(config: Config, variant: str) -> dict[str, tuple[int, ...]]:
             shapes = {n: tuple(x.shape[1:]) for n, x in zip(SCALES, v, strict=True)}
             shapes["audio_feat"] = tuple(a.shape[1:])
             if model.fusion is not None:
-                one_shot, *conds = model.fusion(*v, a, envelope)
+                one_shot, *conds = model.fusion(
+                    *v, a, envelope, frames if config.uses_binding(variant) else None
+                )
                 shapes["one_shot"] = tuple(one_shot.shape[1:])
                 shapes.update({n: tuple(c.shape[1:]) for n, c in zip(CONDS, conds, strict=True)})
             else:
@@ -143,6 +162,8 @@ def component_specs(
     }
     if variant in ("avrsp", "hybrid"):
         envelope = (T(ENVELOPE, config.envelope_shape(variant)),) if config.uses_envelope(variant) else ()
+        if config.uses_binding(variant):  # the binding map reads the window's frames too
+            envelope += (T("frames", config.frames_shape(variant)),)
         specs["fusion"] = ComponentSpec(
             "fusion",
             (*(T(n, s[n]) for n in SCALES), T("audio_feat", s["audio_feat"]), *envelope),
@@ -173,6 +194,8 @@ def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
     if spec.name == "audio_encoder":
         return AudioEncoderComponent(model)
     if spec.name == "fusion":
+        if "frames" in spec.input_names:
+            return BindingFusionComponent(model)
         return SyncFusionComponent(model) if ENVELOPE in spec.input_names else FusionComponent(model)
     if spec.name == "unet_step":
         return UNetStepComponent(model)

@@ -73,7 +73,8 @@ class AVSaliencyModel(nn.Module):
         video, audio_feat = self.encode(frames, audio)
         if self.fusion is None:
             return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
-        (one_shot, *conds), aux = self.fusion(*video, audio_feat, envelope, return_aux=True)
+        binding_frames = frames if self.config.uses_binding(self.variant) else None
+        (one_shot, *conds), aux = self.fusion(*video, audio_feat, envelope, binding_frames, return_aux=True)
         return Conditioning(one_shot, tuple(conds), audio_feat, aux)  # type: ignore[arg-type]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -236,8 +237,9 @@ def count_flops(
         video, audio_feat = held["video"], held["audio"]
         conds: tuple[Tensor, ...] = tuple(video)
         if meta.fusion is not None:
+            binding_frames = frames if config.uses_binding(variant) else None
             out["fusion"] = forward_flops(
-                lambda: held.update(fused=meta.fusion(*video, audio_feat, envelope))
+                lambda: held.update(fused=meta.fusion(*video, audio_feat, envelope, binding_frames))
             )
             conds = tuple(held["fused"][1:])
         n_steps = meta.resolve_steps(steps)

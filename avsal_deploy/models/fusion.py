@@ -15,6 +15,9 @@ and the SoundNet features into a saliency map in five stages, one class each her
 With ``config.fusion.av_sync`` (our extension; on in the small and tiny profiles, off in the
 paper profile), :class:`AudioVisualSync` also lets one MS scale keep the per-frame audio envelope
 where the visual features move in step with it, before RAVF and MRG (see its docstring for why).
+With ``config.fusion.binding`` (our extension, issue 16; off in every profile), the
+parameter-free luminance-envelope binding map of :mod:`avsal_deploy.models.binding` is projected
+and added to scale ``fusion.binding_scale``; the decoder then also takes the window's frames.
 
 :class:`FusionDecoder` composes them and also returns the MRG-gated per-scale features, which the
 hybrid variant feeds to the Saliency-UNet as conditions; with ``return_aux=True`` it returns its
@@ -37,6 +40,7 @@ from torch import Tensor, nn
 
 from avsal_deploy.config import Config
 from avsal_deploy.errors import ConfigError
+from avsal_deploy.models.binding import BindingInjector
 
 Size3 = tuple[int, int, int]
 
@@ -765,6 +769,12 @@ class FusionDecoder(nn.Module):
         if fc.av_sync:
             env_channels = config.envelope_shape()[0]
             self.sync = AudioVisualSync(channels[self.sync_scale], env_channels, fc.sync_heads)
+        self.binding_scale = int(fc.binding_scale)
+        self.binding: BindingInjector | None = None
+        if fc.binding:  # issue 16: the luminance-envelope binding map (models.binding)
+            scale = config.fusion_scales()[self.binding_scale]
+            size = (scale.height, scale.width)
+            self.binding = BindingInjector(config, scale.channels, size, fc.binding_lags)
         self.ravf = RAVF(channels[-1], audio_channels, fc.ravf_heads, fc.ravf_blocks, fc.ffn_mult)
         self.regulator = MultiScaleRegulator(channels)
         scales = config.fusion_scales("avrsp")  # avrsp and hybrid share the window length
@@ -787,6 +797,7 @@ class FusionDecoder(nn.Module):
         v3: Tensor,
         audio: Tensor,
         envelope: Tensor | None = None,
+        frames: Tensor | None = None,
         return_aux: Literal[False] = False,
     ) -> FusionOutputs: ...
 
@@ -799,6 +810,7 @@ class FusionDecoder(nn.Module):
         v3: Tensor,
         audio: Tensor,
         envelope: Tensor | None = None,
+        frames: Tensor | None = None,
         *,
         return_aux: Literal[True],
     ) -> tuple[FusionOutputs, FusionAux]: ...
@@ -811,9 +823,11 @@ class FusionDecoder(nn.Module):
         v3: Tensor,
         audio: Tensor,
         envelope: Tensor | None = None,
+        frames: Tensor | None = None,
         return_aux: bool = False,
     ) -> FusionOutputs | tuple[FusionOutputs, FusionAux]:
-        """S3D scales + audio features (+ envelope) -> (saliency [B,1,H,W], c0, c1, c2, c3).
+        """S3D scales + audio features (+ envelope, + the window's frames with ``fusion.binding``)
+        -> (saliency [B,1,H,W], c0, c1, c2, c3).
 
         With ``return_aux=True`` also the :class:`FusionAux` of this pass, as
         ``((saliency, c0, c1, c2, c3), aux)``. The default keeps the exported graph's five outputs.
@@ -830,6 +844,14 @@ class FusionDecoder(nn.Module):
             i = self.sync_scale
             gated, synchrony = self.sync.forward_with_synchrony(enhanced[i], envelope)
             enhanced = [*enhanced[:i], gated, *enhanced[i + 1 :]]
+        if self.binding is not None:
+            if envelope is None or frames is None:
+                raise ConfigError(
+                    "this fusion decoder has the binding map (fusion.binding): it needs the window's "
+                    "frames and the per-frame audio envelope"
+                )
+            i = self.binding_scale
+            enhanced = [*enhanced[:i], self.binding(enhanced[i], frames, envelope), *enhanced[i + 1 :]]
         fused = self.ravf(enhanced[-1], audio)
         c0, c1, c2, c3 = self.regulator(enhanced, fused)
         outputs = (self.decoder([c0, c1, c2, c3]), c0, c1, c2, c3)

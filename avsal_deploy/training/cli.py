@@ -199,6 +199,34 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
         else:
             bars(event)
 
+    if (args.data is None) == (args.grid is None):
+        raise ConfigError("experiment audio-relevance: give exactly one of --data DIR and --grid GRID.toml")
+    if args.grid is not None and args.summary_only:
+        from avsal_deploy.training.grid import summarise_grid
+
+        summary = summarise_grid(args.grid, args.out)
+        print((Path(args.out) / "summary.md").read_text())
+        return 0
+    if args.grid is not None:
+        from avsal_deploy.training.grid import run_grid
+
+        summary = run_grid(
+            args.grid,
+            args.out,
+            recipe_path=args.recipe,
+            overrides=parse_overrides(args.set),
+            jobs=args.jobs,
+            device=args.device,
+            cells=args.cells.split(",") if args.cells else None,
+            progress=lambda m: progress(m),
+            experiment_progress=progress,
+        )
+        bars.close()
+        print((Path(args.out) / "summary.md").read_text())
+        print(
+            f"wrote {Path(args.out) / 'summary.json'} ({'all' if summary['all_hold'] else 'not all'} criteria hold)"
+        )
+        return 0
     results = run_audio_relevance(
         args.data,
         args.out,
@@ -209,6 +237,8 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
         device=args.device,
         jobs=args.jobs,
         progress=progress,
+        stride=args.stride,
+        control=not args.no_control,
     )
     bars.close()
     models = results["models"]
@@ -234,6 +264,39 @@ def cmd_audio_relevance(args: argparse.Namespace) -> int:
     for claim in results["claims"]:
         print(f"  [{'x' if claim['holds'] else ' '}] {claim['text']}")
     print(f"\nwrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- synthetic
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from avsal_deploy.data.synthetic import SceneOptions, generate
+
+    def numbers(text: str | None, kind: type) -> tuple | None:
+        return None if text is None else tuple(kind(v) for v in text.split(","))
+
+    options: dict[str, Any] = {}
+    for key, value in (
+        ("objects", numbers(args.objects, int)),
+        ("audio_lag_ms", numbers(args.audio_lag_ms, float)),
+        ("rhythm_grid_hz", numbers(args.rates, float)),
+        ("rhythm_jitter_hz", args.rate_jitter),
+        ("shapes", numbers(args.shapes, str)),
+        ("hues", args.hues),
+    ):
+        if value is not None:
+            options[key] = value
+    root = generate(
+        args.out,
+        args.videos,
+        profile=args.profile,
+        seed=args.seed,
+        n_frames=args.frames,
+        audio_rate=args.audio_rate,
+        options=SceneOptions(**options),
+        train_per_condition=args.train_per_condition,
+        test_per_condition=args.test_per_condition,
+    )
+    print(f"wrote {root} (synthetic set, conditions.json, annotations/synthetic/generator.json)")
     return 0
 
 
@@ -300,7 +363,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "silence instead of audio) per seed on DIR's train split, score CC and NSS per condition on its "
         "test split, with a centre-bias baseline; writes OUT/results.json.",
     )
-    q.add_argument("--data", required=True, help="data root in the STAViS layout with set 'synthetic'")
+    q.add_argument("--data", default=None, help="data root in the STAViS layout with set 'synthetic'")
+    q.add_argument(
+        "--grid",
+        default=None,
+        help="a grid of task variants (TOML, see avsal_deploy.training.grid): generate each cell's data, "
+        "run the experiment per cell, write OUT/<cell>/results.json and OUT/summary.{json,md,png}",
+    )
+    q.add_argument("--cells", default=None, help="with --grid: only these cells (comma-separated names)")
+    q.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="with --grid: write the summary from the cells' existing results.json, run nothing",
+    )
+    q.add_argument("--stride", type=int, default=None, help="score every k-th test frame (default 1)")
+    q.add_argument("--no-control", action="store_true", help="skip the mismatched-soundtrack control")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     q.add_argument("--quick", action="store_true", help="a few steps only (smoke test, not the claim)")
@@ -314,6 +391,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (split between jobs)")
     q.add_argument("--jobs", type=int, default=1, help="train the models in N parallel processes")
     q.set_defaults(handler=cmd_audio_relevance)
+
+    p = sub.add_parser(
+        "synthetic",
+        help="write the synthetic audio-visual saliency benchmark (STAViS layout)",
+        description="avsal_deploy.data.synthetic.generate with the task's options (issue 16).",
+    )
+    p.add_argument("out", help="output data root")
+    p.add_argument(
+        "--videos", type=int, default=0, help="number of videos (cycling the conditions, ~2/3 train)"
+    )
+    p.add_argument("--train-per-condition", type=int, default=None, help="exact train videos per condition")
+    p.add_argument("--test-per-condition", type=int, default=None, help="exact test videos per condition")
+    p.add_argument("--profile", default="tiny", help="frame size of this profile (default tiny)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default 6 clip lengths)")
+    p.add_argument("--audio-rate", type=int, default=22050, help="audio sample rate (Hz)")
+    p.add_argument("--objects", default=None, help="MIN,MAX objects per video (2-4; default 2,3)")
+    p.add_argument("--audio-lag-ms", default=None, help="MIN,MAX lag of the sound behind the picture (ms)")
+    p.add_argument("--rates", default=None, help="pulse-rate grid in Hz, comma-separated (default 2,3,4,5,6)")
+    p.add_argument("--rate-jitter", type=float, default=None, help="pulse-rate jitter (Hz, default 0.15)")
+    p.add_argument("--shapes", default=None, help="shapes to draw from, comma-separated")
+    p.add_argument("--hues", choices=("spread", "random"), default=None)
+    p.set_defaults(handler=cmd_synthetic)
 
 
 __all__ = ["register"]

@@ -215,17 +215,29 @@ def _train_and_score(
     device: str | None,
     threads: int,
     progress: ExperimentProgress | None = None,
+    control: bool = True,
 ) -> dict[str, Any]:
     """Train one model (unless ``run_dir`` holds a finished run) and score it on the test split.
 
     Returns ``{"seconds", "steps", "stopped", "stride", "scores": {condition: {metric: value}}}``,
-    also kept in ``run_dir/done.json`` so that a re-run reuses it. Runs in a worker process when
+    also kept in ``run_dir/done.json`` so that a re-run reuses it; a re-run with a larger
+    ``train.max_steps`` continues the run from its last checkpoint (the cosine schedule is then
+    re-spread over the new budget: a warm restart, recorded in ``extended_from``). Runs in a worker process when
     the experiment has several jobs (then ``threads`` bounds its torch threads).
     """
     done = run_dir / "done.json"
+    previous: list[int] | None = None
     if done.is_file():
         record = json.loads(done.read_text())
-        if record.get("stride") == stride and (audio != "real" or "mismatched_scores" in record):
+        wants_control = audio == "real" and control
+        budget = recipe.train.max_steps
+        extend = (
+            bool(budget) and record.get("stopped") == "max_steps" and int(record.get("steps", 0)) < budget
+        )
+        if extend:  # a larger step budget continues the finished run from its last checkpoint
+            previous = [*record.get("extended_from", []), int(record.get("steps", 0))]
+            done.unlink()
+        elif record.get("stride") == stride and (not wants_control or "mismatched_scores" in record):
             return dict(record)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -237,14 +249,16 @@ def _train_and_score(
     inputs = dataset_inputs(test_set, config, variant, audio)  # type: ignore[arg-type]
     predictor = model_predictor(model, None, recipe.train.val_batch_size, recipe.train.seed, device or "cpu")
     scores = evaluate_predictor(predictor, inputs, metrics=METRICS, stride=stride).by_condition()
-    record = {
+    record: dict[str, Any] = {
         "seconds": round(result.seconds, 1),
         "steps": result.steps,
         "stopped": result.stopped,
         "stride": stride,
         "scores": scores,
     }
-    if audio == "real":  # control: does the model use WHAT it hears, or only THAT it hears?
+    if previous is not None:
+        record["extended_from"] = previous
+    if audio == "real" and control:  # control: does the model use WHAT it hears, or only THAT it hears?
         swapped = mismatched_inputs(test_set, config, variant)
         record["mismatched_scores"] = evaluate_predictor(
             predictor, swapped, metrics=METRICS, stride=stride
@@ -264,8 +278,13 @@ def run_audio_relevance(
     device: str | None = None,
     jobs: int = 1,
     progress: ExperimentProgress | None = None,
+    stride: int | None = None,
+    control: bool = True,
 ) -> dict[str, Any]:
     """Run the experiment (see the module docstring); write and return ``results.json``'s content.
+
+    ``stride``: score every k-th test frame (default 1, or 8 with ``quick``); ``control=False``
+    skips the mismatched-soundtrack control (halves the AV model's scoring time).
 
     ``jobs > 1`` trains (and scores) the models in that many worker processes, splitting the torch
     threads between them; results do not depend on it.
@@ -295,7 +314,9 @@ def run_audio_relevance(
     base = base.replace(changes)
     config = base.model_config()
     variant = base.model.variant
-    stride = 8 if quick else 1
+    stride = (8 if quick else 1) if stride is None else int(stride)
+    if stride < 1:
+        raise ConfigError(f"--stride {stride}: must be >= 1")
     say = (lambda msg: progress(msg, None)) if progress is not None else (lambda msg: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -337,7 +358,9 @@ def run_audio_relevance(
     if jobs <= 1:
         for seed, key, audio, recipe, run_dir in runs:
             say(f"seed {seed}: {key} ({MODELS[key]}) -> {run_dir}")
-            records[seed, key] = _train_and_score(recipe, run_dir, audio, stride, device, 0, progress)
+            records[seed, key] = _train_and_score(
+                recipe, run_dir, audio, stride, device, 0, progress, control
+            )
             say(f"seed {seed} {key}: {_scores_line(records[seed, key]['scores'], conditions)}")
     else:
         threads = max(1, torch.get_num_threads() // jobs)
@@ -345,7 +368,9 @@ def run_audio_relevance(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {
-                pool.submit(_train_and_score, recipe, run_dir, audio, stride, device, threads): (seed, key)
+                pool.submit(
+                    _train_and_score, recipe, run_dir, audio, stride, device, threads, None, control
+                ): (seed, key)
                 for seed, key, audio, recipe, run_dir in runs
             }
             for future in as_completed(futures):
@@ -366,6 +391,7 @@ def run_audio_relevance(
             for m in METRICS
         }
         for c in conditions
+        if all("mismatched_scores" in records[seed, "av"] for seed in range(seeds))
     }
 
     results: dict[str, Any] = {
