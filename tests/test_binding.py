@@ -97,7 +97,7 @@ def test_profiles_switch_and_legacy_defaults_keep_the_shipped_checkpoint() -> No
     assert migrated.fusion.binding is False
     assert (
         migrated.architecture_fingerprint()
-        == load_config("tiny", {"video.clip_len": 16}).architecture_fingerprint()
+        == load_config("tiny", {"video.clip_len": 16, **LEGACY_DEFAULTS}).architecture_fingerprint()
     )
     assert migrated.architecture_fingerprint() != _config().architecture_fingerprint()
     if not SHIPPED.is_file():

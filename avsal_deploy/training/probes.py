@@ -158,37 +158,32 @@ def sync_gate_alignment(
         raise DatasetError(
             "sync_gate_alignment: the model's fusion decoder has no AV sync gate (fusion.av_sync)"
         )
-    gate = model.fusion.sync
-    seen: dict[str, Any] = {}
-    handle = gate.register_forward_pre_hook(lambda _m, args: seen.__setitem__("args", args))
     rows: list[tuple[str, bool, float, float]] = []
     model.eval()
-    try:
-        for video, objects in _relevant_videos(root, split, model.config, model.variant):
-            source = int(objects["source"])
-            windows = _windows(video, stride)
-            frames = torch.from_numpy(np.stack([video.clip(w) for w in windows]))
-            audio = torch.from_numpy(np.stack([video.audio_input(w) for w in windows]))
-            env = torch.from_numpy(np.stack([video.envelope(w) for w in windows]))  # type: ignore[misc]
-            with torch.no_grad():
-                model.condition(frames, audio, env)
-                syn = gate.synchrony(*seen["args"]).mean(dim=1)  # [B, h, w]
-                b, h, w = syn.shape
-                weight = torch.softmax(syn.flatten(1), dim=1).reshape(b, h, w).numpy() * (h * w)
-            for i, window in enumerate(windows):
-                cells = _object_cells(objects, window.target, (h, w))
-                values = np.array([weight[i, r, c] for r, c in cells])
-                others = np.delete(values, source)
-                rows.append(
-                    (
-                        _lag_bin(_lag_ms(objects)),
-                        bool(values.argmax() == source),
-                        float(values[source]),
-                        float(others.mean()),
-                    )
+    # the gate's synchrony comes back in the decoder's auxiliary outputs (Conditioning.aux)
+    for video, objects in _relevant_videos(root, split, model.config, model.variant):
+        source = int(objects["source"])
+        windows = _windows(video, stride)
+        frames = torch.from_numpy(np.stack([video.clip(w) for w in windows]))
+        audio = torch.from_numpy(np.stack([video.audio_input(w) for w in windows]))
+        env = torch.from_numpy(np.stack([video.envelope(w) for w in windows]))  # type: ignore[misc]
+        with torch.no_grad():
+            aux = model.condition(frames, audio, env).aux
+            syn = aux.synchrony.mean(dim=1)  # [B, h, w]
+            b, h, w = syn.shape
+            weight = torch.softmax(syn.flatten(1), dim=1).reshape(b, h, w).numpy() * (h * w)
+        for i, window in enumerate(windows):
+            cells = _object_cells(objects, window.target, (h, w))
+            values = np.array([weight[i, r, c] for r, c in cells])
+            others = np.delete(values, source)
+            rows.append(
+                (
+                    _lag_bin(_lag_ms(objects)),
+                    bool(values.argmax() == source),
+                    float(values[source]),
+                    float(others.mean()),
                 )
-    finally:
-        handle.remove()
+            )
     return _summarise(rows)
 
 
