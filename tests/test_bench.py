@@ -67,7 +67,7 @@ def test_count_flops_matches_hand_counts_and_scales_with_batch(tmp_path: Path) -
 
 def test_gemm_peak_measures_both_backends() -> None:
     peak = gemm_peak(size=256, repeats=2)
-    assert set(peak.per_backend) == {"onnxruntime", "numpy"}
+    assert {"onnxruntime", "numpy"} <= set(peak.per_backend)
     assert peak.gflops == max(peak.per_backend.values()) > 0
     assert peak.backend in peak.per_backend
 

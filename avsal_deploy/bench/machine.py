@@ -1,9 +1,12 @@
 """The machine's limit, measured in the same run as the engines: fp32 GEMM FLOP/s.
 
-The rate of one large square fp32 matrix product is what a compute-bound network can reach at
-best on this CPU; every engine's achieved FLOP/s (:mod:`avsal_deploy.bench.flops` over its measured
-time) is reported as a share of it. Measured two ways, ONNX Runtime's MatMul (MLAS, the kernels the
-CPU engine runs) and NumPy's BLAS, each at the given thread count; the higher rate is the limit.
+The rate of one large square fp32 matrix product stands for what a compute-bound network can
+reach on this CPU; every engine's achieved FLOP/s (:mod:`avsal_deploy.bench.flops` over its
+measured time) is reported as a share of it. Measured three ways, ONNX Runtime's MatMul (MLAS, the
+kernels the CPU engine runs), NumPy's BLAS and torch's sgemm where installed, each at the given
+thread count; the highest rate is the limit. It is a measured GEMM rate, not the FMA units'
+theoretical peak: ONNX Runtime's direct (NCHWc) convolution kernels can exceed it, so a share
+above 1 means the network ran faster than one large sgemm call does here.
 """
 
 from __future__ import annotations
@@ -76,6 +79,16 @@ def gemm_peak(size: int = 2048, threads: int | None = None, repeats: int = 5) ->
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     rates["numpy"] = _best_rate(lambda: a @ b, flop, repeats)
+    try:  # torch's sgemm (oneDNN / MKL), where torch is installed
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        rates["torch"] = _best_rate(lambda: torch.mm(ta, tb), flop, repeats)
+        torch.set_num_threads(previous)
+    except ImportError:
+        pass
     backend = max(rates, key=rates.__getitem__)
     return GemmPeak(
         round(rates[backend], 2), backend, size, threads, {k: round(v, 2) for k, v in rates.items()}
