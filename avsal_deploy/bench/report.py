@@ -205,7 +205,10 @@ def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> 
 
     streams = _pick(cases, metric="streams")
     tables["streams"] = [
-        {k: c[k] for k in ("profile", "stride", "streams", "aggregate_fps", "latency_ms")}
+        {
+            k: c.get(k)
+            for k in ("profile", "stride", "streams", "frames_per_stream", "aggregate_fps", "latency_ms")
+        }
         for c in sorted(streams, key=lambda c: (c["profile"], c["stride"], c["streams"]))
     ]
     small = [c for c in streams if c["profile"] == "small" and c["stride"] <= 4]
@@ -364,7 +367,7 @@ def _fmt(v: Any) -> str:
 def _md_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return "_(no rows: the suite did not run)_\n"
-    cols = list(columns or rows[0].keys())
+    cols = list(columns or dict.fromkeys(k for r in rows for k in r))  # every row's keys, in order
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
