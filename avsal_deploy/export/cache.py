@@ -3,7 +3,8 @@
 ``engine.open(CHECKPOINT)`` for an exported backend (ONNX Runtime, TensorRT's ONNX input, Triton's
 repository) needs an export directory; :func:`cached_export` makes one per checkpoint content and
 package version under :func:`cache_root`, atomically (a private temporary directory renamed into
-place), so concurrent runs never see a half-written export. Needs torch (the ``export`` extra).
+place), so concurrent runs never see a half-written export. Exporting needs torch (the ``export``
+extra); finding the cache (:func:`cache_root`, an export already made) does not.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from avsal_deploy import __version__
-from avsal_deploy.export.onnx import export_model
-from avsal_deploy.models.build import load_pretrained
 from avsal_deploy.specs import sha256_file
 
 
@@ -38,6 +37,9 @@ def cached_export(
         recorded = json.loads(manifest.read_text()).get("checkpoint") or {}
         if recorded.get("sha256") == digest:
             return directory
+    from avsal_deploy.export.onnx import export_model  # torch: only when there is something to export
+    from avsal_deploy.models.build import load_pretrained
+
     model = load_pretrained(checkpoint)  # refuses a bad checkpoint before any export work
     if on_export is not None:
         on_export(directory)
