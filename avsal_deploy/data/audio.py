@@ -155,14 +155,7 @@ def soundnet_excerpt(
         x = x[::-1]
     x = x * np.hanning(x.shape[0]).astype(np.float32)
     size = config.soundnet_samples()
-    buffer = np.zeros(size, np.float32)
-    if x.shape[0] <= size:
-        first = size // 2 - x.shape[0] // 2
-        buffer[first : first + x.shape[0]] = x
-    else:
-        first = (x.shape[0] - size) // 2
-        buffer[:] = x[first : first + size]
-    return (buffer * np.float32(a.soundnet_scale)).reshape(1, size, 1)
+    return (_centred(x, size) * np.float32(a.soundnet_scale)).reshape(1, size, 1)
 
 
 # ----------------------------------------------------------------------------- VGGish log-mel
