@@ -148,6 +148,10 @@ class FusionConfig:
     binding: bool = False
     binding_scale: int = 0
     binding_lags: int = 2
+    # Direct read-out of the binding map into the one-shot map (issue 16; needs ``binding``): the
+    # correlation and spread at full map resolution, beside the decoder's logits, through a small
+    # zero-initialised conv stack added to those logits (models.binding.BindingReadout).
+    binding_readout: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,10 @@ class UNetConfig:
     time_dim: int = 256
     res_blocks: int = 1  # ResNet blocks per noise-encoder stage
     attention: AttentionMode = "eca"  # see ATTENTION_MODES (replaces the bool efficient_attention)
+    # hybrid only (our extension, issue 16): the UNet also takes the fusion decoder's one-shot map
+    # as a second input channel beside x_t (conditioning by concatenation), so the diffusion refines
+    # the decoder's map instead of re-deriving it from c0..c3. Off in every profile.
+    oneshot_condition: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,8 @@ class Config:
             )
         if f.binding_lags < 0:
             raise ConfigError(f"fusion.binding_lags={f.binding_lags}: must be >= 0")
+        if f.binding_readout and not f.binding:
+            raise ConfigError("fusion.binding_readout needs fusion.binding (the map it reads out)")
         if f.sync_heads < 1 or f.channels[f.sync_scale] % f.sync_heads:
             raise ConfigError(
                 f"fusion.sync_heads={f.sync_heads}: must divide fusion.channels[{f.sync_scale}]="
@@ -331,6 +341,10 @@ class Config:
     def uses_binding(self, variant: str = "hybrid") -> bool:
         """Whether ``variant``'s fusion decoder also takes the window's frames (``fusion.binding``)."""
         return check_variant(variant) in ("avrsp", "hybrid") and self.fusion.binding
+
+    def uses_oneshot_condition(self, variant: str = "hybrid") -> bool:
+        """Whether ``variant``'s UNet takes the one-shot map as an input (``unet.oneshot_condition``)."""
+        return check_variant(variant) == "hybrid" and self.unet.oneshot_condition
 
     def envelope_shape(self, variant: str = "hybrid") -> tuple[int, int]:
         """Per-frame audio envelope of a window, batch excluded: [envelope_bands + 1, T]."""
@@ -519,6 +533,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "fusion.binding": False,  # before it: no audio-visual binding map (issue 16)
     "fusion.binding_scale": 0,
     "fusion.binding_lags": 2,
+    "fusion.binding_readout": False,  # before it: no direct read-out of the binding map (issue 16)
+    "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
 # value missing from the map has no equivalent any more. Stored configs are migrated; overrides

@@ -124,7 +124,9 @@ class FrameFlow:
         With ``keep_frames``, ``keep`` (default: the frame itself, e.g. a smaller copy for an
         overlay) comes back in the frame's :class:`FrameMap`. ``run=False`` leaves the ready
         windows queued for a caller that batches several flows (:func:`run_windows`,
-        :meth:`take_ready`, then :meth:`collect`)."""
+        :meth:`take_ready`, then :meth:`collect`) and returns nothing: every settled map, also one
+        that needed no new window (a strided frame showing an earlier target's map), comes from
+        that :meth:`collect`."""
         index = self.windower.n_frames
         t0 = time.perf_counter()
         ready = self.windower.push(frame, audio, timestamp)
@@ -133,7 +135,9 @@ class FrameFlow:
         if self.keep_frames:
             self._frames[index] = frame if keep is None else keep
         self._ready.extend(ready)
-        if run and len(self._ready) >= self.batch_size:
+        if not run:
+            return []
+        if len(self._ready) >= self.batch_size:
             self._run(whole_batches=True)
         return self.collect()
 
@@ -142,8 +146,9 @@ class FrameFlow:
         t0 = time.perf_counter()
         self._ready.extend(self.windower.flush())
         self.timings.preprocess += time.perf_counter() - t0
-        if run:
-            self._run(whole_batches=False)
+        if not run:
+            return []
+        self._run(whole_batches=False)
         return self.collect()
 
     def take_ready(self) -> list[StreamWindow]:

@@ -15,14 +15,18 @@ component       inputs                                outputs
 video_encoder   frames                                v0, v1, v2, v3
 audio_encoder   audio                                 audio_feat
 fusion          v0..v3, audio_feat   (avrsp, hybrid) one_shot, c0..c3
-                [, envelope]
+                [, envelope][, frames]
 unet_step       x_t, t, c0..c3, audio_feat            x0
+                [, one_shot]
 ddim            noise, c0..c3, audio_feat             x0   (all DDIM steps unrolled, optional)
+                [, one_shot]
 ==============  ====================================  =====================================
 
 For ``diffsal`` the UNet conditions ``c0..c3`` are the video features ``v0..v3`` themselves.
 ``envelope`` (the per-frame audio envelope, :func:`avsal_deploy.data.audio.envelope_frames`) is a
-fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync``).
+fusion input when ``config.uses_envelope(variant)`` (``fusion.av_sync`` or ``fusion.binding``),
+``frames`` too with the binding map, and ``one_shot`` a UNet input when
+``config.uses_oneshot_condition(variant)`` (``unet.oneshot_condition``).
 """
 
 from __future__ import annotations

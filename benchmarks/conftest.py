@@ -46,21 +46,28 @@ def profile_engines():
 
 @pytest.fixture(scope="session")
 def triton_servers(tmp_path_factory):
-    """profile -> a running tritonserver over that profile's bench export (started on first use)."""
+    """(profile, layout) -> a running tritonserver over that profile's bench export (started on
+    first use). ``layout`` is ``"INSTANCESxTHREADS"``: model instances and ONNX Runtime threads per
+    window model instance (``1x0``, the repository default: one instance on every core)."""
     from avsal_deploy.serving.repository import build_repository
     from avsal_deploy.serving.server import TritonServer
 
-    running: dict[str, TritonServer] = {}
+    running: dict[tuple[str, str], TritonServer] = {}
 
-    def get(profile: str) -> TritonServer:
-        if profile not in running:
+    def get(profile: str, layout: str = "1x0") -> TritonServer:
+        key = (profile, layout)
+        if key not in running:
+            instances, threads = (int(x) for x in layout.split("x"))
             repo = build_repository(
-                bench_export(profile), tmp_path_factory.mktemp(f"repo-{profile}") / "repo"
+                bench_export(profile),
+                tmp_path_factory.mktemp(f"repo-{profile}-{layout}") / "repo",
+                instances=instances,
+                window_threads=threads,
             )
             server = TritonServer(repo, startup_timeout=300)
             server.__enter__()
-            running[profile] = server
-        return running[profile]
+            running[key] = server
+        return running[key]
 
     yield get
     for server in running.values():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsal_deploy.config import load_config
+from avsal_deploy.config import LEGACY_DEFAULTS, load_config
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import save_checkpoint
 
@@ -86,3 +86,30 @@ def triton_repo(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         stream_limits=limits,
         video_limits={"max_pixels": 640 * 480, "max_video_bytes": 4 << 20},
     )
+
+
+@pytest.fixture(scope="session")
+def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint as the first shipped one was written (before ``LEGACY_DEFAULTS``' fields and
+    the ``unet.attention`` rename): weights of the legacy tiny hybrid, a stored config that lacks
+    every one of those fields and says ``unet.efficient_attention = true``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("legacy") / "legacy.safetensors"
+    legacy = load_config("tiny", dict(LEGACY_DEFAULTS))
+    torch.manual_seed(0)
+    save_checkpoint(build_model(legacy, "hybrid"), path, legacy, "hybrid")
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    stored = json.loads(header["avsal.config"])
+    for dotted in LEGACY_DEFAULTS:
+        section, name = dotted.split(".")
+        stored[section].pop(name)
+    stored["unet"]["efficient_attention"] = True
+    header["avsal.config"] = json.dumps(stored)
+    save_file(tensors, str(path), metadata=header)
+    return path

@@ -14,7 +14,7 @@ import torch
 from avsal_deploy.config import LEGACY_DEFAULTS, Config, load_config
 from avsal_deploy.data.synthetic import SceneOptions, generate, read_annotations
 from avsal_deploy.errors import ConfigError
-from avsal_deploy.models.binding import BindingInjector, BindingMap
+from avsal_deploy.models.binding import BindingInjector, BindingMap, BindingReadout
 from avsal_deploy.models.build import build_model, checkpoint_config, example_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -82,13 +82,13 @@ def test_binding_map_of_silence_is_exactly_zero_and_injector_starts_neutral() ->
     assert torch.equal(inj(feature, frames, env), feature)  # zero-initialised projection
 
 
-def test_profiles_switch_and_legacy_defaults_keep_the_shipped_checkpoint() -> None:
+def test_profiles_switch_and_legacy_defaults() -> None:
     assert not any(load_config(p).fusion.binding for p in ("paper", "small", "tiny"))
     on = load_config("tiny", {"fusion.binding": True, "fusion.av_sync": False})
     assert on.uses_envelope() and on.uses_binding() and not on.uses_binding("diffsal")
     with pytest.raises(ConfigError, match="binding_scale"):
         load_config("tiny", {"fusion.binding_scale": 4})
-    # a stored config without the new fields means the old architecture (no binding map) ...
+    # a stored config without the new fields means the old architecture (no binding map)
     old = _config().to_dict()
     for dotted in LEGACY_DEFAULTS:
         section, name = dotted.split(".")
@@ -100,29 +100,23 @@ def test_profiles_switch_and_legacy_defaults_keep_the_shipped_checkpoint() -> No
         == load_config("tiny", {"video.clip_len": 16, **LEGACY_DEFAULTS}).architecture_fingerprint()
     )
     assert migrated.architecture_fingerprint() != _config().architecture_fingerprint()
-    if not SHIPPED.is_file():
-        pytest.skip("shipped checkpoint not built")
-    # ... so the shipped checkpoint loads strictly, with its recorded fingerprint and no binding map
-    config, variant, meta = checkpoint_config(SHIPPED)
-    assert config.architecture_fingerprint() == meta["fingerprint"] == "4e7758a3b08eaa8c"
+
+
+def test_a_checkpoint_written_before_the_new_fields_loads_with_its_old_architecture(
+    legacy_checkpoint: Path,
+) -> None:
+    """Stored configs without the newer fields (the first shipped checkpoint, fingerprint
+    4e7758a3b08eaa8c) load strictly as the architecture they were trained as."""
     from avsal_deploy.training.checkpoints import load_trained_model
 
-    model, config, variant, _ = load_trained_model(SHIPPED)
-    assert model.fusion is not None and model.fusion.binding is None
-    # and predicts as its shipped ONNX export does (the export predates this change)
-    ort = pytest.importorskip("onnxruntime")
-    frames, audio, envelope = example_inputs(config, variant, 1)
-    with torch.no_grad():
-        video = model.video_encoder(frames)
-        feat = model.audio_encoder(audio)
-        one_shot = model.fusion(*video, feat, envelope)[0]
-    session = ort.InferenceSession(str(ASSETS / "hybrid-synthetic" / "fusion.onnx"))
-    names = [i.name for i in session.get_inputs()]
-    assert "frames" not in names
-    values = dict(zip(("v0", "v1", "v2", "v3"), (v.numpy() for v in video), strict=True))
-    values.update({"audio_feat": feat.numpy(), "envelope": envelope.numpy()})
-    onnx_one_shot = session.run(None, {n: values[n] for n in names})[0]
-    np.testing.assert_allclose(onnx_one_shot, one_shot.numpy(), atol=1e-4)
+    path = legacy_checkpoint
+    config, variant, meta = checkpoint_config(path)
+    assert config.architecture_fingerprint() == meta["fingerprint"] == "4e7758a3b08eaa8c"
+    model, config, variant, _ = load_trained_model(path)  # strict: every tensor lands
+    assert model.fusion is not None and model.fusion.binding is None and model.fusion.readout is None
+    assert model.fusion.decoder.reduce is None  # the mean decoder
+    assert config.unet.attention == "eca3d" and not config.uses_oneshot_condition(variant)
+    assert model.unet is not None and model.unet.stem.in_channels == 1
 
 
 def test_binding_model_exports_to_onnx_and_matches_torch(tmp_path: Path) -> None:
@@ -152,6 +146,92 @@ def test_binding_model_exports_to_onnx_and_matches_torch(tmp_path: Path) -> None
             *(torch.from_numpy(feeds[n] * (0.0 if n == "envelope" else 1.0)) for n in spec.input_names)
         )
     assert not torch.allclose(quiet[0], ref[0])
+
+
+def _mended() -> Config:
+    return load_config(
+        "tiny",
+        {
+            "video.clip_len": 16,
+            "fusion.binding": True,
+            "fusion.binding_readout": True,
+            "unet.oneshot_condition": True,
+        },
+    )
+
+
+def test_readout_starts_neutral_and_reads_the_source() -> None:
+    """The read-out adds nothing until trained (zero last conv) and, once its last conv passes the
+    correlation channel, raises the logits where the picture pulses with the sound."""
+    config = _config()
+    frames, env, _ = _pulsing_clip(config, lag=1)
+    size = (config.video.height, config.video.width)
+    readout = BindingReadout(config, size, 2)
+    logits = torch.zeros(1, 1, *size)
+    with torch.no_grad():
+        assert torch.equal(readout(logits, frames, env), logits)
+        # hand-set weights: hidden unit 0 = relu(corr), output = that unit (a pure read-out)
+        for conv in (readout.net[0], readout.net[2], readout.net[4]):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        readout.net[0].weight[0, 0, 1, 1] = 1.0
+        readout.net[2].weight[0, 0, 1, 1] = 1.0
+        readout.net[4].weight[0, 0] = 1.0
+        out = readout(logits, frames, env)[0, 0]
+    source, other = out[8:16, 8:16].mean(), out[40:48, 60:68].mean()
+    assert source > 0.5 and source > 3 * other.abs()
+    with pytest.raises(ConfigError, match="binding_readout needs fusion.binding"):
+        load_config("tiny", {"fusion.binding_readout": True})
+
+
+def test_oneshot_conditioned_unet_uses_the_one_shot_map() -> None:
+    config = _mended()
+    model = build_model(config, "hybrid").eval()
+    assert model.unet is not None and model.unet.stem.in_channels == 2
+    frames, audio, envelope = example_inputs(config, "hybrid", 2)
+    with torch.no_grad():
+        cond = model.condition(frames, audio, envelope)
+        x_t = torch.randn(2, *config.map_shape())
+        t = torch.full((2,), 500.0)
+        a = model.denoise(x_t, t, cond)
+        cond.one_shot = 1.0 - cond.one_shot  # type: ignore[operator]
+        b = model.denoise(x_t, t, cond)
+        with pytest.raises(ValueError, match="oneshot_condition"):
+            model.unet(x_t, t, *cond.conds, cond.audio)
+    assert not torch.allclose(a, b)
+    # diffsal has no one-shot map: the switch does not apply to it
+    assert not config.uses_oneshot_condition("diffsal")
+    assert build_model(config, "diffsal").unet.stem.in_channels == 1  # type: ignore[union-attr]
+
+
+def test_mended_model_exports_and_onnxruntime_matches_torch(tmp_path: Path) -> None:
+    """Read-out + one-shot-conditioned UNet: the whole export (both the UNet step and the fused
+    DDIM graph take ``one_shot``), checked at batch 1 and 2 against the torch model."""
+    pytest.importorskip("onnxruntime")
+    from avsal_deploy import engine as engines
+    from avsal_deploy.export.onnx import export_model
+
+    config = _mended()
+    torch.manual_seed(0)
+    model = build_model(config, "hybrid").eval()
+    with torch.no_grad():  # non-zero read-out and injector, so both paths matter
+        model.fusion.readout.net[-1].weight.normal_(0, 0.5)  # type: ignore[union-attr]
+        model.fusion.binding.project.weight.normal_(0, 0.5)  # type: ignore[union-attr]
+    manifest = export_model(model, tmp_path / "x", ddim_steps=2)
+    specs = manifest["components"]
+    assert "one_shot" in [i["name"] for i in specs["unet_step"]["inputs"]]
+    assert "one_shot" in [i["name"] for i in specs["ddim"]["inputs"]]
+    eng = engines.open(tmp_path / "x", "onnxruntime")
+    for batch in (1, 2):
+        frames, audio, envelope = example_inputs(config, "hybrid", batch)
+        noise = torch.randn(batch, *config.map_shape())
+        with torch.no_grad():
+            ref = model(frames, audio, 2, noise, envelope=envelope).numpy()
+            ref3 = model(frames, audio, 3, noise, envelope=envelope).numpy()
+        got = eng.predict_window(frames.numpy(), audio.numpy(), 2, noise.numpy(), envelope=envelope.numpy())
+        got3 = eng.predict_window(frames.numpy(), audio.numpy(), 3, noise.numpy(), envelope=envelope.numpy())
+        np.testing.assert_allclose(got, ref, atol=1e-4)  # the fused DDIM-2 graph
+        np.testing.assert_allclose(got3, ref3, atol=1e-4)  # the step-by-step loop
 
 
 # --------------------------------------------------------------------------- generator options

@@ -126,7 +126,7 @@ def test_legacy_defaults_keep_old_configs_and_fingerprints() -> None:
     assert restored == mean
     assert tiny.architecture_fingerprint() != mean.architecture_fingerprint()
     # Every field at its legacy value gives the fingerprint from before those fields existed: the
-    # shipped checkpoint's, recorded in its assets README.
+    # first shipped checkpoint's (tests/test_binding.py rebuilds such a checkpoint and loads it).
     assert tiny.replace(dict(LEGACY_DEFAULTS)).architecture_fingerprint() == "4e7758a3b08eaa8c"
     assert Config.from_dict(tiny.to_dict()) == tiny  # a stored field is never overridden
     with pytest.raises(ConfigError, match="temporal_reduction"):

@@ -435,16 +435,16 @@ def test_mean_reduction_is_the_legacy_decoder() -> None:
         SaliencyDecoder((8, 16, 24, 32), (64, 96), reduction="max")
 
 
-def test_shipped_checkpoint_loads_strictly_and_predicts_as_before() -> None:
-    """The shipped checkpoint (saved before fusion.temporal_reduction existed) rebuilds the mean
-    decoder, loads strictly and reproduces the fusion graph exported from the code that trained it."""
+def test_shipped_checkpoint_loads_strictly_and_matches_its_fusion_export() -> None:
+    """The shipped checkpoint (the tiny profile with the learned temporal reduction) loads strictly
+    and reproduces its exported fusion graph."""
     ort = pytest.importorskip("onnxruntime")
     from avsal_deploy.engine import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
     from avsal_deploy.training.checkpoints import load_trained_model
 
     model, cfg, _, _ = load_trained_model(DEFAULT_CHECKPOINT)  # strict: every tensor lands
-    assert cfg.fusion.temporal_reduction == "mean" and model.fusion is not None
-    assert model.fusion.decoder.reduce is None
+    assert cfg.fusion.temporal_reduction == "conv" and model.fusion is not None
+    assert model.fusion.decoder.reduce is not None
     sess = ort.InferenceSession(str(DEFAULT_EXPORT / "fusion.onnx"), providers=["CPUExecutionProvider"])
     inputs = fake_inputs(cfg, batch=2, t_a=2)
     names = [i.name for i in sess.get_inputs()]

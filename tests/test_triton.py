@@ -363,7 +363,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     d = tmp_path_factory.mktemp("stream-clips")
     return [
         write_video(d / "a.mp4", n=14, fps=25, size=(64, 96), audio="aac"),
-        write_video(d / "b.mp4", n=11, fps=20, size=(72, 80), audio="aac", audio_rate=22050),
+        # long enough (3 x the 8-frame window) that strided frames settle on maps computed earlier
+        write_video(d / "b.mp4", n=26, fps=20, size=(72, 80), audio="aac", audio_rate=22050),
     ]
 
 
@@ -653,3 +654,39 @@ def test_bls_window_engine_gives_the_in_process_maps(tiny_export: Path, ort, cli
     assert np.abs(got - _offline(ort, clips[0])).max() <= 1e-4
     with pytest.raises(ConfigError, match="window_engine"):
         build_repository(tiny_export, tmp_path / "r2", window_engine="tensorrt")
+
+
+def test_per_core_layout_serves_concurrent_streams_as_offline(
+    tiny_export: Path, ort, clips, tmp_path
+) -> None:
+    """``instances=2, window_threads=1`` (one single-threaded window model per core, the layout
+    the streams benchmark measures): two concurrent streams, each equal to offline prediction."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from avsal_deploy.serving.bls import window_threads
+    from avsal_deploy.serving.client import stream
+
+    repo = build_repository(tiny_export, tmp_path / "repo", instances=2, window_threads=1)
+    config = (repo / "avsal_stream" / "config.pbtxt").read_text()
+    assert 'key: "window_threads"' in config and 'string_value: "1"' in config and "count: 2" in config
+    assert window_threads({"parameters": {"window_threads": {"string_value": "1"}}}) == 1
+    assert window_threads({"parameters": {"window_threads": {"string_value": "0"}}}) is None
+    with pytest.raises(ValueError, match="window_threads"):
+        window_threads({"parameters": {"window_threads": {"string_value": "-1"}}})
+    with pytest.raises(ConfigError, match="window_threads"):
+        build_repository(tiny_export, tmp_path / "r2", window_threads=-1)
+    with pytest.raises(ConfigError, match="window_threads applies"):
+        build_repository(tiny_export, tmp_path / "r3", window_engine="bls", window_threads=1)
+    media = [_media(c) for c in clips]
+    components = [p.name for p in repo.iterdir() if (p / "1" / "model.onnx").exists()]
+    with TritonServer(repo, models=[*components, "avsal_stream"]) as server:
+
+        def run(k: int) -> np.ndarray:
+            frames, chunks, fps, rate = media[k]
+            got = stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, stride=2, seed=k)
+            return np.stack([m for _, m in got])
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(run, range(2)))
+    for k, clip in enumerate(clips):
+        assert np.abs(results[k] - _offline(ort, clip, stride=2, seed=k)).max() <= 1e-4

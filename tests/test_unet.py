@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from avsal_deploy.config import LEGACY_DEFAULTS, Config, load_config, scaled
-from avsal_deploy.engine import DEFAULT_CHECKPOINT
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.models.attention_memory import measure_attention_peak, validate_method
 from avsal_deploy.models.build import load_trained
@@ -296,12 +295,12 @@ def test_eca_parameter_count_at_paper_profile() -> None:
     assert eca_extra_parameters(wide) == 92_160
 
 
-def test_attention_config_and_legacy_migration(tiny: Config) -> None:
+def test_attention_config_and_legacy_migration(tiny: Config, legacy_checkpoint) -> None:
     """New profiles default to per-frame ECA; a stored config from before unet.attention (the
-    shipped checkpoint's: efficient_attention = true) maps to the 3-D form and its fingerprint."""
+    first shipped checkpoint's: efficient_attention = true) maps to the 3-D form and its fingerprint."""
     assert all(load_config(p).unet.attention == "eca" for p in ("paper", "small", "tiny"))
     assert LEGACY_DEFAULTS["unet.attention"] == "eca3d"
-    meta = read_checkpoint_metadata(DEFAULT_CHECKPOINT)
+    meta = read_checkpoint_metadata(legacy_checkpoint)
     stored = meta["config"]
     assert "attention" not in stored["unet"] and stored["unet"]["efficient_attention"] is True
     migrated = Config.from_dict(stored)
@@ -322,8 +321,8 @@ def test_attention_config_and_legacy_migration(tiny: Config) -> None:
         tiny.replace({"unet.attention": "sparse"})
 
 
-def test_shipped_checkpoint_loads_with_the_3d_attention() -> None:
-    model, _ = load_trained(DEFAULT_CHECKPOINT)  # strict load
+def test_legacy_checkpoint_loads_with_the_3d_attention(legacy_checkpoint) -> None:
+    model, _ = load_trained(legacy_checkpoint)  # strict load
     config = model.config
     assert config.unet.attention == "eca3d"
     convs = [stage.attn.compress_k for stage in model.unet.mam]

@@ -207,16 +207,27 @@ def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> 
     tables["streams"] = [
         {
             k: c.get(k)
-            for k in ("profile", "stride", "streams", "frames_per_stream", "aggregate_fps", "latency_ms")
+            for k in (
+                "profile",
+                "layout",
+                "stride",
+                "streams",
+                "frames_per_stream",
+                "aggregate_fps",
+                "latency_ms",
+            )
         }
-        for c in sorted(streams, key=lambda c: (c["profile"], c["stride"], c["streams"]))
+        for c in sorted(
+            streams, key=lambda c: (c["profile"], c.get("layout", "1x0"), c["stride"], c["streams"])
+        )
     ]
     small = [c for c in streams if c["profile"] == "small" and c["stride"] <= 4]
     if small:
         best = max(small, key=lambda c: c["aggregate_fps"])
         report["stream_fps_small"] = best["aggregate_fps"]
         notes["stream_fps_small"] = (
-            f"best of strides <= 4 and 1-8 streams: stride {best['stride']}, {best['streams']} streams"
+            f"best of strides <= 4, 1-8 streams and the server layouts: stride {best['stride']}, "
+            f"{best['streams']} streams, layout {best.get('layout', '1x0')} (instances x threads)"
         )
     else:
         notes["stream_fps_small"] = "no small-profile stream case ran (test_streams.py)"
@@ -462,13 +473,17 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
         written.append(_save(fig, out_dir / "latency_vs_batch.png"))
     if t.get("streams"):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for key in sorted({(r["profile"], r["stride"]) for r in t["streams"]}):
-            rows = [r for r in t["streams"] if (r["profile"], r["stride"]) == key]
+
+        def curve(r: dict[str, Any]) -> tuple[str, int, str]:
+            return (r["profile"], r["stride"], r.get("layout") or "1x0")
+
+        for key in sorted({curve(r) for r in t["streams"]}):
+            rows = [r for r in t["streams"] if curve(r) == key]
             ax.plot(
                 [r["streams"] for r in rows],
                 [r["aggregate_fps"] for r in rows],
                 "o-",
-                label=f"{key[0]}, stride {key[1]}",
+                label=f"{key[0]}, stride {key[1]}, {key[2]}",
             )
         ax.axhline(25, color="grey", ls="--", lw=1, label="25 frames/s")
         ax.set(xlabel="concurrent streams", ylabel="aggregate frames/s", title="avsal_stream through Triton")

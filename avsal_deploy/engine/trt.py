@@ -323,7 +323,7 @@ class TensorRTEngine(Engine):
                     raise BackendUnavailableError("the fusion decoder needs the per-frame audio envelope")
                 self._upload(fusion, ENVELOPE, envelope)
             self._execute("fusion")
-            addresses.update({c: fusion.device[c] for c in CONDS})
+            addresses.update({c: fusion.device[c] for c in (*CONDS, "one_shot")})
         else:
             addresses.update({c: video.device[v] for c, v in zip(CONDS, SCALES, strict=True)})
         return addresses, fusion
@@ -351,7 +351,8 @@ class TensorRTEngine(Engine):
             return out
         if noise is None:
             noise = self.make_noise(batch, seed)
-        unet = self._bind("unet_step", batch, {k: addresses[k] for k in (*CONDS, "audio_feat")})
+        bound = [n for n in self.specs["unet_step"].input_names if n not in ("x_t", "t")]
+        unet = self._bind("unet_step", batch, {k: addresses[k] for k in bound})
         self._upload(unet, "x_t", noise)
         timesteps = self.scheduler.timesteps_for(n)
         size = int(np.prod(self.specs["unet_step"].outputs[0].full_shape(batch)))

@@ -86,6 +86,13 @@ class UNetStepComponent(nn.Module):
         return self.unet(x_t, t, c0, c1, c2, c3, audio_feat)
 
 
+class OneShotUNetStepComponent(UNetStepComponent):
+    """The UNet step of a hybrid with ``unet.oneshot_condition``: also takes the one-shot map."""
+
+    def forward(self, x_t, t, c0, c1, c2, c3, audio_feat, one_shot) -> Tensor:  # type: ignore[override]
+        return self.unet(x_t, t, c0, c1, c2, c3, audio_feat, one_shot)
+
+
 class DDIMComponent(nn.Module):
     """All ``steps`` DDIM updates unrolled into one graph (coefficients baked in as constants).
 
@@ -103,12 +110,12 @@ class DDIMComponent(nn.Module):
         nxt: list[int | None] = [*ts[1:], None]
         self.plan = [(float(t), sched.step_coefficients(t, n)) for t, n in zip(ts, nxt, strict=True)]
 
-    def forward(self, noise, c0, c1, c2, c3, audio_feat) -> Tensor:
+    def forward(self, noise, c0, c1, c2, c3, audio_feat, one_shot=None) -> Tensor:
         x = noise
         ones = torch.ones_like(noise[:, 0, 0, 0])
         x0 = noise
         for t, (c_x0, c_xt) in self.plan:
-            x0 = self.unet(x, ones * t, c0, c1, c2, c3, audio_feat).clamp(0.0, 1.0)
+            x0 = self.unet(x, ones * t, c0, c1, c2, c3, audio_feat, one_shot).clamp(0.0, 1.0)
             x = c_x0 * x0 + c_xt * x
         return normalize_maps(x0)
 
@@ -172,6 +179,8 @@ def component_specs(
         )
     if variant in ("diffsal", "hybrid"):
         cond_inputs = (*(T(c, s[c]) for c in CONDS), T("audio_feat", s["audio_feat"]))
+        if config.uses_oneshot_condition(variant):  # the UNet refines the fusion decoder's map
+            cond_inputs += (T("one_shot", s["one_shot"]),)
         attrs = {"timesteps": config.diffusion.timesteps}
         specs["unet_step"] = ComponentSpec(
             "unet_step", (T("x_t", map_shape), T("t", ()), *cond_inputs), (T("x0", map_shape),), prof, attrs
@@ -198,6 +207,8 @@ def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
             return BindingFusionComponent(model)
         return SyncFusionComponent(model) if ENVELOPE in spec.input_names else FusionComponent(model)
     if spec.name == "unet_step":
+        if "one_shot" in spec.input_names:
+            return OneShotUNetStepComponent(model)
         return UNetStepComponent(model)
     if spec.name == "ddim":
         return DDIMComponent(model, int(spec.attributes["steps"]))

@@ -110,3 +110,35 @@ class BindingInjector(nn.Module):
     def forward(self, feature: Tensor, frames: Tensor, envelope: Tensor) -> Tensor:
         """feature [B, C, T_s, h, w] + projected binding maps (broadcast over time)."""
         return feature + self.project(self.maps(frames, envelope))[:, :, None]
+
+
+class BindingReadout(nn.Module):
+    """Direct read-out of the binding map into the one-shot map's logits (``fusion.binding_readout``).
+
+    The injector hands the binding map to the decoder at one scale and lets the decoder learn to
+    use it; on the issue-16 data it did not within the budget (the probes found the source in the
+    map, not in the predicted map). The read-out puts the cue where the loss sees it: the
+    :class:`BindingMap` at full map resolution (no pooling) and the decoder's own logits go through
+    three convolutions (3x3, 3x3, 1x1, ``hidden`` channels, ReLU) whose output is ADDED to the
+    logits. The last convolution is zero-initialised, so an untrained read-out leaves the map as it
+    was while its gradients are nonzero from the first step. Seeing the logits lets it weigh the
+    sound's evidence against the picture's (a correlated blob that is an object, not texture).
+    """
+
+    def __init__(self, config: Config, out_size: tuple[int, int], max_lag: int, hidden: int = 8) -> None:
+        super().__init__()
+        self.maps = BindingMap(config, out_size, max_lag)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, logits: Tensor, frames: Tensor, envelope: Tensor) -> Tensor:
+        """logits [B, 1, H, W] (before the sigmoid) -> logits + read-out of the binding maps."""
+        maps = self.maps(frames, envelope)
+        return logits + self.net(torch.cat([maps, logits], dim=1))

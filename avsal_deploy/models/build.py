@@ -56,7 +56,9 @@ class AVSaliencyModel(nn.Module):
             self.fusion = FusionDecoder(config, video_ch, audio_ch)
         if variant in ("diffsal", "hybrid"):
             cond_ch = tuple(config.fusion.channels) if variant == "hybrid" else video_ch
-            self.unet = SaliencyUNet(config, cond_ch, audio_ch, config.unet_channels(variant))
+            self.unet = SaliencyUNet(
+                config, cond_ch, audio_ch, config.unet_channels(variant), oneshot=variant == "hybrid"
+            )
         self.scheduler = DDIMScheduler.from_config(config.diffusion)
 
     # ------------------------------------------------------------------ stages
@@ -81,7 +83,7 @@ class AVSaliencyModel(nn.Module):
         """One Saliency-UNet step: the x0 estimate from the noisy map ``x_t`` at time steps ``t``."""
         if self.unet is None:
             raise ConfigError(f"variant {self.variant!r} has no Saliency-UNet (no diffusion steps)")
-        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, cond.audio)
+        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, cond.audio, cond.one_shot)
 
     def resolve_steps(self, steps: int | None) -> int:
         return resolve_steps(self.config, self.variant, steps)
@@ -247,7 +249,8 @@ def count_flops(
         if unet is not None:
             x_t = torch.randn(1, *config.map_shape(), device="meta")
             t = torch.zeros(1, device="meta")
-            out["unet_step"] = forward_flops(lambda: unet(x_t, t, *conds, audio_feat))
+            one_shot = held["fused"][0] if meta.fusion is not None else None
+            out["unet_step"] = forward_flops(lambda: unet(x_t, t, *conds, audio_feat, one_shot))
     out["steps"] = n_steps
     once = sum(v for k, v in out.items() if k in ("video_encoder", "audio_encoder", "fusion"))
     out["forward"] = once + out.get("unet_step", 0)  # one pass: encoders (+ fusion) + one UNet step

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from avsal_deploy.config import Config
 from avsal_deploy.errors import ConfigError
-from avsal_deploy.models.binding import BindingInjector
+from avsal_deploy.models.binding import BindingInjector, BindingReadout
 
 Size3 = tuple[int, int, int]
 
@@ -700,6 +700,10 @@ class SaliencyDecoder(nn.Module):
 
     def forward(self, conds: list[Tensor]) -> Tensor:
         """c_0..c_{n-1} -> saliency [B, 1, H, W] in [0, 1]."""
+        return torch.sigmoid(self.logits(conds))
+
+    def logits(self, conds: list[Tensor]) -> Tensor:
+        """c_0..c_{n-1} -> the map's logits [B, 1, H, W] (before the sigmoid)."""
         if self.reduce is not None:
             conds = [reduce(c) for reduce, c in zip(self.reduce, conds, strict=True)]
         x = self.blocks[-1](conds[-1])
@@ -708,8 +712,7 @@ class SaliencyDecoder(nn.Module):
             x = self.blocks[i](torch.cat([x, conds[i]], dim=1))
         # conv: time is already the single target frame (a squeeze); mean: collapse it here.
         logits = self.head(x[:, :, 0] if self.reduce is not None else x.mean(dim=2))
-        logits = F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(logits)
+        return F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
 
 
 # ----------------------------------------------------------------------------- fusion decoder
@@ -775,6 +778,9 @@ class FusionDecoder(nn.Module):
             scale = config.fusion_scales()[self.binding_scale]
             size = (scale.height, scale.width)
             self.binding = BindingInjector(config, scale.channels, size, fc.binding_lags)
+        self.readout: BindingReadout | None = None
+        if fc.binding_readout:  # issue 16: the binding map read out into the one-shot map's logits
+            self.readout = BindingReadout(config, (config.video.height, config.video.width), fc.binding_lags)
         self.ravf = RAVF(channels[-1], audio_channels, fc.ravf_heads, fc.ravf_blocks, fc.ffn_mult)
         self.regulator = MultiScaleRegulator(channels)
         scales = config.fusion_scales("avrsp")  # avrsp and hybrid share the window length
@@ -854,7 +860,11 @@ class FusionDecoder(nn.Module):
             enhanced = [*enhanced[:i], self.binding(enhanced[i], frames, envelope), *enhanced[i + 1 :]]
         fused = self.ravf(enhanced[-1], audio)
         c0, c1, c2, c3 = self.regulator(enhanced, fused)
-        outputs = (self.decoder([c0, c1, c2, c3]), c0, c1, c2, c3)
+        logits = self.decoder.logits([c0, c1, c2, c3])
+        if self.readout is not None:
+            assert frames is not None and envelope is not None  # checked with the binding map above
+            logits = self.readout(logits, frames, envelope)
+        outputs = (torch.sigmoid(logits), c0, c1, c2, c3)
         if return_aux:
             return outputs, FusionAux(synchrony)
         return outputs

@@ -389,7 +389,9 @@ class SaliencyUNet(nn.Module):
     (VGGish or SoundNet); ``channels``: the UNet widths (``config.unet_channels(variant)``; default
     ``unet.channels``). Heads, time-embedding size, blocks and the attention mode come from
     ``config.unet``; the map
-    size and the spatial grids from ``config.video`` / ``config.video_scales``.
+    size and the spatial grids from ``config.video`` / ``config.video_scales``. ``oneshot``: the
+    variant has a one-shot map (hybrid); with ``unet.oneshot_condition`` the UNet then takes it as
+    an input (:meth:`forward`'s ``one_shot``).
     """
 
     def __init__(
@@ -398,6 +400,7 @@ class SaliencyUNet(nn.Module):
         cond_channels: tuple[int, int, int, int],
         audio_channels: int,
         channels: tuple[int, ...] | None = None,
+        oneshot: bool = False,
     ) -> None:
         super().__init__()
         u = config.unet
@@ -415,7 +418,9 @@ class SaliencyUNet(nn.Module):
         self.attention = u.attention
 
         self.time_embed = TimestepEmbedding(u.time_dim)
-        self.stem = nn.Conv2d(1, ch[0], 3, padding=1)
+        # unet.oneshot_condition (hybrid): the one-shot map enters beside x_t as a second channel
+        self.oneshot_condition = bool(u.oneshot_condition and oneshot)
+        self.stem = nn.Conv2d(2 if self.oneshot_condition else 1, ch[0], 3, padding=1)
         stages = []
         prev, in_ch = self.map_size, ch[0]
         for i, grid in enumerate(self.grids):
@@ -435,12 +440,22 @@ class SaliencyUNet(nn.Module):
         self.head_conv = nn.Conv2d(ch[0], 1, 3, padding=1)
 
     def forward(
-        self, x_t: Tensor, t: Tensor, c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, audio: Tensor
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        c0: Tensor,
+        c1: Tensor,
+        c2: Tensor,
+        c3: Tensor,
+        audio: Tensor,
+        one_shot: Tensor | None = None,
     ) -> Tensor:
         """x0 estimate [B, 1, H, W] from ``x_t`` [B, 1, H, W] at float time steps ``t`` [B].
 
         ``c_i``: [B, cond_channels[i], T_i, H_i, W_i] on the S3D grid of scale ``i``;
-        ``audio``: [B, C_a, T_a, h_a, w_a] (``h_a = w_a = 1`` for SoundNet).
+        ``audio``: [B, C_a, T_a, h_a, w_a] (``h_a = w_a = 1`` for SoundNet); ``one_shot``
+        [B, 1, H, W] in [0, 1], the fusion decoder's map (required with ``unet.oneshot_condition``,
+        ignored otherwise).
         """
         if tuple(x_t.shape[1:]) != (1, *self.map_size):
             raise ValueError(
@@ -451,7 +466,14 @@ class SaliencyUNet(nn.Module):
             if tuple(c.shape[-2:]) != grid:
                 raise ValueError(f"c{i} must be on the {grid} grid of scale {i}, got {tuple(c.shape)}")
         temb = self.time_embed(t)
-        stem = self.stem(x_t)
+        if self.oneshot_condition:
+            if one_shot is None:
+                raise ValueError(
+                    "this UNet is conditioned on the one-shot map (unet.oneshot_condition): pass one_shot"
+                )
+            stem = self.stem(torch.cat([x_t, one_shot.to(x_t.dtype)], dim=1))
+        else:
+            stem = self.stem(x_t)
         noise_feats = []
         h = stem
         for stage in self.encoder:

@@ -75,6 +75,20 @@ class BLSEngine(Engine):
 
 WINDOW_ENGINES = ("onnxruntime", "bls")
 WINDOW_ENGINE_PARAMETER = "window_engine"
+#: ONNX Runtime intra-op threads of each window model instance (``0``: every core the stub may use).
+WINDOW_THREADS_PARAMETER = "window_threads"
+
+
+def window_threads(model_config: Mapping[str, Any]) -> int | None:
+    """The ``window_threads`` parameter of a window model (``None``: every core of the stub)."""
+    raw = model_config.get("parameters", {}).get(WINDOW_THREADS_PARAMETER, {}).get("string_value", "0")
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise ValueError(f"{WINDOW_THREADS_PARAMETER}={raw!r}: must be an integer >= 0") from None
+    if threads < 0:
+        raise ValueError(f"{WINDOW_THREADS_PARAMETER}={threads}: must be >= 0 (0 = every core)")
+    return threads or None
 
 
 def window_engine(args: Mapping[str, str], model_config: Mapping[str, Any]) -> Engine:
@@ -89,24 +103,31 @@ def window_engine(args: Mapping[str, str], model_config: Mapping[str, Any]) -> E
         raise ValueError(f"{WINDOW_ENGINE_PARAMETER}={kind!r}: choose one of {', '.join(WINDOW_ENGINES)}")
     repo = Path(args["model_repository"]).parent
     files = {name: repo / model_name(name) / "1" / "model.onnx" for name in specs}
-    return InProcessEngine(config, manifest["variant"], specs, files)
+    return InProcessEngine(config, manifest["variant"], specs, files, threads=window_threads(model_config))
 
 
 class InProcessEngine(Engine):
     """ONNX Runtime sessions in this process on the repository's component files; a failing
-    component raises :class:`ComponentCallError`, as a BLS call would."""
+    component raises :class:`ComponentCallError`, as a BLS call would. ``threads``: intra-op
+    threads of every session (default: every core the process may use)."""
 
     backend = "onnxruntime-in-stub"
 
     def __init__(
-        self, config: Config, variant: str, specs: Mapping[str, ComponentSpec], files: Mapping[str, Path]
+        self,
+        config: Config,
+        variant: str,
+        specs: Mapping[str, ComponentSpec],
+        files: Mapping[str, Path],
+        threads: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
         from avsal_deploy.engine.ort import session_options
 
         super().__init__(config, variant, specs)
-        opts = session_options(ort)
+        self.threads = threads
+        opts = session_options(ort, threads)
         self.sessions = {}
         for name, path in files.items():
             if not Path(path).exists():

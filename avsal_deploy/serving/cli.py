@@ -26,6 +26,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
         platform=args.platform,
         overwrite=args.force,
         window_engine=args.window_engine,
+        window_threads=args.window_threads,
     )
     models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").exists())
     print(f"wrote {len(models)} models to {out} ({args.platform}): {', '.join(models)}")
@@ -120,6 +121,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         choices=["onnxruntime", "bls"],
         help="how avsal_pipeline / avsal_stream / avsal_video run the components: ONNX Runtime in their "
         "own process (CPU default) or BLS calls to the component models (TensorRT default)",
+    )
+    p.add_argument(
+        "--window-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per window model instance (onnxruntime window engine; default 0 = "
+        "every core). With --instances N, N x threads = the cores runs N streams' windows side by side",
     )
     p.set_defaults(handler=cmd_triton_repo)
 

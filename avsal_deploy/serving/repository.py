@@ -329,6 +329,7 @@ def build_repository(
     stream_limits: Mapping[str, float] | None = None,
     video_limits: Mapping[str, float] | None = None,
     window_engine: str | None = None,
+    window_threads: int = 0,
 ) -> Path:
     """Write a Triton model repository for the export in ``export_dir`` into ``out_dir``.
 
@@ -338,9 +339,12 @@ def build_repository(
     ``stream_limits`` / ``video_limits`` override the limits of ``avsal_stream`` / ``avsal_video``
     (:data:`~avsal_deploy.serving.stream_models.STREAM_LIMITS`, ``VIDEO_LIMITS``). ``window_engine``:
     how the window models run the components (:mod:`avsal_deploy.serving.bls`; default
-    ``onnxruntime`` in their own stub on the CPU platform, ``bls`` calls on TensorRT). Returns ``out_dir``.
+    ``onnxruntime`` in their own stub on the CPU platform, ``bls`` calls on TensorRT).
+    ``window_threads``: ONNX Runtime intra-op threads per window model instance with the
+    ``onnxruntime`` window engine (0: every core; on a small CPU, ``instances`` x ``window_threads``
+    = the cores runs windows of different streams side by side). Returns ``out_dir``.
     """
-    from avsal_deploy.serving.bls import WINDOW_ENGINE_PARAMETER, WINDOW_ENGINES
+    from avsal_deploy.serving.bls import WINDOW_ENGINE_PARAMETER, WINDOW_ENGINES, WINDOW_THREADS_PARAMETER
 
     window_engine = window_engine or ("onnxruntime" if platform == "python-onnxruntime" else "bls")
     if window_engine not in WINDOW_ENGINES:
@@ -355,6 +359,10 @@ def build_repository(
         )
     if platform not in PLATFORMS:
         raise ConfigError(f"platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
+    if window_threads < 0:
+        raise ConfigError(f"window_threads={window_threads}: must be >= 0 (0 = every core)")
+    if window_threads and window_engine != "onnxruntime":
+        raise ConfigError(f"window_threads applies to the onnxruntime window engine, not {window_engine}")
     if instances < 1:
         raise ConfigError(f"instances={instances}: must be >= 1")
     export_dir, out = Path(export_dir), Path(out_dir)
@@ -390,6 +398,8 @@ def build_repository(
     decoder = "pyav" if platform == "python-onnxruntime" else "dali"  # GPU repositories decode on NVDEC
     video = video_config(manifest, instances, v_limits, decoder)
     for model, template in ((pipeline, "pipeline"), (stream, "stream"), (video, "video")):
-        model["parameters"] += _parameters({WINDOW_ENGINE_PARAMETER: window_engine})
+        model["parameters"] += _parameters(
+            {WINDOW_ENGINE_PARAMETER: window_engine, WINDOW_THREADS_PARAMETER: str(window_threads)}
+        )
         _write_model(out / model["name"], model, {"model.py": _template(template)})
     return out
