@@ -88,7 +88,7 @@ def test_streams_fps_and_latency(
             latencies.append(time.perf_counter() - sent[index])
             seen.add(index)
             n += 1
-        # every frame exactly one map (frames/s counts maps; a lost map would inflate nothing)
+        # every frame exactly one map: frames/s counts maps, so a lost map would only lower the rate
         assert n == len(frames) and seen == set(range(len(frames))), f"stream {k}: {n} maps"
         return n
 

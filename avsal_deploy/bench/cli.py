@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run the benchmark suites and write a report (json, markdown, plots)")
     p.add_argument("--report", required=True, metavar="DIR", help="where report.json, report.md and plots go")
     p.add_argument(
-        "--quick", action="store_true", help="tiny and small profiles only (12 minutes on 2 cores)"
+        "--quick", action="store_true", help="tiny and small profiles only (about 13 minutes on 2 cores)"
     )
     p.add_argument("--profile", action="append", choices=PROFILES, help="engine profiles to run (repeatable)")
     p.add_argument("--suite", action="append", metavar="FILE", help="only these suite files (repeatable)")
