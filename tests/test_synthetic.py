@@ -109,7 +109,8 @@ def test_shapes_and_value_ranges(bench: Path) -> None:
             assert fix.shape == (h, w) and fix.dtype == np.bool_
             # the stored fixation map is the scene's, bit for bit (MAT round trip): re-render it
             np.testing.assert_array_equal(fix, _scene(bench, v.name).fixations[i])
-            assert 1 <= fix.sum() <= AttentionModel().n_observers  # 20 observers, some share a pixel
+            # each of the 20 observers fixates one pixel per frame; coinciding fixations set one pixel
+            assert 1 <= fix.sum() <= AttentionModel().n_observers
             # the density map is the blurred fixations: high where people looked
             assert sal[fix].mean() > 4 * sal.mean()
         audio, rate = v.audio()

@@ -77,8 +77,10 @@ class BindingMap(nn.Module):
             return F.avg_pool2d(x, (h // th, w // tw))
         return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False, antialias=False)
 
-    def forward(self, frames: Tensor, envelope: Tensor) -> Tensor:
-        """frames [B, 3, T, H, W], envelope [B, E, T] -> [B, 2, h, w] (max-lag correlation, spread)."""
+    def statistics(self, frames: Tensor, envelope: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-pixel statistics at the frames' resolution, independent of ``out_size``: the
+        correlation with the loudness for each lag ``[B, lags + 1, H, W]`` and the luminance
+        spread ``[B, 1, H, W]``. Computed once per window when several maps read them."""
         lum = (frames * self.luma).sum(dim=1)  # [B, T, H, W]
         env = envelope[:, -1, :].to(lum.dtype)  # [B, T] loudness
         t = int(lum.shape[1])
@@ -92,9 +94,19 @@ class BindingMap(nn.Module):
             cov = (xc * ec[:, :, None, None]).mean(dim=1, keepdim=True)
             sx = xc.square().mean(dim=1, keepdim=True).sqrt().clamp_min(LUMA_STD_FLOOR)
             se = (ec.square().mean(dim=1, keepdim=True) + ENV_VAR_FLOOR).sqrt()[:, :, None, None]
-            corrs.append(self._pool(cov / (sx * se)))
-        corr = torch.cat(corrs, dim=1).amax(dim=1, keepdim=True)
+            corrs.append(cov / (sx * se))
+        return torch.cat(corrs, dim=1), spread
+
+    def pooled(self, stats: tuple[Tensor, Tensor]) -> Tensor:
+        """:meth:`statistics` -> [B, 2, h, w]: each lag's correlation pooled to ``out_size``, the
+        maximum over lags, and the pooled spread."""
+        corrs, spread = stats
+        corr = self._pool(corrs).amax(dim=1, keepdim=True)
         return torch.cat([corr, SPREAD_SCALE * self._pool(spread)], dim=1)
+
+    def forward(self, frames: Tensor, envelope: Tensor) -> Tensor:
+        """frames [B, 3, T, H, W], envelope [B, E, T] -> [B, 2, h, w] (max-lag correlation, spread)."""
+        return self.pooled(self.statistics(frames, envelope))
 
 
 class BindingInjector(nn.Module):
@@ -109,7 +121,11 @@ class BindingInjector(nn.Module):
 
     def forward(self, feature: Tensor, frames: Tensor, envelope: Tensor) -> Tensor:
         """feature [B, C, T_s, h, w] + projected binding maps (broadcast over time)."""
-        return feature + self.project(self.maps(frames, envelope))[:, :, None]
+        return self.add(feature, self.maps.statistics(frames, envelope))
+
+    def add(self, feature: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+        """:meth:`forward` from :meth:`BindingMap.statistics` already computed."""
+        return feature + self.project(self.maps.pooled(stats))[:, :, None]
 
 
 class BindingReadout(nn.Module):
@@ -140,5 +156,8 @@ class BindingReadout(nn.Module):
 
     def forward(self, logits: Tensor, frames: Tensor, envelope: Tensor) -> Tensor:
         """logits [B, 1, H, W] (before the sigmoid) -> logits + read-out of the binding maps."""
-        maps = self.maps(frames, envelope)
-        return logits + self.net(torch.cat([maps, logits], dim=1))
+        return self.add(logits, self.maps.statistics(frames, envelope))
+
+    def add(self, logits: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+        """:meth:`forward` from :meth:`BindingMap.statistics` already computed."""
+        return logits + self.net(torch.cat([self.maps.pooled(stats), logits], dim=1))

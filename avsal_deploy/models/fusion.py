@@ -850,20 +850,23 @@ class FusionDecoder(nn.Module):
             i = self.sync_scale
             gated, synchrony = self.sync.forward_with_synchrony(enhanced[i], envelope)
             enhanced = [*enhanced[:i], gated, *enhanced[i + 1 :]]
+        stats = None
         if self.binding is not None:
             if envelope is None or frames is None:
                 raise ConfigError(
                     "this fusion decoder has the binding map (fusion.binding): it needs the window's "
                     "frames and the per-frame audio envelope"
                 )
+            # the per-pixel statistics once; the injector and the read-out pool them to their grids
+            stats = self.binding.maps.statistics(frames, envelope)
             i = self.binding_scale
-            enhanced = [*enhanced[:i], self.binding(enhanced[i], frames, envelope), *enhanced[i + 1 :]]
+            enhanced = [*enhanced[:i], self.binding.add(enhanced[i], stats), *enhanced[i + 1 :]]
         fused = self.ravf(enhanced[-1], audio)
         c0, c1, c2, c3 = self.regulator(enhanced, fused)
         logits = self.decoder.logits([c0, c1, c2, c3])
         if self.readout is not None:
-            assert frames is not None and envelope is not None  # checked with the binding map above
-            logits = self.readout(logits, frames, envelope)
+            assert stats is not None  # fusion.binding_readout needs fusion.binding (config check)
+            logits = self.readout.add(logits, stats)
         outputs = (torch.sigmoid(logits), c0, c1, c2, c3)
         if return_aux:
             return outputs, FusionAux(synchrony)

@@ -126,7 +126,6 @@ class InProcessEngine(Engine):
         from avsal_deploy.engine.ort import session_options
 
         super().__init__(config, variant, specs)
-        self.threads = threads
         opts = session_options(ort, threads)
         self.sessions = {}
         for name, path in files.items():
