@@ -139,8 +139,8 @@ class FusionConfig:
     # earlier plain temporal mean before the head (checkpoints that predate the field, see
     # LEGACY_DEFAULTS).
     temporal_reduction: Literal["conv", "mean"] = "conv"
-    # Audio-visual binding (our extension, issue 16; off in every profile until it is shown to help:
-    # the issue-16 grid turns it on): a parameter-free map
+    # Audio-visual binding (our extension, issue 16; on in the small and tiny profiles, off in the
+    # paper's, see README "Issue-16 results"): a parameter-free map
     # of where each position's luminance correlates over the window with the per-frame audio
     # loudness (best of lags 0..binding_lags frames, the sound trailing the picture), plus where the
     # luminance varies at all, projected and added to fusion scale ``binding_scale``
@@ -166,7 +166,7 @@ class UNetConfig:
     attention: AttentionMode = "eca"  # see ATTENTION_MODES (replaces the bool efficient_attention)
     # hybrid only (our extension, issue 16): the UNet also takes the fusion decoder's one-shot map
     # as a second input channel beside x_t (conditioning by concatenation), so the diffusion refines
-    # the decoder's map instead of re-deriving it from c0..c3. Off in every profile.
+    # the decoder's map instead of re-deriving it from c0..c3. On in small and tiny, off in paper.
     oneshot_condition: bool = False
 
 
@@ -401,6 +401,11 @@ def check_variant(variant: str) -> str:
     return variant
 
 
+# Our extensions that the deployable profiles (small, tiny) turn on and the paper profile leaves
+# off: the AV sync gate and the binding map with its read-out (issue 16; with
+# unet.oneshot_condition, the mend whose grid results README "Issue-16 results" reports).
+_MEND_FUSION: dict[str, Any] = {"av_sync": True, "binding": True, "binding_readout": True}
+
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {
@@ -421,8 +426,14 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "vggish_slice_width": 96,
             "transformer_heads": 4,
         },
-        "fusion": {"channels": (32, 64, 96, 128), "ravf_heads": 4, "av_sync": True},
-        "unet": {"channels": (32, 64, 96, 128), "diffsal_channels": (), "heads": 2, "time_dim": 128},
+        "fusion": {**_MEND_FUSION, "channels": (32, 64, 96, 128), "ravf_heads": 4},
+        "unet": {
+            "channels": (32, 64, 96, 128),
+            "diffsal_channels": (),
+            "heads": 2,
+            "time_dim": 128,
+            "oneshot_condition": True,
+        },
     },
     "tiny": {
         "video": {
@@ -447,9 +458,15 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "ravf_blocks": 1,
             "ravf_heads": 2,
             "aspp_rates": (1, 2),
-            "av_sync": True,
+            **_MEND_FUSION,
         },
-        "unet": {"channels": (8, 16, 24, 32), "diffsal_channels": (), "heads": 2, "time_dim": 32},
+        "unet": {
+            "channels": (8, 16, 24, 32),
+            "diffsal_channels": (),
+            "heads": 2,
+            "time_dim": 32,
+            "oneshot_condition": True,
+        },
         "diffusion": {"sampling_steps": 2},
     },
 }

@@ -34,7 +34,17 @@ def _digest(root: Path) -> str:
 
 
 def _config() -> Config:
-    return load_config("tiny", {"video.clip_len": 16, "fusion.binding": True})
+    """The binding map alone (the first round of issue 16), without the mend's read-out and the
+    one-shot-conditioned UNet that the tiny profile also turns on."""
+    return load_config(
+        "tiny",
+        {
+            "video.clip_len": 16,
+            "fusion.binding": True,
+            "fusion.binding_readout": False,
+            "unet.oneshot_condition": False,
+        },
+    )
 
 
 def _pulsing_clip(config: Config, lag: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -83,8 +93,13 @@ def test_binding_map_of_silence_is_exactly_zero_and_injector_starts_neutral() ->
 
 
 def test_profiles_switch_and_legacy_defaults() -> None:
-    assert not any(load_config(p).fusion.binding for p in ("paper", "small", "tiny"))
-    on = load_config("tiny", {"fusion.binding": True, "fusion.av_sync": False})
+    # the mend is on in the deployable profiles, and the paper profile stays the paper's
+    for p in ("small", "tiny"):
+        c = load_config(p)
+        assert c.fusion.binding and c.fusion.binding_readout and c.unet.oneshot_condition, p
+    paper = load_config("paper")
+    assert not (paper.fusion.binding or paper.fusion.binding_readout or paper.unet.oneshot_condition)
+    on = load_config("tiny", {"fusion.av_sync": False})
     assert on.uses_envelope() and on.uses_binding() and not on.uses_binding("diffsal")
     with pytest.raises(ConfigError, match="binding_scale"):
         load_config("tiny", {"fusion.binding_scale": 4})
@@ -181,7 +196,7 @@ def test_readout_starts_neutral_and_reads_the_source() -> None:
     source, other = out[8:16, 8:16].mean(), out[40:48, 60:68].mean()
     assert source > 0.5 and source > 3 * other.abs()
     with pytest.raises(ConfigError, match="binding_readout needs fusion.binding"):
-        load_config("tiny", {"fusion.binding_readout": True})
+        load_config("tiny", {"fusion.binding": False})  # the profile's read-out without its map
 
 
 def test_oneshot_conditioned_unet_uses_the_one_shot_map() -> None:

@@ -112,6 +112,11 @@ def test_saliency_in_unit_interval_and_batch_independent() -> None:
 def test_gradients_reach_every_parameter(blocks: int) -> None:
     cfg = load_config("tiny", fusion__ravf_blocks=blocks)
     model = build(cfg).train()
+    if model.readout is not None:
+        # The binding read-out's last conv starts at zero (neutral until trained), which by design
+        # stops gradients to the convs before it at step 0; give it weights to see the graph.
+        with torch.no_grad():
+            model.readout.net[-1].weight.normal_(0, 0.1)
     outs = model(*fake_inputs(cfg, batch=2))
     loss = outs[0].mean() + sum(c.square().mean() for c in outs[1:])
     loss.backward()
@@ -436,8 +441,8 @@ def test_mean_reduction_is_the_legacy_decoder() -> None:
 
 
 def test_shipped_checkpoint_loads_strictly_and_matches_its_fusion_export() -> None:
-    """The shipped checkpoint (the tiny profile with the learned temporal reduction) loads strictly
-    and reproduces its exported fusion graph."""
+    """The shipped checkpoint (the tiny profile: the learned temporal reduction and issue 16's
+    binding map with its read-out) loads strictly and reproduces its exported fusion graph."""
     ort = pytest.importorskip("onnxruntime")
     from avsal_deploy.engine import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
     from avsal_deploy.training.checkpoints import load_trained_model
@@ -445,6 +450,7 @@ def test_shipped_checkpoint_loads_strictly_and_matches_its_fusion_export() -> No
     model, cfg, _, _ = load_trained_model(DEFAULT_CHECKPOINT)  # strict: every tensor lands
     assert cfg.fusion.temporal_reduction == "conv" and model.fusion is not None
     assert model.fusion.decoder.reduce is not None
+    assert model.fusion.binding is not None and model.fusion.readout is not None
     sess = ort.InferenceSession(str(DEFAULT_EXPORT / "fusion.onnx"), providers=["CPUExecutionProvider"])
     inputs = fake_inputs(cfg, batch=2, t_a=2)
     names = [i.name for i in sess.get_inputs()]
@@ -515,7 +521,8 @@ def test_fusion_returns_its_auxiliary_sync_map() -> None:
         outputs, aux = model(*inputs, return_aux=True)
         enhanced = model.synergy([a(v) for a, v in zip(model.adapters, inputs[:4], strict=True)])
         assert model.sync is not None
-        expected = model.sync.synchrony(enhanced[cfg.fusion.sync_scale], inputs[-1])
+        envelope = inputs[5]  # v0..v3, audio, envelope (, frames with fusion.binding)
+        expected = model.sync.synchrony(enhanced[cfg.fusion.sync_scale], envelope)
     assert isinstance(plain, tuple) and len(plain) == 5
     for a, b in zip(plain, outputs, strict=True):
         assert torch.equal(a, b)

@@ -1,7 +1,7 @@
 """Audio-visual binding: where in the picture does the luminance vary in step with the sound?
 
-Our extension (``config.fusion.binding``; off in every profile, turned on by the issue-16 grid,
-``training/grids/issue16.toml``), the mend of issue 16. The learned AV sync gate (:class:`~avsal_deploy.models.fusion.AudioVisualSync`)
+Our extension (``config.fusion.binding``; on in the small and tiny profiles, off in the paper's),
+the mend of issue 16 (its grid: ``training/grids/issue16.toml``). The learned AV sync gate (:class:`~avsal_deploy.models.fusion.AudioVisualSync`)
 must discover from a few videos that "the object the sound belongs to is the one that changes in
 step with the sound"; on data it was not tuned on (more objects, the sound trailing the picture
 by a frame or two) it did not. :class:`BindingMap` computes that cue directly, with no parameters,

@@ -15,7 +15,7 @@ and the SoundNet features into a saliency map in five stages, one class each her
 With ``config.fusion.av_sync`` (our extension; on in the small and tiny profiles, off in the
 paper profile), :class:`AudioVisualSync` also lets one MS scale keep the per-frame audio envelope
 where the visual features move in step with it, before RAVF and MRG (see its docstring for why).
-With ``config.fusion.binding`` (our extension, issue 16; off in every profile), the
+With ``config.fusion.binding`` (our extension, issue 16; on in small and tiny), the
 parameter-free luminance-envelope binding map of :mod:`avsal_deploy.models.binding` is projected
 and added to scale ``fusion.binding_scale``; the decoder then also takes the window's frames.
 
