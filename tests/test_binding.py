@@ -405,6 +405,31 @@ def test_grid_file_is_checked(tmp_path: Path) -> None:
         load_grid(path)
 
 
+def test_grid_summary_of_bad_output_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--summary-only`` on a directory the grid never ran into, or on a damaged results.json,
+    fails with one line naming the path; a summary already written stays as it was."""
+    from avsal_deploy.cli import main
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "out"
+    args = ["experiment", "audio-relevance", "--grid", str(grid), "--out", str(out), "--summary-only"]
+    assert main(args) == 2
+    assert f"{out}: no such directory" in capsys.readouterr().err
+    out.mkdir()
+    (out / "summary.md").write_text("earlier summary\n")
+    assert main(args) == 2
+    assert "nothing to summarise" in capsys.readouterr().err
+    (out / "four").mkdir()
+    (out / "four" / "results.json").write_text('{"conditions": ')
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(out / "four" / "results.json") in err and "not an audio-relevance results.json" in err
+    assert (out / "summary.md").read_text() == "earlier summary\n" and not (out / "summary.json").exists()
+
+
 def test_criteria_per_cell() -> None:
     from avsal_deploy.training.grid import cell_criteria
 

@@ -41,7 +41,7 @@ import numpy as np
 import tomllib
 
 from avsal_deploy.data.synthetic import SET_NAME, SceneOptions, generate
-from avsal_deploy.errors import BackendUnavailableError, ConfigError
+from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
 
 #: The issue's criteria, evaluated per cell (CC).
 CRITERIA: dict[str, float] = {
@@ -232,16 +232,24 @@ def summarise_grid(grid: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the summary from the cells of ``grid`` that have an ``OUT/<cell>/results.json``
     (a partial grid: the cells not run are left out and listed under ``missing``)."""
     out_dir = Path(out)
+    cells = load_grid(grid)
+    if not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: no such directory (run the grid into it first)")
     entries, missing = [], []
-    for cell in load_grid(grid):
+    for cell in cells:
         path = out_dir / cell["name"] / "results.json"
         if not path.is_file():
             missing.append(cell["name"])
             continue
-        results = json.loads(path.read_text())
-        entry = _cell_entry(cell, results)
-        entry["seeds"] = len(results["seeds"])
+        try:
+            results = json.loads(path.read_text())
+            entry = _cell_entry(cell, results)
+            entry["seeds"] = len(results["seeds"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: not an audio-relevance results.json ({exc!r})") from exc
         entries.append(entry)
+    if not entries:
+        raise DatasetError(f"{out_dir}: no cell of {grid} has a results.json there, nothing to summarise")
     summary = _write_summary(out_dir, str(grid), entries, missing)
     return summary
 
