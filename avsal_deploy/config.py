@@ -404,7 +404,7 @@ def check_variant(variant: str) -> str:
 # Our extensions that the deployable profiles (small, tiny) turn on and the paper profile leaves
 # off: the AV sync gate and the binding map with its read-out (issue 16; with
 # unet.oneshot_condition, the mend whose grid results README "Issue-16 results" reports).
-_MEND_FUSION: dict[str, Any] = {"av_sync": True, "binding": True, "binding_readout": True}
+_EXTENSIONS_FUSION: dict[str, Any] = {"av_sync": True, "binding": True, "binding_readout": True}
 
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -426,7 +426,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "vggish_slice_width": 96,
             "transformer_heads": 4,
         },
-        "fusion": {**_MEND_FUSION, "channels": (32, 64, 96, 128), "ravf_heads": 4},
+        "fusion": {**_EXTENSIONS_FUSION, "channels": (32, 64, 96, 128), "ravf_heads": 4},
         "unet": {
             "channels": (32, 64, 96, 128),
             "diffsal_channels": (),
@@ -458,7 +458,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
             "ravf_blocks": 1,
             "ravf_heads": 2,
             "aspp_rates": (1, 2),
-            **_MEND_FUSION,
+            **_EXTENSIONS_FUSION,
         },
         "unet": {
             "channels": (8, 16, 24, 32),
