@@ -26,6 +26,7 @@ import tomllib
 from avsal_deploy.errors import ConfigError
 
 Variant = Literal["avrsp", "diffsal", "hybrid"]
+#: This project's own model families (trainable with ``avsal train``).
 VARIANTS: tuple[str, ...] = ("avrsp", "diffsal", "hybrid")
 # Saliency-UNet cross-attention (models.unet.SpatioTemporalCrossAttention): "eca" = DiffSal's
 # per-frame attention over space with (1, k, k) key/value compression (paper eq. 7-8, official
@@ -177,6 +178,9 @@ class DiffusionConfig:
     max_beta: float = 0.999
     sampling_steps: int = 4  # paper: 4; released DiffSal config: 1; 0 on hybrid = one-shot map
     dequant_sigma: float = 0.01
+    # Clamp every x0 estimate to [0, 1] inside the DDIM loop (ours); the released DiffSal sampler
+    # clamps only the final map (diffusion.ddim_sample's clip_x0).
+    clip_x0: bool = True
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,8 @@ class Config:
 
     # ----------------------------------------------------------------- derived shapes
     def clip_len(self, variant: str = "hybrid") -> int:
-        """Frames per window: 32 for AVRSP/hybrid, 16 for DiffSal at the paper profile."""
+        """Frames per window: 32 for AVRSP/hybrid, 16 for DiffSal at the paper profile; an official
+        family's ``video.clip_len`` (its input mode)."""
         check_variant(variant)
         return self.video.diffsal_clip_len if variant == "diffsal" else self.video.clip_len
 
@@ -324,13 +329,19 @@ class Config:
     def audio_input_shape(self, variant: str = "hybrid") -> tuple[int, ...]:
         """Audio model input, batch excluded.
 
-        SoundNet (avrsp, hybrid): waveform [1, samples, 1] (NCHW with W=1, the legacy layout).
-        VGGish (diffsal): log-mel slices [slices, 1, slice_height, slice_width].
+        SoundNet (avrsp, hybrid, avinet): waveform [1, samples, 1] (NCHW with W=1, the legacy layout).
+        VGGish (diffsal): log-mel slices [slices, 1, slice_height, slice_width]. Official DiffSal:
+        [1, slices, slice_height, slice_width], as its forward takes them. Visual-only families:
+        ``(0,)`` (a zero-size placeholder; no audio encoder runs).
         """
-        check_variant(variant)
+        kind = family(variant).audio
         a = self.audio
-        if variant == "diffsal":
+        if kind == "vggish":
             return (a.vggish_slices, 1, a.vggish_slice_height, a.vggish_slice_width)
+        if kind == "diffsal":
+            return (1, a.vggish_slices, a.vggish_slice_height, a.vggish_slice_width)
+        if kind == "none":
+            return (0,)
         return (1, self.soundnet_samples(), 1)
 
     def uses_envelope(self, variant: str = "hybrid") -> bool:
@@ -396,9 +407,174 @@ class Config:
 
 
 def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    """``variant`` if it names a model family (ours or an official one), else a ConfigError."""
+    if variant not in FAMILIES:
+        raise ConfigError(f"unknown model family {variant!r}: choose one of {', '.join(FAMILIES)}")
     return variant
+
+
+# --------------------------------------------------------------------- model families
+@dataclass(frozen=True)
+class Family:
+    """A model family: how its network is split into exported stages and what it takes.
+
+    ``variant`` strings throughout the code name a family. Ours (``origin="avsal"``) are built from
+    the profile's sections; an official family (``origin="official"``) reproduces a published
+    model's released code exactly, built by :mod:`avsal_deploy.models.official`, and its input mode
+    (frame size and statistics, clip length, target frame, audio input) lives in
+    :attr:`input_mode`, a set of config overrides on the ``paper`` profile.
+    """
+
+    name: str
+    origin: Literal["avsal", "official"]
+    #: the audio encoder's input: "soundnet" (Hanning-windowed waveform buffer), "vggish" (our
+    #: log-mel slices), "diffsal" (the official DiffSal log-mel examples), "none" (visual only)
+    audio: Literal["soundnet", "vggish", "diffsal", "none"]
+    #: a decoder gives a map in one pass (the one-shot map; steps = 0)
+    one_shot: bool
+    #: a Saliency-UNet denoises the map (DDIM over the UNet step)
+    unet: bool
+    summary: str
+    #: the UNet reads neither x_t nor t (one pass gives the map; no DDIM loop is run)
+    noise_free: bool = False
+    #: where the architecture comes from, and the licence of its released weights
+    source: str = "avsal-deploy"
+    weights_licence: str = "-"
+    input_mode: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio != "none"
+
+
+# Official DiffSal's frame statistics on the 0-255 scale (its AV loader), as [0, 1]-scale values.
+_DIFFSAL_MEAN = (114.7748 / 255.0, 107.7354 / 255.0, 99.4750 / 255.0)
+_DIFFSAL_STD = (38.7568578 / 255.0, 37.88248729 / 255.0, 40.02898126 / 255.0)
+_OFFICIAL_VIDEO = {"height": 224, "width": 384, "s3d_width": 1.0}
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "avrsp",
+            "avsal",
+            "soundnet",
+            one_shot=True,
+            unet=False,
+            summary="AVRSP: S3D + SoundNet, relevance-guided fusion decoder (one-shot map)",
+        ),
+        Family(
+            "diffsal",
+            "avsal",
+            "vggish",
+            one_shot=False,
+            unet=True,
+            summary="DiffSal-style: video + VGGish encoders, Saliency-UNet denoised by DDIM",
+        ),
+        Family(
+            "hybrid",
+            "avsal",
+            "soundnet",
+            one_shot=True,
+            unet=True,
+            summary="AVRSP fusion decoder conditioning a Saliency-UNet (one-shot map or DDIM)",
+        ),
+        Family(
+            "diffsal-official",
+            "official",
+            "diffsal",
+            one_shot=False,
+            unet=True,
+            summary="DiffSal as released (MViTv2-S + VGGish, SalUNet), audio-visual",
+            source="github.com/junwenxiong/diff_sal@c9b8070",
+            weights_licence="not stated by the authors",
+            input_mode={
+                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
+                "audio": {"vggish_slices": 9, "vggish_slice_height": 112, "vggish_slice_width": 192},
+                "window": {"mode": "centre"},
+                "diffusion": {"sampling_steps": 1, "clip_x0": False},
+            },
+        ),
+        Family(
+            "diffsal-official-visual",
+            "official",
+            "none",
+            one_shot=False,
+            unet=True,
+            noise_free=True,
+            summary="DiffSal as released, visual-only (DHF1K); its UNet ignores x_T and t",
+            source="github.com/junwenxiong/diff_sal@c9b8070",
+            weights_licence="not stated by the authors",
+            input_mode={
+                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
+                "window": {"mode": "centre"},
+                "diffusion": {"sampling_steps": 1, "clip_x0": False},
+            },
+        ),
+        Family(
+            "vinet",
+            "official",
+            "none",
+            one_shot=True,
+            unet=False,
+            summary="ViNet (IROS 2021): S3D + hierarchical decoder, visual-only",
+            source="github.com/samyak0210/ViNet",
+            weights_licence="not stated by the authors",
+            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+        ),
+        Family(
+            "avinet",
+            "official",
+            "soundnet",
+            one_shot=True,
+            unet=False,
+            summary="AViNet (IROS 2021): ViNet + SoundNet-8, bilinear fusion",
+            source="github.com/samyak0210/ViNet",
+            weights_licence="not stated by the authors",
+            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+        ),
+        Family(
+            "vinet-s",
+            "official",
+            "none",
+            one_shot=True,
+            unet=False,
+            summary="ViNet-S (ICASSP 2025): S3D + grouped U-Net decoder, visual-only",
+            source="github.com/ViNet-Saliency/vinet_v2",
+            weights_licence="CC BY-NC-SA 4.0 (non-commercial)",
+            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+        ),
+        Family(
+            "tased",
+            "official",
+            "none",
+            one_shot=True,
+            unet=False,
+            summary="TASED-Net (ICCV 2019): S3D + transposed-convolution decoder with unpooling",
+            source="github.com/MichiganCOG/TASED-Net",
+            weights_licence="not stated by the authors",
+            input_mode={
+                "video": {**_OFFICIAL_VIDEO, "clip_len": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+                "window": {"mode": "causal"},
+            },
+        ),
+    )
+}
+
+
+def family(variant: str) -> Family:
+    """The :class:`Family` named ``variant`` (a ConfigError for an unknown name)."""
+    return FAMILIES[check_variant(variant)]
+
+
+def family_config(variant: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The config an official family runs with (its input mode on the ``paper`` profile), or the
+    ``paper`` profile for one of ours; ``overrides`` as :meth:`Config.replace`."""
+    fam = family(variant)
+    base = profile_config("paper")
+    if fam.input_mode:
+        base = _from_dict(_merge(base.to_dict(), fam.input_mode))
+    return base.replace(overrides) if overrides else base
 
 
 # Our extensions that the deployable profiles (small, tiny) turn on and the paper profile leaves
@@ -478,10 +654,13 @@ def resolve_steps(config: Config, variant: str, steps: int | None) -> int:
     steps = config.diffusion.sampling_steps if steps is None else int(steps)
     if steps < 0:
         raise ConfigError(f"steps={steps}: must be >= 0")
-    if variant == "avrsp":
+    fam = family(variant)
+    if not fam.unet:
         return 0
-    if variant == "diffsal" and steps == 0:
-        raise ConfigError("variant 'diffsal' has no one-shot map: steps must be >= 1")
+    if fam.noise_free:  # the UNet reads neither x_t nor t: every step gives the same map
+        return 1
+    if not fam.one_shot and steps == 0:
+        raise ConfigError(f"model family {variant!r} has no one-shot map: steps must be >= 1")
     return steps
 
 

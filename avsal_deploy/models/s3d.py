@@ -24,7 +24,9 @@ Deviations from the public code, and why:
 - ``pool4`` is ViNet's temporal ``maxt4`` (2,1,1)/(2,1,1) followed by a spatial k3/s2/p1 max pool
   (ViNet: k2/s2/p0; kylemin's and torchvision's S3D: one (2,2,2)/2 pool). Every spatial step then rounds up, so
   inputs whose size is not a multiple of 32 (e.g. 112x192 -> 4x6 at scale 3) keep their border
-  instead of silently dropping it. At 224x384 the output size is unchanged.
+  instead of silently dropping it. At 224x384 the output size is unchanged, but the values are not
+  (a 3x3 window sees more than a 2x2 one): ``pool4="public"`` builds ViNet's k2/s2/p0 pool, which
+  the official ViNet, AViNet, ViNet-S and TASED-Net weights need.
 - A channel multiplier ``width`` scales every branch through :func:`~avsal_deploy.config.scaled`.
   The pool-projection branch (``branch3``) of each Mixed block takes up the rounding, so every
   block's width is exactly ``scaled(public width, width)`` (the config's ``s3d_channels``).
@@ -66,6 +68,9 @@ BN_EPS = 1e-3  # TensorFlow/Sonnet default the Kinetics checkpoints were trained
 # The public code uses momentum 1e-3 (TF decay 0.999); we keep PyTorch's 0.1 so the running
 # statistics follow within a short fine-tune and when the small profiles train from scratch.
 BN_MOMENTUM = 0.1
+#: The spatial part of pool4: "ceil" (ours, k3/s2/p1, rounds up) or "public" (ViNet's and
+#: TASED-Net's k2/s2/p0, which the official checkpoints of those models were trained with).
+POOL4_MODES: tuple[str, ...] = ("ceil", "public")
 
 
 class BasicConv3d(nn.Module):
@@ -136,10 +141,12 @@ class S3D(nn.Module):
     tensors ``[B, C_i, T_i, H_i, W_i]`` with ``C_i = out_channels[i]``.
     """
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, pool4: str = "ceil") -> None:
         super().__init__()
         if width <= 0:
             raise ConfigError(f"video.s3d_width={width}: must be > 0")
+        if pool4 not in POOL4_MODES:
+            raise ConfigError(f"S3D pool4={pool4!r}: choose one of {', '.join(POOL4_MODES)}")
         self.width = float(width)
         c64, c192 = scaled(STEM_WIDTH, width), scaled(S3D_SCALE_CHANNELS[0], width)
         self.base1 = nn.Sequential(
@@ -161,7 +168,8 @@ class S3D(nn.Module):
         self.base2, self.base3, self.base4 = stages
         self.maxp3 = nn.MaxPool3d(3, stride=2, padding=1)  # pool3: time and space
         self.maxt4 = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1))  # pool4, temporal part
-        self.maxp4 = _spatial_pool()  # pool4, spatial part
+        # pool4, spatial part: ours rounds up; the public code's k2/s2/p0 drops an odd border
+        self.maxp4 = _spatial_pool() if pool4 == "ceil" else nn.MaxPool3d((1, 2, 2), stride=(1, 2, 2))
         self.out_channels: tuple[int, int, int, int] = (
             c192,
             self.base2[-1].out_channels,
