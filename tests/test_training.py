@@ -525,6 +525,29 @@ def test_precision_settings_and_bf16_step(data: Path, tmp_path: Path) -> None:
     assert all(v.dtype != torch.bfloat16 for v in weights.values())  # autocast keeps fp32 weights
 
 
+def test_bf16_backward_on_cpu_gives_the_float32_weight_gradient() -> None:
+    """A Conv3d with a temporal kernel of 3 over a clip 2 frames deep (the tiny profile's scale 2):
+    oneDNN's bfloat16 weight gradient for it is garbage on some CPUs (huge, inf or NaN); under
+    ``Precision.backward`` the gradient is the float32 one within bfloat16 rounding."""
+    cpu = torch.device("cpu")
+    bf16 = resolve_precision("bf16", cpu)
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(32, 32, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    x = torch.randn(2, 32, 2, 4, 6, generator=generator)
+    target = torch.randn(2, 32, 2, 4, 6, generator=generator)
+    (conv(x) * target).sum().backward()
+    reference = conv.weight.grad.clone()
+    for _ in range(3):  # the faulty kernel differs from call to call
+        conv.weight.grad = None
+        with bf16.autocast("cpu"):
+            y = conv(x)
+        assert y.dtype == torch.bfloat16
+        with bf16.backward(cpu):
+            (y.float() * target).sum().backward()
+        error = (conv.weight.grad - reference).abs().max() / reference.abs().max()
+        assert torch.isfinite(conv.weight.grad).all() and error < 0.02, float(error)
+
+
 def test_mismatched_soundtrack_control(data: Path) -> None:
     config = load_config("tiny")
     test = open_dataset(data, "synthetic", "test")

@@ -5,10 +5,18 @@ float16 with a gradient scaler) and full precision on CPU; ``"bf16"`` forces bfl
 (CPU included), ``"fp16"`` float16 (CUDA only), ``"off"`` none. The network runs under
 :meth:`Precision.autocast`; losses are always computed in float32
 (:class:`~avsal_deploy.training.objective.SaliencyObjective`).
+
+bfloat16 on the CPU runs the backward pass without oneDNN (:meth:`Precision.backward`): oneDNN's
+bfloat16 Conv3d weight gradient (torch 2.13, seen on AVX512-BF16 CPUs) returns garbage - huge
+values, inf or NaN, different on every call, as if it read uninitialised memory - when a
+convolution with a temporal kernel of 3 meets a clip only 2 frames deep (the tiny profile's
+scale 2). The first optimiser step then writes NaN into the weights. PyTorch's own kernels give the
+right gradient (``tests/test_training.py`` checks both).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,6 +45,13 @@ class Precision:
         """The autocast context the network runs under (a no-op when disabled)."""
         return torch.autocast(device_type, self.dtype, enabled=self.enabled)
 
+    def backward(self, device: torch.device) -> AbstractContextManager[None]:
+        """The context the backward pass runs under: bfloat16 on the CPU keeps oneDNN out of it
+        (its bfloat16 Conv3d weight gradient is wrong for some shapes; see the module docstring)."""
+        if self.enabled and self.dtype == torch.bfloat16 and device.type == "cpu":
+            return torch.backends.mkldnn.flags(enabled=False)
+        return contextlib.nullcontext()
+
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
         """A fresh gradient scaler when this precision needs one (float16), else None."""
         return torch.amp.GradScaler(device.type) if self.scaler else None
@@ -60,15 +75,20 @@ def optimizer_step(
     scaler: torch.amp.GradScaler | None,
     params: Sequence[nn.Parameter],
     grad_clip: float = 0.0,
+    precision: Precision | None = None,
 ) -> None:
-    """Backward ``loss`` (scaled when ``scaler``), clip the gradient norm of ``params`` to
-    ``grad_clip`` (if > 0, on unscaled gradients) and step ``optimizer``."""
+    """Backward ``loss`` (scaled when ``scaler``; under ``precision``'s :meth:`Precision.backward`),
+    clip the gradient norm of ``params`` to ``grad_clip`` (if > 0, on unscaled gradients) and step
+    ``optimizer``."""
     optimizer.zero_grad(set_to_none=True)
+    backward = precision.backward(loss.device) if precision is not None else contextlib.nullcontext()
+    with backward:
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(list(params), grad_clip)
     if scaler is not None:

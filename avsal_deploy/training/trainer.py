@@ -657,7 +657,9 @@ class Trainer:
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
-        optimizer_step(loss, self.optimizer, self.scaler, self.params, self.recipe.train.grad_clip)
+        optimizer_step(
+            loss, self.optimizer, self.scaler, self.params, self.recipe.train.grad_clip, self.precision
+        )
         return {k: v.detach() for k, v in out.items()}
 
 
