@@ -6,13 +6,16 @@ User errors (:class:`~avsal_deploy.errors.AvsalError`) become one line on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from avsal_deploy import interrupt
 from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config, parse_overrides
 from avsal_deploy.engine import BUILTIN_BACKENDS
 from avsal_deploy.errors import AvsalError
@@ -340,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at 720p; load_maps returns the video's size) or upsampled to the video's",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_predict)
+    p.set_defaults(handler=cmd_predict, stops_cleanly=True)
 
     # Areas with several commands register their own sub-parsers (training, serving).
     for module in AREA_COMMANDS:
@@ -348,12 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the ``avsal`` command ``argv`` (default: the command line); its exit status.
+
+    ``exiting``: the process exits right after (the console script), so the signal handlers of a
+    command that stops cleanly stay in place after it (see :func:`entry`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    interrupt.reset()
+    # Commands with check points stop cleanly on SIGINT and SIGTERM (avsal_deploy.interrupt); the
+    # others keep Python's Ctrl-C (KeyboardInterrupt) and the default SIGTERM.
+    stopping = (
+        interrupt.handle_signals(restore=not exiting)
+        if getattr(args, "stops_cleanly", False)
+        else contextlib.nullcontext()
+    )
     try:
-        return handler(args)
+        with stopping:
+            return handler(args)
     except AvsalError as exc:
         print(f"avsal: error: {exc}", file=sys.stderr)
         return 2
@@ -367,9 +383,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("avsal: interrupted", file=sys.stderr)
-        return 130
+        print(f"avsal: {interrupt.describe()}", file=sys.stderr)
+        return interrupt.EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    """The ``avsal`` console script. Once the command is done, SIGINT and SIGTERM are ignored while
+    the interpreter exits: its finalisation puts the default action back in place of Python-level
+    handlers, so a signal that came then would kill the finished process (through any of its
+    threads) and replace its exit status."""
+    code = main(exiting=True)
+    for s in interrupt.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from avsal_deploy import __version__
+from avsal_deploy import __version__, interrupt
 from avsal_deploy.config import resolve_steps
 from avsal_deploy.data.preprocess import postprocess_map, postprocess_maps
 from avsal_deploy.data.source import ArraySource, MediaSource, Timings
@@ -272,6 +272,7 @@ class Predictor:
         timings = timings if timings is not None else Timings()
         flow = self.flow(source.fps, source.audio_rate, keep_frames, timings)
         for frame, ts, chunk in source.media(timings):
+            interrupt.check()  # a stop request discards the video in flight
             keep = _fit(frame, keep_max_side) if keep_frames and keep_max_side else None
             yield flow.push(frame, chunk, ts, keep), chunk
         if flow.n_frames == 0:

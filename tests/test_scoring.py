@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,61 +197,97 @@ def test_resume_rules(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert set(run(steps=2, seed=1).values()) == {"skipped"}
 
 
-def test_interrupted_runs_resume_with_identical_outputs(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    """SIGTERM part-way (exit 130), then SIGKILL part-way through the resumed run, then a run to
-    the end: each run redoes only what was not finished, and the maps equal an uninterrupted run's."""
+#: Signals sent to scoring runs at random moments, and how often each: SIGTERM and SIGINT must stop
+#: cleanly (exit 130), SIGKILL (which nothing can catch) must lose nothing that was finished.
+SIGNAL_PLAN = (signal.SIGTERM,) * 9 + (signal.SIGINT,) * 8 + (signal.SIGKILL,) * 3
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (Linux: the SigCgt mask of /proc/PID/status;
+    Python catches SIGINT from its start, SIGTERM only once the command installs its handlers)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def _visible(out: Path) -> dict[str, bytes]:
+    """The video directories a reader can see (not the private ``.partial`` area): name -> maps."""
+    found = {}
+    for d in out.iterdir():
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        assert sorted(p.name for p in d.iterdir()) == ["maps.npz", RECORD, "summary.json"], d
+        assert json.loads((d / RECORD).read_text())["status"] == "done"
+        found[d.name] = (d / "maps.npz").read_bytes()
+    return found
+
+
+def test_signals_at_random_moments_stop_cleanly_and_resume_identically(
+    tmp_path: Path, tiny_export: Path
+) -> None:
+    """SIGTERM / SIGINT / SIGKILL at 20 random moments of scoring runs into one output directory:
+    every caught signal exits 130 (never an abort), no half-written video directory is ever
+    visible, every visible one equals the uninterrupted run's, and a last run finishes the rest
+    with the same maps."""
+    import random
+
     videos = tmp_path / "videos"
-    names = [f"v{i}.mp4" for i in range(6)]
+    names = [f"v{i}.mp4" for i in range(5)]
     _good(videos, names, n=8)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "avsal_deploy.cli", "score", str(videos), *_torch(tiny_checkpoint)]
+    command = [
+        sys.executable,
+        "-m",
+        "avsal_deploy.cli",
+        "score",
+        str(videos),
+        "--export-dir",
+        str(tiny_export),
+    ]
+    command += ["--steps", "1", "--quiet"]
 
     reference = tmp_path / "reference"
-    subprocess.run(
-        [*command, "--out", str(reference)], cwd=REPO_ROOT, env=env, check=True, capture_output=True
-    )
+    t0 = time.monotonic()
+    subprocess.run([*command, "--out", str(reference)], env=env, check=True, capture_output=True)
+    full_run = time.monotonic() - t0
+    want = _visible(reference)
+    assert sorted(want) == sorted(Path(n).stem for n in names)
 
     out = tmp_path / "out"
-
-    def finished() -> set[str]:
-        return {p.parent.name for p in out.glob(f"*/{RECORD}")}
-
-    def interrupt(sig: signal.Signals) -> tuple[int, set[str]]:
-        """Run until one more video is finished, then send ``sig``."""
-        before = finished()
+    rng = random.Random(0)
+    plan = list(SIGNAL_PLAN)
+    rng.shuffle(plan)
+    codes = []
+    for sig in plan:
         proc = subprocess.Popen(
-            [*command, "--out", str(out)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [*command, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        try:
-            deadline = time.monotonic() + 120
-            while len(finished()) <= len(before) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(sig)
-        finally:
-            proc.wait()
-        return proc.returncode, finished()
+        deadline = time.monotonic() + 60
+        while not _catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the command's signal handlers are in place
+        delay = rng.uniform(0.0, full_run)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        codes.append(proc.returncode)
+        stopped = {signal.SIGKILL: (-signal.SIGKILL,)}.get(sig, (130,))
+        assert proc.returncode in (*stopped, 0), (sig.name, delay, proc.returncode, err.decode()[-2000:])
+        assert b"terminate called" not in err and b"Traceback" not in err, err.decode()[-2000:]
+        seen = _visible(out)
+        assert all(seen[name] == want[name] for name in seen)  # finished = identical, none half-written
+        if len(seen) == len(names):  # finished before the signal: start over to interrupt again
+            shutil.rmtree(out)
+    assert codes.count(130) >= 10  # most signals landed mid-run, as intended
 
-    code, after_term = interrupt(signal.SIGTERM)
-    assert code == 130 and 1 <= len(after_term) < len(names), "SIGTERM should land part-way through the run"
-    code, after_kill = interrupt(signal.SIGKILL)
-    assert code == -signal.SIGKILL and after_term < after_kill and len(after_kill) < len(names)
-    assert not (out / "summary.json").exists()
-
-    rerun = subprocess.run(
-        [*command, "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
-    )
+    rerun = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    status = {Path(v["path"]).stem: v["status"] for v in _summary(out)["videos"]}
-    assert {n for n, s in status.items() if s == "skipped"} == after_kill
-    assert {n for n, s in status.items() if s == "done"} == {Path(n).stem for n in names} - after_kill
+    assert _visible(out) == want
     assert not (out / PARTIAL).exists()
-    for name in names:
-        stem = Path(name).stem
-        assert (out / stem / "maps.npz").read_bytes() == (reference / stem / "maps.npz").read_bytes()
+    status = {Path(v["path"]).stem: v["status"] for v in _summary(out)["videos"]}
+    assert set(status) == set(want) and set(status.values()) <= {"done", "skipped"}
 
 
 # ----------------------------------------------------------------------------- ground truth

@@ -1,25 +1,20 @@
 """``avsal score``: batch scoring from the command line (parse, call :func:`score`, report).
 
 Exit code 0 when every video is done or skipped, 1 when some failed (listed at the end), 2 for
-bad usage (any :class:`~avsal_deploy.errors.AvsalError` before the run). SIGTERM stops the run
-like Ctrl-C: finished videos are kept, the ones in flight are redone by the next run.
+bad usage (any :class:`~avsal_deploy.errors.AvsalError` before the run), 130 when SIGINT or SIGTERM
+stopped it (:mod:`avsal_deploy.interrupt`): finished videos are kept, the ones in flight are
+discarded and redone by the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
-from types import FrameType
 from typing import Any
 
 from avsal_deploy.scoring.core import GT_METRICS
 from avsal_deploy.scoring.engines import SCORING_ENGINES
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -52,7 +47,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         rate = counts["frames"] / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(frames=counts["frames"], fps=f"{rate:.1f}", failed=counts["failed"])
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     results: list[VideoResult] = []
     try:
         for result in score(
@@ -77,7 +71,6 @@ def cmd_score(args: argparse.Namespace) -> int:
             if result.status == "failed" and bar is not None:
                 bar.write(f"failed: {result.error}")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
     done = sum(r.status == "done" for r in results)
@@ -147,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(GT_METRICS)}")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run on this Ray cluster (auto, host:port)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_score)
+    p.set_defaults(handler=cmd_score, stops_cleanly=True)
 
 
 __all__ = ["register"]

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from avsal_deploy import interrupt
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
 from avsal_deploy.scoring.inputs import VideoItem
 
@@ -88,7 +89,9 @@ def run_on_ray(
         try:
             while pool.has_next():
                 try:
-                    yield pool.get_next_unordered()
+                    yield pool.get_next_unordered(timeout=0.5)
+                except TimeoutError:
+                    interrupt.check()  # stopping kills the actors: their videos in flight are discarded
                 except ray.exceptions.RayError as exc:
                     raise AvsalError(
                         f"Ray: an actor failed for good ({' '.join(str(exc).split())[:300]})"

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from avsal_deploy import __version__
+from avsal_deploy import __version__, interrupt
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
 from avsal_deploy.scoring.engines import SCORING_ENGINES, model_identity, open_scoring_engine, predict_item
 from avsal_deploy.scoring.inputs import VideoItem, check_unique, collect_inputs, input_hash, input_stat
@@ -436,7 +436,7 @@ def _run_threads(
                     else:
                         dead.add(server)
                 return
-            while not stop.is_set():
+            while not stop.is_set() and not interrupt.requested():
                 with lock:
                     if state["pending"] == 0:
                         return
@@ -446,6 +446,8 @@ def _run_threads(
                     continue
                 try:
                     result = scorer.score_item(task.item)
+                except interrupt.Interrupted:
+                    return  # the video in flight was discarded (its private directory removed)
                 except ServerGone as gone:
                     task.tried.append(gone.url)
                     with lock:
@@ -478,11 +480,16 @@ def _run_threads(
     try:
         remaining = len(items)
         while remaining:
-            got = results.get()
+            try:
+                got = results.get(timeout=0.2)
+            except queue.Empty:
+                interrupt.check()
+                continue
             if got is not None:
                 remaining -= 1
                 yield got
                 continue
+            interrupt.check()  # a worker that stopped for a stop request is no failure
             with lock:
                 workers_left, error = state["workers"], state["error"]
             if error is not None:
@@ -508,10 +515,11 @@ def _run_threads(
                         yield got
                 if remaining:
                     raise AvsalError(f"all workers stopped with {remaining} video(s) unscored")
-        for t in threads:
-            t.join()
     finally:
         stop.set()
+        for t in threads:  # an interrupted run waits for the videos in flight to be discarded
+            t.join()
+    interrupt.check()
 
 
 def _failed(task: _Task, message: str) -> VideoResult:

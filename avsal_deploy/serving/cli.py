@@ -7,10 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import time
-from types import FrameType
 
+from avsal_deploy import interrupt
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.serving.repository import PLATFORMS
 
@@ -37,10 +35,6 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from avsal_deploy.serving.server import Ports, TritonServer
 
@@ -48,24 +42,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = args.models.split(",") if args.models else None
     server = TritonServer(args.repo, ports, args.log, models=models, startup_timeout=args.startup_timeout)
     print(f"starting tritonserver on {server.repo} ...", flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, systemd: stop cleanly too
-    try:
-        with server:
-            print(f"HTTP    {server.http_url}")
-            print(f"gRPC    {server.grpc_url}")
-            print(f"metrics {server.metrics_url}")
-            print(f"log     {server.log_path}")
-            print("serving; Ctrl-C (or SIGTERM) stops the server", flush=True)
-            while True:
-                server.check_alive()
-                for model in server.heal():  # a stub died: reload its model
-                    print(f"reloaded {model} (its python stub process had died)", flush=True)
-                time.sleep(0.5)
-    except KeyboardInterrupt:
+    with server:  # stopped (SIGTERM, then SIGKILL to its process group) however the block ends
+        print(f"HTTP    {server.http_url}")
+        print(f"gRPC    {server.grpc_url}")
+        print(f"metrics {server.metrics_url}")
+        print(f"log     {server.log_path}")
+        print("serving; Ctrl-C (or SIGTERM) stops the server", flush=True)
+        while not interrupt.wait(0.5):
+            server.check_alive()
+            for model in server.heal():  # a stub died: reload its model
+                print(f"reloaded {model} (its python stub process had died)", flush=True)
         print("stopping ...", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(f"tritonserver stopped (exit code {server.returncode})")
+    interrupt.check()  # exit status 130: stopped by a signal
     return 0
 
 
@@ -139,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--models", default=None, help="comma-separated models to load (default: all)")
     p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    p.set_defaults(handler=cmd_serve)
+    p.set_defaults(handler=cmd_serve, stops_cleanly=True)
 
     p = sub.add_parser("stream", help="play a video through a server's avsal_stream model, in real time")
     p.add_argument(
@@ -164,4 +153,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--roi-out", default=None, help="also encode the stream with the server's QP offsets")
     p.add_argument("--roi-codec", default="x264", choices=["x264", "x265"], help="encoder of --roi-out")
     p.add_argument("--roi-crf", type=float, default=28.0, help="CRF of --roi-out (default 28)")
-    p.set_defaults(handler=cmd_stream)
+    p.set_defaults(handler=cmd_stream, stops_cleanly=True)

@@ -11,8 +11,6 @@ throughput.
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from avsal_deploy import interrupt
 from avsal_deploy.data.preprocess import postprocess_map
 from avsal_deploy.data.source import CaptureSource, MediaSource, is_capture_spec
 from avsal_deploy.serving.client import stream
@@ -49,17 +48,17 @@ def play(
 
     ``video`` may name a live input (``FORMAT:TARGET`` such as ``v4l2:/dev/video0`` or
     ``lavfi:testsrc``, or a streaming URL; ``capture_options`` are its demuxer options): it plays
-    until it ends, ``max_seconds`` pass, or Ctrl-C, which ends the stream cleanly (the start-up
-    frames are flushed and every output is written)."""
+    until it ends or ``max_seconds`` pass. A stop request (SIGINT or SIGTERM under the CLI,
+    :mod:`avsal_deploy.interrupt`) ends the stream cleanly after the current frame, file or live
+    input alike: the sequence is closed on the server (its slot freed), the frames sent so far get
+    their maps and every output is written; then :class:`~avsal_deploy.interrupt.Interrupted` is
+    raised."""
     from avsal_deploy import outputs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     live = is_capture_spec(str(video))
     source = CaptureSource(str(video), capture_options, max_seconds) if live else MediaSource(video)
-    previous_handler = None
-    if live and threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: source.stop())
     sent: dict[int, tuple[np.ndarray, float, float]] = {}
     chunks: list[np.ndarray] = []
     writer = outputs.MapWriter(out / "maps.npz", source.source_size, source.fps)
@@ -73,6 +72,8 @@ def play(
 
     def frames() -> Iterator[tuple[np.ndarray, float]]:
         for i, (frame, ts, chunk) in enumerate(source.media()):
+            if interrupt.requested():  # end the stream here: the server flushes what was sent
+                return
             if realtime:
                 time.sleep(max(0.0, t_start + ts - time.perf_counter()))
             sent[i] = (frame, ts, time.perf_counter())
@@ -124,8 +125,6 @@ def play(
         raise
     finally:
         source.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
     seconds = time.perf_counter() - t_start
     lat = np.asarray(latencies) * 1000.0
     report = {
@@ -140,4 +139,5 @@ def play(
         },
     }
     (out / "stream.json").write_text(json.dumps(report, indent=2))
+    interrupt.check()
     return report

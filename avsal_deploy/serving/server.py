@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from avsal_deploy import interrupt
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
 
 HOST = "127.0.0.1"
@@ -266,6 +267,7 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         url = f"{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
+            interrupt.check()  # stopped while starting: start() stops the server
             code = self.returncode
             if code is not None:
                 raise self._fail(f"tritonserver exited with code {code} during start-up")

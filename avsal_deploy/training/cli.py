@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avsal_deploy import interrupt
 from avsal_deploy.config import parse_overrides
 from avsal_deploy.errors import ConfigError
 
@@ -110,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f"\n  best:    {result.best_checkpoint}" if result.best_checkpoint else "")
             + f"\n  log:     {out / 'metrics.jsonl'}"
         )
+    if result.stopped == "interrupted":  # resumable: `avsal train ... --resume`
+        raise interrupt.Interrupted(interrupt.describe())
     return 0
 
 
@@ -320,7 +323,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=cmd_train, stops_cleanly=True)
 
     p = sub.add_parser("eval", help="score a checkpoint on a data set with the MIT metrics")
     p.add_argument("checkpoint", help="an avsal .safetensors checkpoint")

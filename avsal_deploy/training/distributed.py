@@ -87,6 +87,15 @@ def all_mean(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def any_rank(ctx: DistContext, flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself in a single process)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def sync_buffers(ctx: DistContext, model: nn.Module) -> None:
     """Broadcast BatchNorm running statistics (all buffers) from rank 0."""
     if ctx.distributed:

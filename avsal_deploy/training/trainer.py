@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from avsal_deploy import interrupt
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import open_dataset
 from avsal_deploy.engine.base import Engine
@@ -59,6 +60,7 @@ from avsal_deploy.training.checkpoints import (
 from avsal_deploy.training.data import VideoInputs, WindowDataset
 from avsal_deploy.training.distributed import (
     all_mean,
+    any_rank,
     barrier,
     broadcast_object,
     setup_distributed,
@@ -110,7 +112,9 @@ class TrainResult:
     monitor: str
     steps: int
     epochs: int
-    stopped: str  # "completed", "max_steps" or "early_stop" (of the last stage)
+    # "completed", "max_steps", "early_stop" (of the last stage) or "interrupted" (a stop request,
+    # avsal_deploy.interrupt: the resumable checkpoint of the last finished step is written)
+    stopped: str
     seconds: float  # wall time of the whole run, summed over resumed sessions
 
 
@@ -351,6 +355,7 @@ class Trainer:
         self.best: float | None = None
         self.bad_epochs = 0
         self.stopped = "completed"
+        self._interrupted = False
         start_stage, start_batch = 0, 0
         state: dict[str, Any] | None = None
 
@@ -390,7 +395,7 @@ class Trainer:
                 self.best = None
             self._run_stage(stage, state if resuming else None, start_batch)
             state = None
-            if self.stopped == "max_steps":
+            if self.stopped in ("max_steps", "interrupted"):
                 break
 
         if self.ctx.is_main:
@@ -441,8 +446,15 @@ class Trainer:
             if epoch is None:  # the step budget ended the stage mid-epoch (checkpoint written)
                 return
             metrics = self._end_epoch(stage, val_videos, *epoch)
-            if self.stopped in ("early_stop", "max_steps"):
+            if self._interrupted:
+                self.stopped = "interrupted"
+            if self.stopped in ("early_stop", "max_steps", "interrupted"):
                 return
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop was requested (SIGINT / SIGTERM under the CLI) on any rank: every rank
+        stops after the same step."""
+        return any_rank(self.ctx, interrupt.requested())
 
     def _stage_data(self, stage: Stage) -> tuple[WindowDataset, list[VideoInputs], int]:
         """The stage's training windows, its validation videos (rank 0) and its steps per epoch."""
@@ -578,13 +590,18 @@ class Trainer:
             if t.max_steps and self.step >= t.max_steps:
                 self.stopped = "max_steps"
                 break
+            if self._stop_requested():
+                self._interrupted = True
+                if batch_in_epoch < steps_per_epoch:  # at the epoch's end, the epoch ends as usual
+                    self.stopped = "interrupted"
+                break
             if (
                 t.checkpoint_every
                 and self.step % t.checkpoint_every == 0
                 and batch_in_epoch < steps_per_epoch
             ):
                 self._save(stage, batch_in_epoch, metrics)
-        if self.stopped == "max_steps" and batch_in_epoch < steps_per_epoch:
+        if self.stopped in ("max_steps", "interrupted") and batch_in_epoch < steps_per_epoch:
             sync_buffers(ctx, self.model)
             self._save(stage, batch_in_epoch, metrics)
             return None
