@@ -7,12 +7,14 @@ so every test that needs one shares these session-scoped directories.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from avsal_deploy import interrupt
 from avsal_deploy.config import LEGACY_DEFAULTS, load_config
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import save_checkpoint
@@ -31,6 +33,53 @@ def _tiny_model(variant: str, seed: int = 0) -> AVSaliencyModel:
     return model
 
 
+def _process_state() -> dict[str, object]:
+    """What one test could leave behind for the next: torch's global settings, the environment,
+    the working directory, signal handlers and a pending stop request."""
+    return {
+        "torch default dtype": torch.get_default_dtype(),
+        "torch threads": torch.get_num_threads(),
+        "torch grad mode": torch.is_grad_enabled(),
+        "torch deterministic": torch.are_deterministic_algorithms_enabled(),
+        "environment": dict(os.environ),
+        "working directory": os.getcwd(),
+        "signal handlers": {s: signal.getsignal(s) for s in interrupt.SIGNALS},
+        "stop request": interrupt.requested(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_state() -> Iterator[None]:
+    """Each test starts from the state the session started with and must leave it so: a test that
+    changes a global setting fails here (and the setting is put back for the next test), so no test
+    depends on which ran before it. The suite runs in random order (pytest-randomly, which also
+    reseeds Python's, NumPy's and torch's global generators before every test)."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    leaked = [key for key in before if after[key] != before[key]]
+    torch.set_default_dtype(before["torch default dtype"])  # type: ignore[arg-type]
+    torch.set_num_threads(before["torch threads"])  # type: ignore[arg-type]
+    torch.set_grad_enabled(before["torch grad mode"])  # type: ignore[arg-type]
+    torch.use_deterministic_algorithms(before["torch deterministic"])  # type: ignore[arg-type]
+    env = before["environment"]
+    assert isinstance(env, dict)
+    if os.environ != env:
+        os.environ.clear()
+        os.environ.update(env)
+    os.chdir(before["working directory"])  # type: ignore[arg-type]
+    for s, handler in before["signal handlers"].items():  # type: ignore[attr-defined]
+        signal.signal(s, handler)
+    interrupt.reset()
+    if leaked:
+        details = {k: (before[k], after[k]) for k in leaked if k != "environment"}
+        if "environment" in leaked:
+            new = set(after["environment"]) ^ set(env)  # type: ignore[arg-type]
+            changed = {k for k in set(env) & set(after["environment"]) if env[k] != after["environment"][k]}  # type: ignore[index]
+            details["environment"] = sorted(new | changed)
+        pytest.fail(f"the test changed process state it must restore: {details}")
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Tiny models: one torch thread is as fast, and far faster when other jobs share the cores."""
@@ -40,12 +89,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private AVSAL_CACHE for the whole session (the predictor's export cache)."""
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private AVSAL_CACHE for the whole session (the predictor's export cache), in place before
+    the first test, whatever the order: no test reads or writes the user's own cache."""
     path = tmp_path_factory.mktemp("avsal-cache")
+    previous = os.environ.get("AVSAL_CACHE")
     os.environ["AVSAL_CACHE"] = str(path)
-    return path
+    yield path
+    if previous is None:
+        os.environ.pop("AVSAL_CACHE", None)
+    else:
+        os.environ["AVSAL_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
