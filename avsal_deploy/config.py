@@ -549,8 +549,11 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="ViNet-S (ICASSP 2025): S3D + grouped U-Net decoder, visual-only",
-            source="github.com/ViNet-Saliency/vinet_v2",
+            source="github.com/ViNet-Saliency/vinet_v2@d09066b",
             weights_licence="CC BY-NC-SA 4.0 (non-commercial)",
+            # ViNet_S_dataloader.py: PIL Resize((224, 384)), ToTensor, ImageNet Normalize; frames
+            # end-31..end, the map of the LAST one (the first frames: indices below 0 repeat
+            # frame 0; we use our causal start-up rule instead).
             input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
         ),
         Family(
@@ -560,7 +563,10 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="TASED-Net (ICCV 2019): S3D + transposed-convolution decoder with unpooling",
-            source="github.com/MichiganCOG/TASED-Net",
+            source="github.com/MichiganCOG/TASED-Net@0cf47b7",
+            # run_example.py: cv2.resize to 384x224 (INTER_LINEAR, data.resize.cv2_linear_resize),
+            # (2p - 255) / 255; frames i-31..i give the map of frame i; frames 0..30 from the
+            # time-reversed clip of frames t+31..t (our causal start-up rule exactly).
             weights_licence="not stated by the authors",
             input_mode={
                 "video": {**_OFFICIAL_VIDEO, "clip_len": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},

@@ -367,3 +367,31 @@ def test_onnx_runtime_matches_torch(stages, golden, tmp_path: Path) -> None:
             None, {n: f[:batch].numpy() for n, f in zip(tased.VIDEO_OUTPUTS, feats, strict=True)}
         )
         assert max_abs(out, ref) <= MAP_ATOL
+
+
+# ----------------------------------------------------------------------------- input mode
+def test_cv2_linear_resize_is_opencv_bit_for_bit() -> None:
+    """run_example.py resizes with cv2.resize (INTER_LINEAR, no antialiasing); golden
+    ``tests/golden/cv2_resize.npz`` made with OpenCV 5.1.0 (opencv-python-headless) on x86."""
+    from avsal_deploy.data.resize import cv2_linear_resize, resize
+
+    g = load_golden("cv2_resize")
+    n = len([k for k in g if k.startswith("src")])
+    assert n == 5
+    for i in range(n):
+        dst = g[f"dst{i}"]
+        assert np.array_equal(cv2_linear_resize(g[f"src{i}"], dst.shape[:2]), dst), i
+    # a shrunk frame: OpenCV samples 2x2 pixels, the default (antialiased) resize averages them
+    ours = resize(g["src0"], g["dst0"].shape[:2], axes=(0, 1))
+    assert np.abs(ours - g["dst0"]).max() > 20
+
+
+def test_input_mode_normalisation_is_the_official_transform(golden) -> None:
+    """TASED's input mode: (p / 255 - 0.5) / 0.5 is run_example.py's (2p - 255) / 255."""
+    from avsal_deploy.data.preprocess import preprocess_frames
+
+    config = family_config("tased", {"video.height": H, "video.width": W})
+    assert config.clip_len("tased") == 32 and config.window.mode == "causal"
+    pre = preprocess_frames(golden["pixels"][0], config)  # frames at model size: no resampling
+    ref = frames_of(golden, 1)[0].permute(1, 0, 2, 3).numpy()
+    assert max_abs(pre, ref) <= 1e-6
