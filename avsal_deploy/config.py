@@ -36,6 +36,8 @@ AttentionMode = Literal["eca", "standard", "eca3d"]
 ATTENTION_MODES: tuple[str, ...] = ("eca", "standard", "eca3d")
 PROFILES: tuple[str, ...] = ("paper", "small", "tiny")
 TEMPORAL_REDUCTIONS: tuple[str, ...] = ("conv", "mean")
+#: ViNet-S decoder upsampling builds (FusionConfig.upsampling).
+UPSAMPLINGS: tuple[str, ...] = ("trilinear", "bilinear")
 
 # S3D (Xie et al. 2018) channel widths after its four encoder blocks, at width multiplier 1.0:
 # block 1 = SepConv 64->192, block 2 = Mixed_3c, block 3 = Mixed_4f, block 4 = Mixed_5c.
@@ -153,6 +155,11 @@ class FusionConfig:
     # correlation and spread at full map resolution, beside the decoder's logits, through a small
     # zero-initialised conv stack added to those logits (models.binding.BindingReadout).
     binding_readout: bool = False
+    # The x2 spatial upsampling of ViNet-S's grouped U-Net decoder (models.official.vinet_s):
+    # "trilinear" = its inference script's build (nn.Upsample, scale (1, 2, 2), half-pixel
+    # centres); "bilinear" = its training script's build (per-frame bilinear, align_corners=True).
+    # The same weights give maps up to ~0.6 apart; the family "vinet-s" means the inference build.
+    upsampling: Literal["trilinear", "bilinear"] = "trilinear"
 
 
 @dataclass(frozen=True)
@@ -263,6 +270,8 @@ class Config:
             )
         if f.binding_lags < 0:
             raise ConfigError(f"fusion.binding_lags={f.binding_lags}: must be >= 0")
+        if f.upsampling not in UPSAMPLINGS:
+            raise ConfigError(f"fusion.upsampling={f.upsampling!r}: must be one of {', '.join(UPSAMPLINGS)}")
         if f.binding_readout and not f.binding:
             raise ConfigError("fusion.binding_readout needs fusion.binding (the map it reads out)")
         if f.sync_heads < 1 or f.channels[f.sync_scale] % f.sync_heads:
@@ -540,8 +549,11 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="ViNet-S (ICASSP 2025): S3D + grouped U-Net decoder, visual-only",
-            source="github.com/ViNet-Saliency/vinet_v2",
+            source="github.com/ViNet-Saliency/vinet_v2@d09066b",
             weights_licence="CC BY-NC-SA 4.0 (non-commercial)",
+            # ViNet_S_dataloader.py: PIL Resize((224, 384)), ToTensor, ImageNet Normalize; frames
+            # end-31..end, the map of the LAST one (the first frames: indices below 0 repeat
+            # frame 0; we use our causal start-up rule instead).
             input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
         ),
         Family(
@@ -551,7 +563,10 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="TASED-Net (ICCV 2019): S3D + transposed-convolution decoder with unpooling",
-            source="github.com/MichiganCOG/TASED-Net",
+            source="github.com/MichiganCOG/TASED-Net@0cf47b7",
+            # run_example.py: cv2.resize to 384x224 (INTER_LINEAR, data.resize.cv2_linear_resize),
+            # (2p - 255) / 255; frames i-31..i give the map of frame i; frames 0..30 from the
+            # time-reversed clip of frames t+31..t (our causal start-up rule exactly).
             weights_licence="not stated by the authors",
             input_mode={
                 "video": {**_OFFICIAL_VIDEO, "clip_len": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
@@ -731,6 +746,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "fusion.binding_lags": 2,
     "fusion.binding_readout": False,  # before it: no direct read-out of the binding map (issue 16)
     "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
+    "fusion.upsampling": "trilinear",  # before it: no ViNet-S decoder (only its default build)
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
 # value missing from the map has no equivalent any more. Stored configs are migrated; overrides

@@ -70,3 +70,47 @@ def resize(x: np.ndarray, size: tuple[int, int], axes: tuple[int, int] = (-2, -1
     out = _resize_axis(out, int(size[0]), h_axis)
     out = _resize_axis(out, int(size[1]), w_axis)
     return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- OpenCV's INTER_LINEAR
+_CV_COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit fixed-point weights
+
+
+@functools.lru_cache(maxsize=64)
+def _cv2_axis(n_in: int, n_out: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``(i0, i1)`` and fixed-point weights ``(w0, w1)`` of one axis of
+    ``cv2.resize(..., interpolation=INTER_LINEAR)`` on uint8 images."""
+    scale = n_in / n_out
+    f = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    f = (f - i0).astype(np.float32)
+    if clamp:  # columns: a sample left of the first / right of the last centre takes that pixel
+        low, high = i0 < 0, i0 >= n_in - 1
+        f[low | high] = 0.0
+        i0 = np.where(low, 0, np.where(high, n_in - 1, i0))
+    i1 = np.clip(i0 + 1, 0, n_in - 1)  # rows: the two taps are clipped, the weights are not
+    i0 = np.clip(i0, 0, n_in - 1)
+    w0 = np.rint((np.float32(1.0) - f) * np.float32(_CV_COEF_SCALE)).astype(np.int64)
+    w1 = np.rint(f * np.float32(_CV_COEF_SCALE)).astype(np.int64)
+    return i0, i1, w0, w1
+
+
+def cv2_linear_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[H, W, C]`` resized to ``size = (height, width)`` as ``cv2.resize(image, (width,
+    height))`` (INTER_LINEAR) computes it on x86, bit for bit: bilinear with half-pixel centres and
+    NO antialiasing (a shrunk image samples 2 x 2 pixels per output pixel), 11-bit fixed-point
+    weights, a horizontal pass into integers and the vertical pass of OpenCV's SIMD kernel
+    (``((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16) + 2) >> 2``). TASED-Net's
+    ``run_example.py`` resizes its frames so. Checked against OpenCV 5.1 (tests/golden/cv2_resize.npz).
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise ValueError(f"cv2_linear_resize: expected uint8 [H, W, C], got {img.dtype} {img.shape}")
+    h, w = int(size[0]), int(size[1])
+    x0, x1, a0, a1 = _cv2_axis(img.shape[1], w, True)
+    y0, y1, b0, b1 = _cv2_axis(img.shape[0], h, False)
+    src = img.astype(np.int64)
+    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]  # [H, w, C], scale 2048
+    top = (rows[y0] >> 4) * b0[:, None, None] >> 16
+    bottom = (rows[y1] >> 4) * b1[:, None, None] >> 16
+    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
