@@ -34,6 +34,20 @@ The generator script (outside the repository) does, per family:
    avinet), the decoder alone on the features (``decoder_map``; for avinet the official forward
    after the encoders: ``maxpool``, ``bilinear``, ``view(B,1024,4,7,12)``, decoder), the whole
    model at batch 2 (``map``) and at batch 1 on the first window (``map_batch1``).
+
+How ``tests/golden/vinet_inputs.npz`` was made (the official input computation)
+------------------------------------------------------------------------------
+The official loader functions of ``generate_result_audio_visual.py`` (the same code as
+``dataloader.py``'s): ``make_dataset`` + ``get_audio_feature`` on synthetic 16-bit mono wavs at
+22,050 Hz (two clips of 70 frames at fps "25" and "29.97", as a fold list gives them), through a
+stub of torchaudio 0.4's ``load(path, normalization=False)`` (sox's int32 samples: ``s << 16``);
+the windows of ``validate()`` for i = 31, 40, 69 (frames i-31..i), and for i < 62 the flipped
+buffer ``torch.flip(audio, [2])`` that predicts frame i-31 (``*_reversed``). ``torch_transform``
+(``Resize((224, 384))``, ``ToTensor``, ImageNet ``Normalize``) with the real torchvision 0.5.0
+transforms (the pure-Python module of its wheel) and Pillow 13, on two synthetic PNG frames
+(288x512: shrinking; 120x200: enlarging); the file stores each official tensor as its uint8
+levels ``round((t * std + mean) * 255)``, from which ``(levels / 255 - mean) / std`` rebuilds the
+official float32 tensor bit for bit (the generator asserts it).
 """
 
 from __future__ import annotations
@@ -46,7 +60,9 @@ import numpy as np
 import pytest
 import torch
 
-from avsal_deploy.config import family_config
+from avsal_deploy.config import family, family_config
+from avsal_deploy.data.audio import soundnet_excerpt
+from avsal_deploy.data.preprocess import preprocess_frames
 from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.official import OfficialStages, build_stages, convert_state
 from avsal_deploy.models.official import vinet as official_vinet
@@ -353,3 +369,56 @@ def test_avinet_stages_export_to_onnx(tmp_path: Path) -> None:
     feats = [torch.from_numpy(_normal(s, seed + i, absolute=True)) for i, s in enumerate(shapes)]
     audio = torch.from_numpy(_normal((2, 1024, 3, 1), seed + 4, absolute=True)[..., None])
     _export_and_run(stages.decoder, (*feats, audio), tmp_path / "fusion.onnx")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- official inputs
+def test_input_modes_are_the_official_loaders() -> None:
+    for variant in ("vinet", "avinet"):
+        c = family_config(variant)
+        assert (c.clip_len(variant), c.video.height, c.video.width) == (32, 224, 384)
+        assert c.video.mean == (0.485, 0.456, 0.406) and c.video.std == (0.229, 0.224, 0.225)
+        assert c.video.resize == "pil" and c.window.mode == "causal"
+    c = family_config("avinet")
+    assert c.audio_input_shape("avinet") == (1, 70560, 1) and c.audio.soundnet_framing == "vinet"
+    assert family("vinet").audio == "none" and c.audio_input_shape("vinet") == (0,)
+
+
+@pytest.mark.parametrize("framing", ["vinet", "avsal"])
+def test_avinet_audio_input_equals_the_official_loader(framing: str) -> None:
+    """``audio.soundnet_framing="vinet"`` reproduces ``get_audio_feature`` bit for bit, forward and
+    time-reversed windows; ours ("avsal") moves some by a sample (a reversed window's odd-length
+    excerpt sits one sample off-centre, boundaries round differently at 25 fps)."""
+    g = np.load(GOLDEN / "vinet_inputs.npz")
+    config = family_config("avinet").replace({"audio.soundnet_framing": framing})
+    worst = 0.0
+    for c in (0, 1):
+        wave = g[f"audio{c}_wav"].astype(np.float32) / np.float32(32768.0)  # decoders' float PCM
+        fps = float(g[f"audio{c}_fps"])
+        for i in (31, 40, 69):
+            for reverse in (False, True):
+                key = f"audio{c}_window{i}" + ("_reversed" if reverse else "")
+                if key not in g.files:
+                    continue
+                frames = list(range(i, i - 32, -1)) if reverse else list(range(i - 31, i + 1))
+                ours = soundnet_excerpt(wave, 22050, frames, fps, config)
+                assert ours.shape == (1, 70560, 1)
+                worst = max(worst, _max_diff(ours.reshape(-1), g[key]))
+    if framing == "vinet":
+        assert worst == 0.0
+    else:
+        assert worst > 1.0
+
+
+@pytest.mark.parametrize("resize", ["pil", "antialias"])
+def test_vinet_frames_equal_the_official_transform(resize: str) -> None:
+    g = np.load(GOLDEN / "vinet_inputs.npz")
+    config = family_config("vinet").replace({"video.resize": resize})
+    mean = np.asarray(config.video.mean, np.float32)[:, None, None]
+    std = np.asarray(config.video.std, np.float32)[:, None, None]
+    for j in (0, 1):
+        official = (g[f"frame{j}_levels"].astype(np.float32) / np.float32(255.0) - mean) / std
+        ours = preprocess_frames(g[f"frame{j}"][None], config)[0]
+        if resize == "pil":
+            assert _max_diff(ours, official) == 0.0
+        else:  # ours: no uint8 rounding, another filter precision: about one grey level
+            assert 0.0 < _max_diff(ours, official) < 1.5 / 255 / 0.224
