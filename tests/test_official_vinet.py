@@ -188,7 +188,11 @@ def test_convert_refuses_unknown_missing_and_misshapen_keys() -> None:
         WeightsError, match=r"1 misshapen: decoder\.convtsp4\.8\.bias \[2\] \(expected \[1\]\)"
     ):
         convert_state(bad, "vinet")
-    with pytest.raises(WeightsError, match="it looks like a avinet state dict"):
+    counters = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert official_vinet.detect_variant(counters) == "vinet"  # files before PyTorch 0.4.1
+    converted = convert_state(counters, "vinet").state
+    assert int(converted["video_encoder.base1.0.bn_s.num_batches_tracked"]) == 0
+    with pytest.raises(WeightsError, match=r"\(its layout is that of avinet\)"):
         convert_state(_official_state("avinet"), "vinet")
     transformer = dict(_official_state("avinet"))
     transformer["transformer.pos_encoder.pe"] = torch.zeros(32, 1, 336)  # use_transformer=True

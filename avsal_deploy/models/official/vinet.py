@@ -85,6 +85,7 @@ _DECODER_CONVS: tuple[
 )
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _MAX_NAMED = 5  # keys named per category in an error message
+_COUNTER = "num_batches_tracked"
 
 
 def upsample_hw(x: Tensor) -> Tensor:
@@ -297,14 +298,15 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
     Strict: a key that is neither in the official layout nor one the official forward never uses
     (:data:`DROPPED`) is unknown; a layout key that is absent is missing; a tensor of another shape
     is misshapen. Any of these raises one :class:`WeightsError` line that names the first few of
-    each and their count. Floating tensors are returned as float32, BatchNorm counters as int64.
+    each and their count. Floating tensors are returned as float32, BatchNorm counters as int64;
+    the counters alone may be absent (they never change an inference: set to 0).
     """
     names = _official_names(variant)
     shapes = _stage_shapes(variant)
     dropped_layout = DROPPED[variant]
     by_official = {theirs: ours for ours, theirs in names.items()}
     unknown = [k for k in state if k not in by_official and k not in dropped_layout]
-    missing = [theirs for theirs in by_official if theirs not in state]
+    missing = [k for k in by_official if k not in state and not k.endswith(_COUNTER)]
     misshapen: list[str] = []
     for key, tensor in state.items():
         expected = shapes[by_official[key]][0] if key in by_official else dropped_layout.get(key)
@@ -319,24 +321,27 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
         problems.append(f"{len(misshapen)} misshapen: {_named(misshapen)}")
     if problems:
         detected = detect_variant(state)
-        hint = f" (it looks like a {detected} state dict)" if detected not in (None, variant) else ""
+        hint = f" (its layout is that of {detected})" if detected not in (None, variant) else ""
         raise WeightsError(f"not an official {variant} state dict{hint}: " + "; ".join(problems))
     out: dict[str, Tensor] = {}
     for theirs, ours in by_official.items():
-        tensor = state[theirs].detach()
-        dtype = shapes[ours][1]
-        out[ours] = tensor.to(dtype).contiguous()
+        shape, dtype = shapes[ours]
+        if theirs not in state:  # a BatchNorm counter (files older than PyTorch 0.4.1 lack them)
+            out[ours] = torch.zeros(shape, dtype=dtype)
+            continue
+        out[ours] = state[theirs].detach().to(dtype).contiguous()
     dropped = [k for k in state if k in dropped_layout]
     return Converted(out, dropped)
 
 
 def detect_variant(state: Mapping[str, Tensor]) -> str | None:
     """``"vinet"`` or ``"avinet"`` when ``state`` has that official layout's keys at its shapes
-    (the AViNet heads optional), else None (other families are detected by their own modules)."""
+    (the AViNet heads and the BatchNorm counters optional), else None (other families are detected by their own modules)."""
     for variant in VARIANTS:
         layout = official_layout(variant, with_dropped=False)
-        required = {name: shape for name, shape, _ in layout}
-        optional = DROPPED[variant]
+        required = {name: shape for name, shape, _ in layout if not name.endswith(_COUNTER)}
+        optional = {name: shape for name, shape, _ in layout if name.endswith(_COUNTER)}
+        optional.update(DROPPED[variant])
         if set(required) <= set(state) and set(state) <= set(required) | set(optional):
             expected = {**required, **optional}
             if all(tuple(state[k].shape) == tuple(expected[k]) for k in state):
