@@ -55,6 +55,7 @@ from __future__ import annotations
 import io
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -317,10 +318,10 @@ def test_avinet_end_to_end_matches_official() -> None:
 
 
 # --------------------------------------------------------------------------- ONNX
-def _export_and_run(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> None:
+def _export_and_run(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> Any:
     """Export ``module`` (dynamo, example batch 2, dynamic batch) as avsal's exporter does (opset 18,
     3-D convolutions folded to 2-D), audit its ops for TensorRT and compare ONNX Runtime with torch
-    at batch 1 and 2."""
+    at batch 1 and 2; returns the session as a function of numpy inputs."""
     ort = pytest.importorskip("onnxruntime")
     from avsal_deploy.export.graph import fold_conv3d
     from avsal_deploy.export.onnx import OPSET, audit_tensorrt_ops
@@ -353,14 +354,18 @@ def _export_and_run(module: torch.nn.Module, args: tuple[torch.Tensor, ...], pat
         for e, o in zip(expected, got, strict=True):
             bound = max(TOL, FEATURE_RTOL * float(e.abs().max()))
             assert _max_diff(o, e.numpy()) < bound, (path.name, b)
+    return lambda *xs: session.run(None, dict(zip(names, xs, strict=True)))
 
 
 @pytest.mark.slow
 def test_vinet_stages_export_to_onnx(tmp_path: Path) -> None:
     stages = _stages("vinet")
     frames, feats = _vinet_inputs()
-    _export_and_run(stages.video_encoder, (frames,), tmp_path / "video_encoder.onnx")
-    _export_and_run(stages.decoder, tuple(feats), tmp_path / "fusion.onnx")  # type: ignore[arg-type]
+    video = _export_and_run(stages.video_encoder, (frames,), tmp_path / "video_encoder.onnx")
+    decoder = _export_and_run(stages.decoder, tuple(feats), tmp_path / "fusion.onnx")  # type: ignore[arg-type]
+    g = _golden("vinet")
+    for batch, expected in ((2, g["map"]), (1, g["map_batch1"])):  # the maps through ONNX Runtime alone
+        assert _max_diff(decoder(*video(frames[:batch].numpy()))[0][:, 0], expected) < TOL
 
 
 @pytest.mark.slow
