@@ -51,6 +51,10 @@ S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
 MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
 DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
 DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
+FrameResize = Literal["antialias", "pil"]
+FRAME_RESIZES: tuple[str, ...] = ("antialias", "pil")
+SoundNetFraming = Literal["avsal", "vinet"]
+SOUNDNET_FRAMINGS: tuple[str, ...] = ("avsal", "vinet")
 
 
 def ceil_halve(n: int, times: int) -> int:
@@ -74,6 +78,11 @@ class VideoConfig:
     # Normalisation after scaling uint8 frames to [0, 1] (ImageNet statistics, as ViNet/AViNet).
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # How frames are resized to (height, width) (data.preprocess.preprocess_frames): "antialias" =
+    # antialiased bilinear on the float frame (ours); "pil" = PIL's BILINEAR resize of the uint8
+    # frame, rounded to uint8, then /255 (torchvision's Resize + ToTensor on a PIL image: the ViNet
+    # and AViNet loaders). They differ by at most about half a grey level.
+    resize: FrameResize = "antialias"
     s3d_width: float = 1.0  # channel multiplier of S3D; 1.0 loads the public Kinetics checkpoints
     # Video encoder of the diffsal variant: "mvit_v2_s" as in the paper (MViTv2-S, Kinetics-400
     # 16x4x1 weights in torchvision's layout) or "s3d" (the AVRSP/hybrid encoder: cheaper, and the
@@ -89,6 +98,10 @@ class AudioConfig:
     soundnet_buffer_fps: float = 10.0
     soundnet_scale: float = 256.0  # legacy SoundNet input range about [-256, 256]
     soundnet_width: float = 1.0  # 1.0 loads the public soundnet8 port
+    # Sample arithmetic of the excerpt (data.audio.soundnet_excerpt): "avsal" (ours) or "vinet"
+    # (AViNet's loader exactly: frame k at k * (1.0 / fps) seconds, a time-reversed window's buffer
+    # flipped whole after centring; they differ by a sample at most).
+    soundnet_framing: SoundNetFraming = "avsal"
     # VGGish on log-mel slices (DiffSal).
     vggish_rate: int = 16000
     n_mels: int = 64
@@ -245,7 +258,13 @@ class Config:
             raise ConfigError(
                 f"unet.attention={self.unet.attention!r}: choose one of {', '.join(ATTENTION_MODES)}"
             )
+        if v.resize not in FRAME_RESIZES:
+            raise ConfigError(f"video.resize={v.resize!r}: choose one of {', '.join(FRAME_RESIZES)}")
         a = self.audio
+        if a.soundnet_framing not in SOUNDNET_FRAMINGS:
+            raise ConfigError(
+                f"audio.soundnet_framing={a.soundnet_framing!r}: choose one of {', '.join(SOUNDNET_FRAMINGS)}"
+            )
         if a.vggish_framing not in ("examples", "window"):
             raise ConfigError(f"audio.vggish_framing={a.vggish_framing!r}: must be 'examples' or 'window'")
         if a.vggish_example_frames < 1 or a.vggish_example_hop < 1 or a.vggish_slices < 1:
@@ -390,7 +409,7 @@ class Config:
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
-        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
+        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std", "resize")}
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
         keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
@@ -460,6 +479,25 @@ class Family:
 _DIFFSAL_MEAN = (114.7748 / 255.0, 107.7354 / 255.0, 99.4750 / 255.0)
 _DIFFSAL_STD = (38.7568578 / 255.0, 37.88248729 / 255.0, 40.02898126 / 255.0)
 _OFFICIAL_VIDEO = {"height": 224, "width": 384, "s3d_width": 1.0}
+# ViNet / AViNet loaders (samyak0210/ViNet generate_result*.py torch_transform, dataloader.py):
+# PIL Resize((224, 384)) (bilinear), ToTensor, ImageNet Normalize; 32-frame clips, the map of
+# the LAST frame; the first 31 frames from the time-reversed first clip (our causal windows).
+_VINET_VIDEO = {
+    **_OFFICIAL_VIDEO,
+    "clip_len": 32,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "resize": "pil",
+}
+# AViNet's audio (generate_result_audio_visual.py get_audio_feature): the window's excerpt,
+# Hanning-windowed, centred in int(22050 / 10 * 32) = 70,560 zeros, samples in [-256, 256).
+_AVINET_AUDIO = {
+    "soundnet_rate": 22050,
+    "soundnet_buffer_fps": 10.0,
+    "soundnet_scale": 256.0,
+    "soundnet_width": 1.0,
+    "soundnet_framing": "vinet",
+}
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -527,9 +565,9 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="ViNet (IROS 2021): S3D + hierarchical decoder, visual-only",
-            source="github.com/samyak0210/ViNet",
+            source="github.com/samyak0210/ViNet@2a52666",
             weights_licence="not stated by the authors",
-            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+            input_mode={"video": _VINET_VIDEO, "window": {"mode": "causal"}},
         ),
         Family(
             "avinet",
@@ -538,9 +576,13 @@ FAMILIES: dict[str, Family] = {
             one_shot=True,
             unet=False,
             summary="AViNet (IROS 2021): ViNet + SoundNet-8, bilinear fusion",
-            source="github.com/samyak0210/ViNet",
+            source="github.com/samyak0210/ViNet@2a52666",
             weights_licence="not stated by the authors",
-            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+            input_mode={
+                "video": _VINET_VIDEO,
+                "audio": _AVINET_AUDIO,
+                "window": {"mode": "causal"},
+            },
         ),
         Family(
             "vinet-s",
@@ -747,6 +789,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "fusion.binding_readout": False,  # before it: no direct read-out of the binding map (issue 16)
     "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
     "fusion.upsampling": "trilinear",  # before it: no ViNet-S decoder (only its default build)
+    "video.resize": "antialias",  # before it: antialiased bilinear on the float frame
+    "audio.soundnet_framing": "avsal",  # before it: our excerpt arithmetic
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
 # value missing from the map has no equivalent any more. Stored configs are migrated; overrides

@@ -16,6 +16,10 @@ symmetric Hanning window of its length (``np.hanning``), centre it in a zero buf
 SoundNet range (``audio.soundnet_scale`` = 256: the reference reads int32 PCM and multiplies by
 2**-23). Time-reversed windows (AVRSP's first frames) get the time-reversed excerpt; the reference
 flips the whole buffer, which differs from ours by at most one sample of centring.
+``audio.soundnet_framing = "vinet"`` (the AViNet input mode) reproduces the reference exactly
+instead: its sample arithmetic (:func:`vinet_span`) and the flip of the whole buffer. The reference
+reads the wav at the file's own rate and sizes the buffer for at most ``max_audio_Fs = 22050``;
+we resample to ``audio.soundnet_rate`` (22,050 Hz), so the two agree on 22,050 Hz tracks.
 
 VGGish (DiffSal): the log-mel of VGGish's ``mel_features.py`` (16 kHz, 25 ms periodic Hann window,
 10 ms hop, FFT of the next power of two, STFT magnitude, 64 HTK-mel bands 125-7500 Hz with
@@ -146,16 +150,46 @@ def soundnet_excerpt(
 ) -> np.ndarray:
     """SoundNet input for one window: float32 ``[1, config.soundnet_samples(), 1]``.
 
-    ``reverse`` (default: frame indices descending) time-reverses the excerpt.
+    ``reverse`` (default: frame indices descending) time-reverses the excerpt. With
+    ``audio.soundnet_framing = "vinet"`` the span and the reversal follow AViNet's loader exactly
+    (:func:`vinet_span`; the whole centred buffer is flipped, as its ``torch.flip(audio, [2])``).
     """
     a = config.audio
-    start, stop = frame_span(frame_indices, fps, a.soundnet_rate, timestamps)
+    vinet = a.soundnet_framing == "vinet"
+    reversed_ = _is_reversed(frame_indices, reverse)
+    if vinet:  # the reference knows a frame rate, not timestamps
+        start, stop = vinet_span(frame_indices, fps, a.soundnet_rate)
+    else:
+        start, stop = frame_span(frame_indices, fps, a.soundnet_rate, timestamps)
     x = excerpt(audio, audio_rate, start, stop, a.soundnet_rate, audio_offset)
-    if _is_reversed(frame_indices, reverse):
+    if reversed_ and not vinet:
         x = x[::-1]
     x = x * np.hanning(x.shape[0]).astype(np.float32)
     size = config.soundnet_samples()
-    return (_centred(x, size) * np.float32(a.soundnet_scale)).reshape(1, size, 1)
+    buffer = _centred(x, size)
+    if reversed_ and vinet:
+        buffer = buffer[::-1]
+    return (buffer * np.float32(a.soundnet_scale)).reshape(1, size, 1)
+
+
+def vinet_span(frame_indices: Sequence[int], fps: float, rate: int) -> tuple[int, int]:
+    """:func:`frame_span` in AViNet's own arithmetic (samyak0210/ViNet ``dataloader.py``
+    ``make_dataset``: frame ``k`` starts at ``int(max(0, k * (1.0 / fps) * Fs - n / 2))`` and ends
+    at ``int(k * (1.0 / fps) * Fs + n / 2)``, ``n = Fs / fps``, both ends inclusive); ``k / fps``
+    rounds differently from ``k * (1.0 / fps)``, which moves a boundary by one sample where the
+    exact value is an integer. Deviation kept from :func:`frame_span`: the end is not clipped at
+    the track's length (the reference's ``min(len, ...)``), so a window's excerpt never depends
+    on audio after it. Frame times come from the index and ``fps`` alone, timestamps unused (the
+    reference's frame rate comes from its list files)."""
+    if len(frame_indices) == 0:
+        raise ConfigError("a window needs at least one frame index")
+    if fps <= 0:
+        raise ConfigError(f"fps={fps!r}: must be positive")
+    step = 1.0 / float(fps)
+    half = rate / float(fps) / 2
+    start = int(max(0, min(frame_indices) * step * rate - half))
+    end = int(abs(max(frame_indices) * step * rate + half))
+    return start, max(end + 1, start + 1)
 
 
 # ----------------------------------------------------------------------------- VGGish log-mel

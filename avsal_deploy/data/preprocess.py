@@ -3,7 +3,10 @@
 Frames (ViNet / AViNet ``torch_transform``: ``Resize((224, 384))``, ``ToTensor``, ImageNet
 ``Normalize``): every frame is resized to the profile's ``(video.height, video.width)`` with
 antialiased bilinear interpolation (what torchvision's PIL resize does), scaled to [0, 1] and
-normalised with ``video.mean`` / ``video.std``. The aspect ratio is NOT preserved by default,
+normalised with ``video.mean`` / ``video.std``. ``video.resize = "pil"`` (the ViNet and AViNet
+input modes) resizes the uint8 frame with PIL's BILINEAR filter itself, rounded to uint8 as PIL
+does, and divides by 255 as ``ToTensor`` does: the official input exactly (the default differs
+from it by about half a grey level at most). The aspect ratio is NOT preserved by default,
 exactly like the references (a 4:3 video is stretched to the 224 x 384 model grid and its map is
 stretched back). ``letterbox=True`` instead scales to fit and pads the rest with the
 normalised mean colour (zeros after normalisation); :func:`postprocess_map` then crops the same
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from avsal_deploy.config import Config
 from avsal_deploy.data.resize import resize
@@ -59,9 +63,19 @@ def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = Fals
     top, left, h, w = letterbox_box(frames.shape[1:3], out_hw) if letterbox else (0, 0, *out_hw)
     scale = np.float32(1.0 / 255.0)
     for i, frame in enumerate(frames):  # [H, W, 3]: resized in the decoder's layout, then CHW
-        small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
+        if v.resize == "pil":
+            small = pil_resize(frame, (h, w)).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        else:
+            small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
         out[i, :, top : top + h, left : left + w] = (small - mean[0]) / std[0]
     return out
+
+
+def pil_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` resized to ``size`` (h, w) by PIL's BILINEAR filter, uint8: what
+    torchvision's ``Resize((h, w))`` does to a PIL image (``img.resize((w, h), BILINEAR)``)."""
+    image = Image.fromarray(np.ascontiguousarray(frame), "RGB")
+    return np.asarray(image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
 
 
 def gather_clip(pre: np.ndarray, frame_indices: Sequence[int] | Window) -> np.ndarray:
