@@ -49,6 +49,8 @@ S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
 MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
 DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
 DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
+Resampler = Literal["float", "pil"]
+RESAMPLERS: tuple[str, ...] = ("float", "pil")
 
 
 def ceil_halve(n: int, times: int) -> int:
@@ -77,6 +79,14 @@ class VideoConfig:
     # 16x4x1 weights in torchvision's layout) or "s3d" (the AVRSP/hybrid encoder: cheaper, and the
     # small/tiny profiles' setting). avrsp and hybrid always use S3D.
     diffsal_backbone: DiffSalBackbone = "mvit_v2_s"
+    # How frames are resized to (height, width) (data.preprocess.preprocess_frames): "float" = our
+    # antialiased bilinear on float pixels; "pil" = Pillow's resize of the 8-bit frame, rounded to
+    # 8 bits after each pass, as the official loaders do (PIL images through transforms).
+    resampler: Resampler = "float"
+    # (height, width) of a first resize before the one to (height, width): Pillow's bicubic (its
+    # default filter), then its bilinear; needs resampler = "pil". () = none. The official DiffSal
+    # audio-visual loader's pil_loader (320x240) followed by its Scale (384x224).
+    pre_resize: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,15 @@ class Config:
             raise ConfigError(
                 f"video.diffsal_backbone={v.diffsal_backbone!r}: choose one of {', '.join(DIFFSAL_BACKBONES)}"
             )
+        if v.resampler not in RESAMPLERS:
+            raise ConfigError(f"video.resampler={v.resampler!r}: choose one of {', '.join(RESAMPLERS)}")
+        if v.pre_resize:
+            if len(v.pre_resize) != 2 or any(int(n) < 1 for n in v.pre_resize):
+                raise ConfigError(f"video.pre_resize={v.pre_resize}: give (height, width) or ()")
+            if v.resampler != "pil":
+                raise ConfigError(
+                    "video.pre_resize needs video.resampler = 'pil' (Pillow's bicubic first pass)"
+                )
         if len(self.unet.diffsal_channels) not in (0, 4):
             raise ConfigError(f"unet.diffsal_channels={self.unet.diffsal_channels}: give 4 widths or none")
         if self.window.stride < 1:
@@ -381,7 +400,9 @@ class Config:
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
-        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std")}
+        d["video"] = {
+            k: v for k, v in d["video"].items() if k not in ("mean", "std", "resampler", "pre_resize")
+        }
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
         keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
@@ -488,9 +509,26 @@ FAMILIES: dict[str, Family] = {
             summary="DiffSal as released (MViTv2-S + VGGish, SalUNet), audio-visual",
             source="github.com/junwenxiong/diff_sal@c9b8070",
             weights_licence="not stated by the authors",
+            # datasets/saliency_db.py: frames PIL-resized to 320x240 (bicubic, pil_loader) then
+            # 384x224 (bilinear, Scale), 0-255 scale, the AV statistics; the target is frame 8 of
+            # 16 (median of the indices rounded half up); audio: nine 0.64 s log-mel examples
+            # (data.diffsal_audio), resized to 112x192.
             input_mode={
-                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
-                "audio": {"vggish_slices": 9, "vggish_slice_height": 112, "vggish_slice_width": 192},
+                "video": {
+                    **_OFFICIAL_VIDEO,
+                    "clip_len": 16,
+                    "mean": _DIFFSAL_MEAN,
+                    "std": _DIFFSAL_STD,
+                    "resampler": "pil",
+                    "pre_resize": (240, 320),
+                },
+                "audio": {
+                    "vggish_slices": 9,
+                    "vggish_slice_height": 112,
+                    "vggish_slice_width": 192,
+                    "vggish_example_frames": 64,
+                    "vggish_example_hop": 11,
+                },
                 "window": {"mode": "centre"},
                 "diffusion": {"sampling_steps": 1, "clip_x0": False},
             },
@@ -505,8 +543,11 @@ FAMILIES: dict[str, Family] = {
             summary="DiffSal as released, visual-only (DHF1K); its UNet ignores x_T and t",
             source="github.com/junwenxiong/diff_sal@c9b8070",
             weights_licence="not stated by the authors",
+            # datasets/meta_data.py + dhf1k_data.py: transforms.Resize((224, 384)) of the PIL frame
+            # (bilinear), ToTensor, ImageNet Normalize (the profile's mean/std); the target is
+            # frame 8 of 16 (get_center_slice).
             input_mode={
-                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
+                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "resampler": "pil"},
                 "window": {"mode": "centre"},
                 "diffusion": {"sampling_steps": 1, "clip_x0": False},
             },
@@ -731,6 +772,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "fusion.binding_lags": 2,
     "fusion.binding_readout": False,  # before it: no direct read-out of the binding map (issue 16)
     "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
+    "video.resampler": "float",  # before it: our float antialiased bilinear resize
+    "video.pre_resize": (),  # before it: one resize
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old
 # value missing from the map has no equivalent any more. Stored configs are migrated; overrides

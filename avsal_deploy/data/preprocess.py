@@ -48,8 +48,36 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def pil_resize(frame: np.ndarray, size: tuple[int, int], pre_resize: Sequence[int] = ()) -> np.ndarray:
+    """One uint8 ``[H, W, 3]`` frame resized by Pillow to ``size = (height, width)``, uint8.
+
+    Pillow resamples 8-bit images in fixed point and rounds to 8 bits after each pass, as the
+    official loaders' ``PIL.Image.resize`` does. ``pre_resize = (height, width)`` first resizes with
+    Pillow's default filter (bicubic), the official DiffSal ``pil_loader``; the resize to ``size``
+    is bilinear (its ``Scale`` and torchvision's ``Resize`` of a PIL image). Each resize runs its
+    width pass, then its height pass, as separate calls: the order Pillow up to 9.x (the official
+    environment: 9.4) always used; newer Pillow picks the order itself, which changes the 8-bit
+    rounding of the intermediate image (one level in about a quarter of the pixels).
+    """
+    from PIL import Image
+
+    def two_pass(img: Image.Image, h: int, w: int, method: Image.Resampling) -> Image.Image:
+        if img.width != w:
+            img = img.resize((w, img.height), method)
+        return img.resize((w, h), method) if img.height != h else img
+
+    img = Image.fromarray(np.ascontiguousarray(frame))
+    if pre_resize:
+        img = two_pass(img, int(pre_resize[0]), int(pre_resize[1]), Image.Resampling.BICUBIC)
+    return np.asarray(two_pass(img, int(size[0]), int(size[1]), Image.Resampling.BILINEAR))
+
+
 def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = False) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> normalised float32 ``[N, 3, h, w]`` at the profile's size."""
+    """uint8 ``[N, H, W, 3]`` -> normalised float32 ``[N, 3, h, w]`` at the profile's size.
+
+    ``video.resampler = "pil"`` resizes with Pillow on the 8-bit frame (after ``video.pre_resize``
+    when set; :func:`pil_resize`), as the official loaders do; the default is our float resize.
+    """
     frames = _check_frames(frames)
     v = config.video
     out_hw = (v.height, v.width)
@@ -59,7 +87,10 @@ def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = Fals
     top, left, h, w = letterbox_box(frames.shape[1:3], out_hw) if letterbox else (0, 0, *out_hw)
     scale = np.float32(1.0 / 255.0)
     for i, frame in enumerate(frames):  # [H, W, 3]: resized in the decoder's layout, then CHW
-        small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
+        if v.resampler == "pil":
+            small = pil_resize(frame, (h, w), v.pre_resize).transpose(2, 0, 1).astype(np.float32) * scale
+        else:
+            small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
         out[i, :, top : top + h, left : left + w] = (small - mean[0]) / std[0]
     return out
 

@@ -1,5 +1,5 @@
 """The released DiffSal Saliency-UNet (``SalUNet``, github.com/junwenxiong/diff_sal@c9b8070), as one
-denoising step: ``x0 = unet(x_t, t, video_s3, video_s2, video_s1[, audio])``.
+denoising step: ``x0 = unet(x_t, t, stage3, stage2, stage1[, audio_feat])``.
 
 Written from the released forward (``models/saliency_decoder/{sal_unet,transformer,attention,
 common_block}.py``) with every quirk kept, because trained weights depend on them. Module and
@@ -323,10 +323,11 @@ class _Logits(nn.Module):
 
 class OfficialSalUNet(nn.Module):
     """One step of the released SalUNet (module docstring): ``forward(x_t [B,1,H,W], t [B] float,
-    video_s3, video_s2, video_s1[, audio]) -> x0 [B,1,H,W]`` (sigmoid output, no clamp).
+    stage3, stage2, stage1[, audio_feat]) -> x0 [B,1,H,W]`` (sigmoid output, no clamp).
 
-    ``video_s3``/``s2``/``s1``: the MViTv2-S stage outputs [B, 768|384|192, 8, h, w] at 1/32, 1/16,
-    1/8 of the frame size; ``audio``: the audio features [B, 512, 9, h_a, w_a] (``audio=True``).
+    ``stage3``/``stage2``/``stage1``: the MViTv2-S stage outputs [B, 768|384|192, 8, h, w] at 1/32,
+    1/16, 1/8 of the frame size; ``audio_feat``: the audio features [B, 512, 9, h_a, w_a] (required
+    with ``audio=True``, ignored otherwise).
     ``map_size``: the output size (the released ``img_size``, the frame size).
     """
 
@@ -361,10 +362,20 @@ class OfficialSalUNet(nn.Module):
             out.append(x)
         return out[::-1]
 
-    def forward(self, x_t: Tensor, t: Tensor, *conds: Tensor) -> Tensor:
-        video = conds[:3]
-        audio = conds[3] if self.audio else None
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        stage3: Tensor,
+        stage2: Tensor,
+        stage1: Tensor,
+        audio_feat: Tensor | None = None,
+    ) -> Tensor:
+        video = (stage3, stage2, stage1)
+        audio = audio_feat if self.audio else None
         if self.audio:
+            if audio is None:
+                raise ValueError("the audio-visual SalUNet step needs audio_feat")
             noise = self.noise_features(x_t, t)
             feats = [torch.cat([v, n.unsqueeze(2)], dim=2) for v, n in zip(video, noise, strict=True)]
         else:  # the slots ReduceTemp reads; the noise slot cannot reach the output (module docstring)
