@@ -51,8 +51,8 @@ S3D_STEPS: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1), (1, 1))
 MVIT_STAGE_CHANNELS: tuple[int, int, int, int] = (96, 192, 384, 768)
 DiffSalBackbone = Literal["s3d", "mvit_v2_s"]
 DIFFSAL_BACKBONES: tuple[str, ...] = ("s3d", "mvit_v2_s")
-FrameResize = Literal["antialias", "pil"]
-FRAME_RESIZES: tuple[str, ...] = ("antialias", "pil")
+FrameResize = Literal["antialias", "pil", "cv2"]
+FRAME_RESIZES: tuple[str, ...] = ("antialias", "pil", "cv2")
 SoundNetFraming = Literal["avsal", "vinet"]
 SOUNDNET_FRAMINGS: tuple[str, ...] = ("avsal", "vinet")
 
@@ -79,10 +79,15 @@ class VideoConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # How frames are resized to (height, width) (data.preprocess.preprocess_frames): "antialias" =
-    # antialiased bilinear on the float frame (ours); "pil" = PIL's BILINEAR resize of the uint8
-    # frame, rounded to uint8, then /255 (torchvision's Resize + ToTensor on a PIL image: the ViNet
-    # and AViNet loaders). They differ by at most about half a grey level.
+    # antialiased bilinear on the float frame (ours); "pil" = Pillow's BILINEAR resize of the 8-bit
+    # frame, rounded to 8 bits after each pass, then /255 (torchvision's Resize + ToTensor on a PIL
+    # image: the ViNet, AViNet, ViNet-S and DiffSal loaders); "cv2" = OpenCV's INTER_LINEAR on the
+    # 8-bit frame (TASED-Net's run_example.py). They differ by at most about half a grey level.
     resize: FrameResize = "antialias"
+    # (height, width) of a first resize before the one to (height, width): Pillow's bicubic (its
+    # default filter), then its bilinear; needs resize = "pil". () = none. The official DiffSal
+    # audio-visual loader's pil_loader (320x240) followed by its Scale (384x224).
+    pre_resize: tuple[int, ...] = ()
     s3d_width: float = 1.0  # channel multiplier of S3D; 1.0 loads the public Kinetics checkpoints
     # Video encoder of the diffsal variant: "mvit_v2_s" as in the paper (MViTv2-S, Kinetics-400
     # 16x4x1 weights in torchvision's layout) or "s3d" (the AVRSP/hybrid encoder: cheaper, and the
@@ -246,6 +251,11 @@ class Config:
             raise ConfigError(
                 f"video.diffsal_backbone={v.diffsal_backbone!r}: choose one of {', '.join(DIFFSAL_BACKBONES)}"
             )
+        if v.pre_resize:
+            if len(v.pre_resize) != 2 or any(int(n) < 1 for n in v.pre_resize):
+                raise ConfigError(f"video.pre_resize={v.pre_resize}: give (height, width) or ()")
+            if v.resize != "pil":
+                raise ConfigError("video.pre_resize needs video.resize = 'pil' (Pillow's bicubic first pass)")
         if len(self.unet.diffsal_channels) not in (0, 4):
             raise ConfigError(f"unet.diffsal_channels={self.unet.diffsal_channels}: give 4 widths or none")
         if self.window.stride < 1:
@@ -409,7 +419,7 @@ class Config:
         for k in ("profile", "diffusion", "window"):
             d.pop(k)
         # Frame size and clip lengths fix the Saliency-UNet's key/value compression kernels.
-        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std", "resize")}
+        d["video"] = {k: v for k, v in d["video"].items() if k not in ("mean", "std", "resize", "pre_resize")}
         keep = ("soundnet_width", "vggish_width", "transformer_layers", "transformer_heads")
         keep += ("vggish_slices", "vggish_slice_height", "vggish_slice_width", "envelope_bands")
         d["audio"] = {k: d["audio"][k] for k in keep}
@@ -535,9 +545,26 @@ FAMILIES: dict[str, Family] = {
             summary="DiffSal as released (MViTv2-S + VGGish, SalUNet), audio-visual",
             source="github.com/junwenxiong/diff_sal@c9b8070",
             weights_licence="not stated by the authors",
+            # datasets/saliency_db.py: frames PIL-resized to 320x240 (bicubic, pil_loader) then
+            # 384x224 (bilinear, Scale), 0-255 scale, the AV statistics; the target is frame 8 of
+            # 16 (median of the indices rounded half up); audio: nine 0.64 s log-mel examples
+            # (data.diffsal_audio), resized to 112x192.
             input_mode={
-                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
-                "audio": {"vggish_slices": 9, "vggish_slice_height": 112, "vggish_slice_width": 192},
+                "video": {
+                    **_OFFICIAL_VIDEO,
+                    "clip_len": 16,
+                    "mean": _DIFFSAL_MEAN,
+                    "std": _DIFFSAL_STD,
+                    "resize": "pil",
+                    "pre_resize": (240, 320),
+                },
+                "audio": {
+                    "vggish_slices": 9,
+                    "vggish_slice_height": 112,
+                    "vggish_slice_width": 192,
+                    "vggish_example_frames": 64,
+                    "vggish_example_hop": 11,
+                },
                 "window": {"mode": "centre"},
                 "diffusion": {"sampling_steps": 1, "clip_x0": False},
             },
@@ -552,8 +579,11 @@ FAMILIES: dict[str, Family] = {
             summary="DiffSal as released, visual-only (DHF1K); its UNet ignores x_T and t",
             source="github.com/junwenxiong/diff_sal@c9b8070",
             weights_licence="not stated by the authors",
+            # datasets/meta_data.py + dhf1k_data.py: transforms.Resize((224, 384)) of the PIL frame
+            # (bilinear), ToTensor, ImageNet Normalize (the profile's mean/std); the target is
+            # frame 8 of 16 (get_center_slice).
             input_mode={
-                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "mean": _DIFFSAL_MEAN, "std": _DIFFSAL_STD},
+                "video": {**_OFFICIAL_VIDEO, "clip_len": 16, "resize": "pil"},
                 "window": {"mode": "centre"},
                 "diffusion": {"sampling_steps": 1, "clip_x0": False},
             },
@@ -596,7 +626,7 @@ FAMILIES: dict[str, Family] = {
             # ViNet_S_dataloader.py: PIL Resize((224, 384)), ToTensor, ImageNet Normalize; frames
             # end-31..end, the map of the LAST one (the first frames: indices below 0 repeat
             # frame 0; we use our causal start-up rule instead).
-            input_mode={"video": {**_OFFICIAL_VIDEO, "clip_len": 32}, "window": {"mode": "causal"}},
+            input_mode={"video": {**_VINET_VIDEO}, "window": {"mode": "causal"}},
         ),
         Family(
             "tased",
@@ -611,7 +641,13 @@ FAMILIES: dict[str, Family] = {
             # time-reversed clip of frames t+31..t (our causal start-up rule exactly).
             weights_licence="not stated by the authors",
             input_mode={
-                "video": {**_OFFICIAL_VIDEO, "clip_len": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+                "video": {
+                    **_OFFICIAL_VIDEO,
+                    "clip_len": 32,
+                    "mean": (0.5, 0.5, 0.5),
+                    "std": (0.5, 0.5, 0.5),
+                    "resize": "cv2",
+                },
                 "window": {"mode": "causal"},
             },
         ),
@@ -790,6 +826,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
     "fusion.upsampling": "trilinear",  # before it: no ViNet-S decoder (only its default build)
     "video.resize": "antialias",  # before it: antialiased bilinear on the float frame
+    "video.pre_resize": (),  # before it: one resize
     "audio.soundnet_framing": "avsal",  # before it: our excerpt arithmetic
 }
 # Old dotted field -> (new dotted field, {old value: new value}, what to write instead); an old

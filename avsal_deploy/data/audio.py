@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from avsal_deploy.config import Config
+from avsal_deploy.config import Config, family
 from avsal_deploy.data.dali import dali_pipeline_options, gpu_available, require_dali
 from avsal_deploy.data.resize import resize
 from avsal_deploy.data.signal import AudioTrack, Timestamps, rate_ratio, resample
@@ -390,12 +390,22 @@ def audio_input(
     """The audio encoder's input for one window, shaped ``config.audio_input_shape(variant)``.
 
     The one entry that offline prediction, the streaming windower and training all use: the
-    SoundNet waveform buffer (:func:`soundnet_excerpt`) for ``avrsp``/``hybrid``, the VGGish
-    log-mel slices (:func:`vggish_slices`) for ``diffsal``. A :class:`Window` passes its
+    SoundNet waveform buffer (:func:`soundnet_excerpt`) for ``avrsp``/``hybrid`` (and official
+    families with SoundNet audio), the VGGish log-mel slices (:func:`vggish_slices`) for
+    ``diffsal``, the official DiffSal examples
+    (:func:`avsal_deploy.data.diffsal_audio.diffsal_official_audio`) for ``diffsal-official``, a
+    zero-size array for visual-only families. A :class:`Window` passes its
     ``reversed`` flag; plain indices count as reversed when descending.
     """
+    kind = family(variant).audio
+    if kind == "diffsal":  # the official DiffSal examples (data.diffsal_audio)
+        from avsal_deploy.data.diffsal_audio import diffsal_official_audio
+
+        return diffsal_official_audio(track, window, config)
+    if kind == "none":
+        return np.zeros(config.audio_input_shape(variant), np.float32)
     frames, reverse = _frames_of(window)
-    feature = vggish_slices if variant == "diffsal" else soundnet_excerpt
+    feature = vggish_slices if kind == "vggish" else soundnet_excerpt
     return feature(
         track.samples,
         track.rate,

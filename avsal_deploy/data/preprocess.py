@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from avsal_deploy.config import Config
-from avsal_deploy.data.resize import resize
+from avsal_deploy.data.resize import cv2_linear_resize, resize
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window
 
@@ -52,8 +52,38 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def pil_resize(frame: np.ndarray, size: tuple[int, int], pre_resize: Sequence[int] = ()) -> np.ndarray:
+    """One uint8 ``[H, W, 3]`` frame resized by Pillow to ``size = (height, width)``, uint8.
+
+    Pillow resamples 8-bit images in fixed point and rounds to 8 bits after each pass, as the
+    official loaders' ``PIL.Image.resize`` does. ``pre_resize = (height, width)`` first resizes with
+    Pillow's default filter (bicubic), the official DiffSal ``pil_loader``; the resize to ``size``
+    is bilinear (its ``Scale`` and torchvision's ``Resize`` of a PIL image). Each resize runs its
+    width pass, then its height pass, as separate calls: the order Pillow up to 9.x (the official
+    environment: 9.4) always used; newer Pillow picks the order itself, which changes the 8-bit
+    rounding of the intermediate image (one level in about a quarter of the pixels).
+    """
+    from PIL import Image
+
+    def two_pass(img: Image.Image, h: int, w: int, method: Image.Resampling) -> Image.Image:
+        if img.width != w:
+            img = img.resize((w, img.height), method)
+        return img.resize((w, h), method) if img.height != h else img
+
+    img = Image.fromarray(np.ascontiguousarray(frame))
+    if pre_resize:
+        img = two_pass(img, int(pre_resize[0]), int(pre_resize[1]), Image.Resampling.BICUBIC)
+    return np.asarray(two_pass(img, int(size[0]), int(size[1]), Image.Resampling.BILINEAR))
+
+
 def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = False) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> normalised float32 ``[N, 3, h, w]`` at the profile's size."""
+    """uint8 ``[N, H, W, 3]`` -> normalised float32 ``[N, 3, h, w]`` at the profile's size.
+
+    ``video.resize = "pil"`` resizes with Pillow on the 8-bit frame (after ``video.pre_resize``
+    when set; :func:`pil_resize`), ``"cv2"`` with OpenCV's INTER_LINEAR arithmetic
+    (:func:`~avsal_deploy.data.resize.cv2_linear_resize`), as the official loaders do, and then
+    divides by 255 as torchvision's ``ToTensor`` does; the default is our float resize.
+    """
     frames = _check_frames(frames)
     v = config.video
     out_hw = (v.height, v.width)
@@ -63,19 +93,17 @@ def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = Fals
     top, left, h, w = letterbox_box(frames.shape[1:3], out_hw) if letterbox else (0, 0, *out_hw)
     scale = np.float32(1.0 / 255.0)
     for i, frame in enumerate(frames):  # [H, W, 3]: resized in the decoder's layout, then CHW
-        if v.resize == "pil":
-            small = pil_resize(frame, (h, w)).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        if v.resize in ("pil", "cv2"):
+            eight_bit = (
+                pil_resize(frame, (h, w), v.pre_resize)
+                if v.resize == "pil"
+                else cv2_linear_resize(frame, (h, w))
+            )
+            small = eight_bit.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
         else:
             small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
         out[i, :, top : top + h, left : left + w] = (small - mean[0]) / std[0]
     return out
-
-
-def pil_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` resized to ``size`` (h, w) by PIL's BILINEAR filter, uint8: what
-    torchvision's ``Resize((h, w))`` does to a PIL image (``img.resize((w, h), BILINEAR)``)."""
-    image = Image.fromarray(np.ascontiguousarray(frame), "RGB")
-    return np.asarray(image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
 
 
 def gather_clip(pre: np.ndarray, frame_indices: Sequence[int] | Window) -> np.ndarray:

@@ -224,7 +224,9 @@ def _pool_conv(dim: int, stride: Grid) -> nn.Conv3d:
 class MultiscaleAttention(nn.Module):
     """Pooled multi-head attention with decomposed relative positions and residual pooling."""
 
-    def __init__(self, spec: BlockSpec, grids: tuple[Grid, Grid, Grid], tables: tuple[int, int]) -> None:
+    def __init__(
+        self, spec: BlockSpec, grids: tuple[Grid, Grid, Grid], tables: tuple[int, int], ln_eps: float = LN_EPS
+    ) -> None:
         super().__init__()
         grid, q_grid, kv_grid = grids
         self.heads = spec.heads
@@ -236,9 +238,9 @@ class MultiscaleAttention(nn.Module):
         self.project = nn.Sequential(nn.Linear(spec.dim_out, spec.dim_out))
         hd = self.head_dim
         # kernel 3^3 > 1, so all three pools exist in every block (as in torchvision's mvit_v2_s)
-        self.pool_q = Pool(_pool_conv(hd, spec.stride_q), nn.LayerNorm(hd, eps=LN_EPS), grid, q_grid)
-        self.pool_k = Pool(_pool_conv(hd, spec.stride_kv), nn.LayerNorm(hd, eps=LN_EPS), grid, kv_grid)
-        self.pool_v = Pool(_pool_conv(hd, spec.stride_kv), nn.LayerNorm(hd, eps=LN_EPS), grid, kv_grid)
+        self.pool_q = Pool(_pool_conv(hd, spec.stride_q), nn.LayerNorm(hd, eps=ln_eps), grid, q_grid)
+        self.pool_k = Pool(_pool_conv(hd, spec.stride_kv), nn.LayerNorm(hd, eps=ln_eps), grid, kv_grid)
+        self.pool_v = Pool(_pool_conv(hd, spec.stride_kv), nn.LayerNorm(hd, eps=ln_eps), grid, kv_grid)
         spatial, temporal = tables
         self.rel_pos_h = nn.Parameter(torch.zeros(spatial, hd))
         self.rel_pos_w = nn.Parameter(torch.zeros(spatial, hd))
@@ -297,12 +299,14 @@ class MultiscaleAttention(nn.Module):
 class MultiscaleBlock(nn.Module):
     """Pre-LN block: ``skip(x) + attn(LN(x))``, then ``x + MLP(LN(x))`` (torchvision, proj after attn)."""
 
-    def __init__(self, spec: BlockSpec, grids: tuple[Grid, Grid, Grid], tables: tuple[int, int]) -> None:
+    def __init__(
+        self, spec: BlockSpec, grids: tuple[Grid, Grid, Grid], tables: tuple[int, int], ln_eps: float = LN_EPS
+    ) -> None:
         super().__init__()
         grid, q_grid, _ = grids
-        self.norm1 = nn.LayerNorm(spec.dim_in, eps=LN_EPS)
-        self.attn = MultiscaleAttention(spec, grids, tables)
-        self.norm2 = nn.LayerNorm(spec.dim_out, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(spec.dim_in, eps=ln_eps)
+        self.attn = MultiscaleAttention(spec, grids, tables, ln_eps)
+        self.norm2 = nn.LayerNorm(spec.dim_out, eps=ln_eps)
         hidden = MLP_RATIO * spec.dim_out
         # torchvision ops.MLP indices: 0 Linear, 1 GELU, 2 Dropout, 3 Linear, 4 Dropout (p = 0 here)
         self.mlp = nn.Sequential(
@@ -347,10 +351,18 @@ class MViTv2S(nn.Module):
     """MViTv2-S returning its four stage outputs ``[B, C_i, T/2, H_i, W_i]`` (see the module docstring).
 
     ``frames``/``height``/``width``: the clip the encoder is built for (static token grids).
+    ``ln_eps``: the epsilon of every LayerNorm (torchvision's 1e-6; mmaction2's ``MViT``, which the
+    official DiffSal code uses, builds ``nn.LayerNorm`` at its default 1e-5). ``carry_stage_norms``:
+    the normalised tokens of a stage (class token included) are also what the next stage takes, as
+    in mmaction2's forward (``x = norm{i}(x)`` in the block loop); without it (ours, torchvision's
+    structure) only the output copy is normalised.
     """
 
-    def __init__(self, frames: int, height: int, width: int) -> None:
+    def __init__(
+        self, frames: int, height: int, width: int, *, ln_eps: float = LN_EPS, carry_stage_norms: bool = False
+    ) -> None:
         super().__init__()
+        self.carry_stage_norms = bool(carry_stage_norms)
         grids = block_grids(frames, height, width)
         if any(n < 1 for g in grids for grid in g for n in grid):
             raise ConfigError(f"clip {frames}x{height}x{width} is too small for MViTv2-S")
@@ -361,11 +373,11 @@ class MViTv2S(nn.Module):
         self.pos_encoding = PositionalEncoding(first)
         tables = rel_pos_table_sizes()
         self.blocks = nn.ModuleList(
-            MultiscaleBlock(spec, g, tab)
+            MultiscaleBlock(spec, g, tab, ln_eps)
             for spec, g, tab in zip(MVIT_V2_S_BLOCKS, grids, tables, strict=True)
         )
-        self.norm = nn.LayerNorm(MVIT_V2_S_BLOCKS[-1].dim_out, eps=LN_EPS)
-        self.stage_norms = nn.ModuleList(nn.LayerNorm(c, eps=LN_EPS) for c in MVIT_STAGE_CHANNELS[:-1])
+        self.norm = nn.LayerNorm(MVIT_V2_S_BLOCKS[-1].dim_out, eps=ln_eps)
+        self.stage_norms = nn.ModuleList(nn.LayerNorm(c, eps=ln_eps) for c in MVIT_STAGE_CHANNELS[:-1])
         self.out_channels: tuple[int, ...] = tuple(MVIT_V2_S_BLOCKS[i].dim_out for i in STAGE_LAST_BLOCK)
         assert self.out_channels == MVIT_STAGE_CHANNELS
         for m in self.modules():  # torchvision's initialisation
@@ -386,7 +398,11 @@ class MViTv2S(nn.Module):
             if i in STAGE_LAST_BLOCK:
                 stage = len(outs)
                 norm = self.norm if stage == len(STAGE_LAST_BLOCK) - 1 else self.stage_norms[stage]
-                tokens = norm(x[:, 1:])
+                if self.carry_stage_norms:
+                    x = norm(x)
+                    tokens = x[:, 1:]
+                else:
+                    tokens = norm(x[:, 1:])
                 c = tokens.shape[-1]
                 outs.append(tokens.transpose(1, 2).reshape(-1, c, *self.stage_grids[stage]))
         return outs
