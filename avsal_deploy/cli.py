@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from avsal_deploy import interrupt
-from avsal_deploy.config import PROFILES, VARIANTS, Config, load_config, parse_overrides
+from avsal_deploy.config import (
+    CONVERT_SOURCES,
+    FAMILIES,
+    PROFILES,
+    VARIANTS,
+    Config,
+    family_config,
+    load_config,
+    parse_overrides,
+)
 from avsal_deploy.engine import BUILTIN_BACKENDS
 from avsal_deploy.errors import AvsalError
 
@@ -141,6 +150,83 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- export
+def cmd_convert(args: argparse.Namespace) -> int:
+    """An official checkpoint file -> an avsal checkpoint (every command takes it)."""
+    from avsal_deploy.models.official import convert_checkpoint
+
+    done = convert_checkpoint(args.source, args.out, args.from_name, parse_overrides(args.set or []))
+    fam = FAMILIES[done.variant]
+    print(f"{done.path}: {done.variant} ({fam.summary}), {done.parameters / 1e6:.2f} M parameters")
+    if done.dropped:
+        print(
+            f"  {len(done.dropped)} key(s) the official forward never uses were dropped (recorded in the checkpoint)"
+        )
+    print(f"  official code: {fam.source}; licence of the released weights: {fam.weights_licence}")
+    return 0
+
+
+def model_zoo() -> list[dict[str, Any]]:
+    """Every model family (ours at each profile, the official ones at their input mode): parameters,
+    GFLOPs per window (2 FLOPs per multiply-add, the default DDIM steps), audio, input mode,
+    where it comes from and the licence of its released weights."""
+    import torch
+
+    from avsal_deploy.models import build_model, count_flops, count_parameters
+
+    rows = []
+    for name, fam in FAMILIES.items():
+        configs = [load_config(p) for p in PROFILES] if fam.origin == "avsal" else [family_config(name)]
+        for config in configs:
+            with torch.device("meta"):
+                model = build_model(config, name)
+            flops = count_flops(model, config)
+            v = config.video
+            audio = {
+                "soundnet": f"SoundNet waveform, {config.soundnet_samples()} samples at {config.audio.soundnet_rate} Hz",
+                "vggish": f"{config.audio.vggish_slices} log-mel slices at {config.audio.vggish_rate} Hz",
+                "diffsal": f"{config.audio.vggish_slices} log-mel examples at the file's rate",
+                "none": "none",
+            }[fam.audio]
+            target = "centre frame" if config.window.mode == "centre" else "last frame"
+            rows.append(
+                {
+                    "family": name,
+                    "origin": fam.origin,
+                    "profile": config.profile if fam.origin == "avsal" else None,
+                    "params": count_parameters(model)["total"],
+                    "gflops_per_window": round(flops["per_window"] / 1e9, 2),
+                    "steps": flops["steps"],
+                    "audio": fam.has_audio,
+                    "input_mode": f"{config.clip_len(name)}x{v.height}x{v.width} ({v.resize} resize), "
+                    f"map of the {target}; audio: {audio}",
+                    "summary": fam.summary,
+                    "source": fam.source,
+                    "weights_licence": fam.weights_licence,
+                }
+            )
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = model_zoo()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'family':<24}{'profile':<8}{'params':>9}{'GFLOP/window':>14}  {'audio':<6} input")
+    for r in rows:
+        print(
+            f"{r['family']:<24}{r['profile'] or '-':<8}{r['params'] / 1e6:>8.1f}M{r['gflops_per_window']:>14.1f}  "
+            f"{'yes' if r['audio'] else 'no':<6} {r['input_mode']}"
+        )
+    official = [r for r in rows if r["origin"] == "official"]
+    print(
+        "\nofficial families: `avsal convert CHECKPOINT --from NAME --out FILE.safetensors`; licences of the released weights:"
+    )
+    for r in official:
+        print(f"  {r['family']:<24}{r['weights_licence']} ({r['source']})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -288,10 +374,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_info)
 
+    p = sub.add_parser(
+        "convert",
+        help="convert an official checkpoint (DiffSal, ViNet, AViNet, ViNet-S, TASED-Net) to an avsal one",
+        description="Read SOURCE as the official training script saved it (torch.load with "
+        "weights_only=True), map every key onto our modules strictly (unknown, missing or misshapen "
+        "keys are refused) and write an avsal safetensors checkpoint with the family's input mode.",
+    )
+    p.add_argument("source", help="the official checkpoint file (.pth / .pt / .tar)")
+    p.add_argument(
+        "--from",
+        dest="from_name",
+        default=None,
+        choices=list(CONVERT_SOURCES),
+        help="the official model (default: detected from the keys); diffsal covers both of its networks",
+    )
+    p.add_argument("--out", required=True, help="the avsal checkpoint to write (.safetensors)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="config override on the family's input mode, e.g. fusion.upsampling=bilinear (ViNet-S's training build)",
+    )
+    p.set_defaults(handler=cmd_convert)
+
+    p = sub.add_parser("models", help="the model zoo: every family with its size, cost, inputs and licence")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a JSON list)")
+    p.set_defaults(handler=cmd_models)
+
     p = sub.add_parser("export", help="export the ONNX components, manifest and weights")
     p.add_argument("--profile", default=None, help="profile or config file (default: the checkpoint's)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="config override")
-    p.add_argument("--variant", default=None, choices=VARIANTS, help="default: the checkpoint's, else hybrid")
+    p.add_argument(
+        "--variant",
+        default=None,
+        choices=list(FAMILIES),
+        help="model family (default: the checkpoint's, else hybrid)",
+    )
     p.add_argument("--checkpoint", default=None, help="avsal safetensors checkpoint (default: random init)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch in the min/opt/max profiles")

@@ -544,7 +544,7 @@ FAMILIES: dict[str, Family] = {
             unet=True,
             summary="DiffSal as released (MViTv2-S + VGGish, SalUNet), audio-visual",
             source="github.com/junwenxiong/diff_sal@c9b8070",
-            weights_licence="not stated by the authors",
+            weights_licence="not stated (the repository has no licence)",
             # datasets/saliency_db.py: frames PIL-resized to 320x240 (bicubic, pil_loader) then
             # 384x224 (bilinear, Scale), 0-255 scale, the AV statistics; the target is frame 8 of
             # 16 (median of the indices rounded half up); audio: nine 0.64 s log-mel examples
@@ -578,7 +578,7 @@ FAMILIES: dict[str, Family] = {
             noise_free=True,
             summary="DiffSal as released, visual-only (DHF1K); its UNet ignores x_T and t",
             source="github.com/junwenxiong/diff_sal@c9b8070",
-            weights_licence="not stated by the authors",
+            weights_licence="not stated (the repository has no licence)",
             # datasets/meta_data.py + dhf1k_data.py: transforms.Resize((224, 384)) of the PIL frame
             # (bilinear), ToTensor, ImageNet Normalize (the profile's mean/std); the target is
             # frame 8 of 16 (get_center_slice).
@@ -596,7 +596,7 @@ FAMILIES: dict[str, Family] = {
             unet=False,
             summary="ViNet (IROS 2021): S3D + hierarchical decoder, visual-only",
             source="github.com/samyak0210/ViNet@2a52666",
-            weights_licence="not stated by the authors",
+            weights_licence="not stated (the code is MIT-licensed)",
             input_mode={"video": _VINET_VIDEO, "window": {"mode": "causal"}},
         ),
         Family(
@@ -607,7 +607,7 @@ FAMILIES: dict[str, Family] = {
             unet=False,
             summary="AViNet (IROS 2021): ViNet + SoundNet-8, bilinear fusion",
             source="github.com/samyak0210/ViNet@2a52666",
-            weights_licence="not stated by the authors",
+            weights_licence="not stated (the code is MIT-licensed)",
             input_mode={
                 "video": _VINET_VIDEO,
                 "audio": _AVINET_AUDIO,
@@ -622,7 +622,7 @@ FAMILIES: dict[str, Family] = {
             unet=False,
             summary="ViNet-S (ICASSP 2025): S3D + grouped U-Net decoder, visual-only",
             source="github.com/ViNet-Saliency/vinet_v2@d09066b",
-            weights_licence="CC BY-NC-SA 4.0 (non-commercial)",
+            weights_licence="CC BY-NC-SA 4.0: non-commercial use only",
             # ViNet_S_dataloader.py: PIL Resize((224, 384)), ToTensor, ImageNet Normalize; frames
             # end-31..end, the map of the LAST one (the first frames: indices below 0 repeat
             # frame 0; we use our causal start-up rule instead).
@@ -639,7 +639,7 @@ FAMILIES: dict[str, Family] = {
             # run_example.py: cv2.resize to 384x224 (INTER_LINEAR, data.resize.cv2_linear_resize),
             # (2p - 255) / 255; frames i-31..i give the map of frame i; frames 0..30 from the
             # time-reversed clip of frames t+31..t (our causal start-up rule exactly).
-            weights_licence="not stated by the authors",
+            weights_licence="not stated (the code is MIT-licensed)",
             input_mode={
                 "video": {
                     **_OFFICIAL_VIDEO,
@@ -652,6 +652,18 @@ FAMILIES: dict[str, Family] = {
             },
         ),
     )
+}
+
+
+#: ``avsal convert --from`` names: the official family each one means (``diffsal``: the
+#: audio-visual or the visual-only network, whichever the file holds).
+CONVERT_SOURCES: dict[str, str] = {
+    "diffsal": "diffsal-official",
+    "diffsal-visual": "diffsal-official-visual",
+    "vinet": "vinet",
+    "avinet": "avinet",
+    "vinet-s": "vinet-s",
+    "tased": "tased",
 }
 
 

@@ -129,9 +129,12 @@ class ComponentSpec:
 
 
 def window_inputs(specs: dict[str, ComponentSpec]) -> tuple[TensorSpec, ...]:
-    """What one whole-window request carries per window: the encoders' inputs and, when the fusion
-    decoder takes it, the per-frame audio envelope (the Triton pipeline model's inputs)."""
-    out = [*specs["video_encoder"].inputs, *specs["audio_encoder"].inputs]
+    """What one whole-window request carries per window: the encoders' inputs (no audio for a
+    visual-only family) and, when the fusion decoder takes it, the per-frame audio envelope (the
+    Triton pipeline model's inputs)."""
+    out = [*specs["video_encoder"].inputs]
+    if "audio_encoder" in specs:
+        out += specs["audio_encoder"].inputs
     fusion = specs.get("fusion")
     if fusion is not None:
         out += [t for t in fusion.inputs if t.name == ENVELOPE]

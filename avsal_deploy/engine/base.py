@@ -58,10 +58,12 @@ class Engine(ABC):
     def condition(self, frames: np.ndarray, audio: np.ndarray, envelope: np.ndarray | None = None) -> Arrays:
         """Encoders and fusion decoder, once per window: features, conditions, one-shot map.
 
+        ``audio`` is ignored by a visual-only family (no audio encoder: pass ``np.zeros((B, 0))``).
         ``envelope`` [B, *config.envelope_shape(variant)] is required when :attr:`uses_envelope`.
         """
         feats = dict(self._call("video_encoder", {"frames": frames}))
-        feats.update(self._call("audio_encoder", {"audio": audio}))
+        if "audio_encoder" in self.specs:
+            feats.update(self._call("audio_encoder", {"audio": audio}))
         if "fusion" in self.specs:
             if self.uses_envelope:
                 if envelope is None:
@@ -72,7 +74,7 @@ class Engine(ABC):
                 feats[ENVELOPE] = envelope
             feats["frames"] = frames  # read only by a fusion decoder with the binding map
             feats.update(self._call("fusion", feats))
-        else:  # diffsal: the UNet is conditioned on the video features themselves
+        elif CONDS[0] in self.specs["unet_step"].input_names:  # our diffsal: the video features
             feats.update({c: feats[v] for c, v in zip(CONDS, SCALES, strict=True)})
         return feats
 
@@ -90,7 +92,8 @@ class Engine(ABC):
         def denoise(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
             return self._call("unet_step", {**cond, "x_t": x_t, "t": t})["x0"]
 
-        x0 = ddim_sample(denoise, np.ascontiguousarray(noise, np.float32), self.scheduler, steps)
+        noise = np.ascontiguousarray(noise, np.float32)
+        x0 = ddim_sample(denoise, noise, self.scheduler, steps, clip_x0=self.config.diffusion.clip_x0)
         return normalize_maps(x0)
 
     def predict_window(
@@ -105,7 +108,8 @@ class Engine(ABC):
     ) -> np.ndarray:
         """Saliency maps [B,1,H,W] in [0,1] for a batch of windows (frames [B,3,T,H,W]).
 
-        ``steps`` DDIM steps (default from the config; 0 = one-shot map on hybrid/avrsp).
+        ``steps`` DDIM steps (default from the config; 0 = the one-shot map: always, for a family
+        without a Saliency-UNet; a family whose UNet ignores x_T runs it once).
         ``noise`` is x_T; when omitted it is drawn from ``seed``. ``envelope``: the windows'
         per-frame audio envelopes, required when :attr:`uses_envelope`.
         """

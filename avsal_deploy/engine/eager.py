@@ -14,7 +14,7 @@ from avsal_deploy.engine import DEFAULT_CHECKPOINT, register_backend
 from avsal_deploy.engine.base import Arrays, Engine
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.export.components import component_module, component_specs
-from avsal_deploy.models.build import AVSaliencyModel, build_model, load_pretrained
+from avsal_deploy.models.build import SaliencyModel, build_model, load_pretrained
 from avsal_deploy.models.weights import load_checkpoint
 from avsal_deploy.specs import ComponentSpec, read_manifest
 
@@ -24,7 +24,7 @@ class TorchEngine(Engine):
 
     def __init__(
         self,
-        model: AVSaliencyModel,
+        model: SaliencyModel,
         specs: Mapping[str, ComponentSpec] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:

@@ -51,10 +51,10 @@ GPU_HINT = (
 SUPPORTED_MAJORS = (10, 11)
 
 _DDIM_KERNEL = r"""
-extern "C" __global__ void ddim_update(float* x, const float* x0, float c_x0, float c_xt, int n) {
+extern "C" __global__ void ddim_update(float* x, const float* x0, float c_x0, float c_xt, int n, int clip) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float e = fminf(fmaxf(x0[i], 0.0f), 1.0f);  // clip_x0, as diffusion.ddim_sample
+        float e = clip ? fminf(fmaxf(x0[i], 0.0f), 1.0f) : x0[i];  // clip_x0, as diffusion.ddim_sample
         x[i] = c_x0 * e + c_xt * x[i];
     }
 }
@@ -310,21 +310,26 @@ class TensorRTEngine(Engine):
         video = self._bufs("video_encoder", batch)
         self._upload(video, "frames", frames)
         self._execute("video_encoder")
-        aud = self._bufs("audio_encoder", batch)
-        self._upload(aud, "audio", audio)
-        self._execute("audio_encoder")
-        addresses = {**{n: video.device[n] for n in SCALES}, "audio_feat": aud.device["audio_feat"]}
+        addresses = {n: video.device[n] for n in self.specs["video_encoder"].output_names}
+        if "audio_encoder" in self.specs:  # not for a visual-only family
+            aud = self._bufs("audio_encoder", batch)
+            self._upload(aud, "audio", audio)
+            self._execute("audio_encoder")
+            addresses["audio_feat"] = aud.device["audio_feat"]
         fusion = None
         if "fusion" in self.specs:
             extra = {"frames": video.device["frames"]} if "frames" in self.specs["fusion"].input_names else {}
-            fusion = self._bind("fusion", batch, {**addresses, **extra})
+            wanted = self.specs["fusion"].input_names
+            fusion = self._bind(
+                "fusion", batch, {k: v for k, v in {**addresses, **extra}.items() if k in wanted}
+            )
             if ENVELOPE in self.specs["fusion"].input_names:
                 if envelope is None:
                     raise BackendUnavailableError("the fusion decoder needs the per-frame audio envelope")
                 self._upload(fusion, ENVELOPE, envelope)
             self._execute("fusion")
-            addresses.update({c: fusion.device[c] for c in (*CONDS, "one_shot")})
-        else:
+            addresses.update({c: fusion.device[c] for c in self.specs["fusion"].output_names})
+        elif CONDS[0] in self.specs["unet_step"].input_names:  # our diffsal: the video features
             addresses.update({c: video.device[v] for c, v in zip(CONDS, SCALES, strict=True)})
         return addresses, fusion
 
@@ -360,7 +365,7 @@ class TensorRTEngine(Engine):
             t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
             self._upload(unet, "t", np.full((batch,), float(t), np.float32))
             self._unet_step(batch)
-            if t_next is None:  # the last step returns the (clipped) x0 estimate
+            if t_next is None:  # the last step returns the x0 estimate
                 break
             c_x0, c_xt = self.scheduler.step_coefficients(t, t_next)
             self._ddim_update(unet.device["x_t"], unet.device["x0"], c_x0, c_xt, size)
@@ -397,7 +402,8 @@ class TensorRTEngine(Engine):
         return _check(driver.cuModuleGetFunction(module, b"ddim_update"))
 
     def _ddim_update(self, x: int, x0: int, c_x0: float, c_xt: float, n: int) -> None:
-        """``x = c_x0 * clip(x0, 0, 1) + c_xt * x`` on the stream (diffusion.DDIMScheduler.step)."""
+        """``x = c_x0 * clip(x0, 0, 1) + c_xt * x`` on the stream (diffusion.DDIMScheduler.step;
+        ``x0`` unclipped when the config's ``diffusion.clip_x0`` is off)."""
         import ctypes
 
         from cuda.bindings import driver
@@ -408,6 +414,7 @@ class TensorRTEngine(Engine):
             ctypes.c_float(c_x0),
             ctypes.c_float(c_xt),
             ctypes.c_int(n),
+            ctypes.c_int(1 if self.config.diffusion.clip_x0 else 0),
         ]
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         threads = 256

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from avsal_deploy.config import Config, check_variant
+from avsal_deploy.config import Config, check_variant, family
 from avsal_deploy.diffusion import DDIMScheduler, normalize_maps
-from avsal_deploy.models.build import AVSaliencyModel, build_model
+from avsal_deploy.models.build import AVSaliencyModel, OfficialModel, SaliencyModel, build_model
 from avsal_deploy.specs import CONDS, ENVELOPE, SCALES, ComponentSpec, TensorSpec
 
 
@@ -98,24 +98,29 @@ class DDIMComponent(nn.Module):
 
     The alternative to looping outside the graph: one engine call per window instead of
     ``steps``. Same arithmetic as :func:`avsal_deploy.diffusion.ddim_sample`, read from the
-    scheduler's :meth:`step_coefficients`.
+    scheduler's :meth:`step_coefficients`; each x0 estimate is clamped to [0, 1] inside the loop
+    when ``diffusion.clip_x0`` (ours), only at the end otherwise (the released DiffSal sampler).
+    Its inputs: ``noise`` and then the UNet step's conditions, in the step's order.
     """
 
-    def __init__(self, model: AVSaliencyModel, steps: int) -> None:
+    def __init__(self, model: SaliencyModel, steps: int) -> None:
         super().__init__()
         assert model.unet is not None and steps >= 1
         self.unet = model.unet
+        self.clip_x0 = bool(model.config.diffusion.clip_x0)
         sched: DDIMScheduler = model.scheduler
         ts = [int(t) for t in sched.set_timesteps(steps)]
         nxt: list[int | None] = [*ts[1:], None]
         self.plan = [(float(t), sched.step_coefficients(t, n)) for t, n in zip(ts, nxt, strict=True)]
 
-    def forward(self, noise, c0, c1, c2, c3, audio_feat, one_shot=None) -> Tensor:
+    def forward(self, noise: Tensor, *conds: Tensor) -> Tensor:
         x = noise
         ones = torch.ones_like(noise[:, 0, 0, 0])
         x0 = noise
         for t, (c_x0, c_xt) in self.plan:
-            x0 = self.unet(x, ones * t, c0, c1, c2, c3, audio_feat, one_shot).clamp(0.0, 1.0)
+            x0 = self.unet(x, ones * t, *conds)
+            if self.clip_x0:
+                x0 = x0.clamp(0.0, 1.0)
             x = c_x0 * x0 + c_xt * x
         return normalize_maps(x0)
 
@@ -144,11 +149,67 @@ def _infer_shapes(config: Config, variant: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _official_specs(
+    config: Config, variant: str, max_batch: int, ddim_steps: int | None
+) -> dict[str, ComponentSpec]:
+    """An official family's components: its video encoder's named outputs, the audio features
+    (when it has audio), then its decoder (``fusion``: the one-shot map) or its UNet step, which
+    take those by name. The UNet step of a family whose UNet reads neither x_t nor t says so
+    (attribute ``noise_free``)."""
+    fam = family(variant)
+    with torch.device("meta"), torch.no_grad():
+        model = build_model(config, variant)
+        assert isinstance(model, OfficialModel)
+        frames = torch.empty(1, *config.frames_shape(variant))
+        audio = torch.empty(1, *config.audio_input_shape(variant))
+        video, audio_feat = model.encode(frames, audio)
+        shapes = {n: tuple(x.shape[1:]) for n, x in zip(model.video_outputs, video, strict=True)}
+        if audio_feat is not None:
+            shapes["audio_feat"] = tuple(audio_feat.shape[1:])
+    prof = (1, 1, max_batch)
+    T = TensorSpec
+    map_shape = config.map_shape()
+    feats = tuple(T(n, shapes[n]) for n in (*model.video_outputs, *(["audio_feat"] if fam.has_audio else [])))
+    specs = {
+        "video_encoder": ComponentSpec(
+            "video_encoder",
+            (T("frames", config.frames_shape(variant)),),
+            tuple(T(n, shapes[n]) for n in model.video_outputs),
+            prof,
+        )
+    }
+    if model.audio_encoder is not None:
+        specs["audio_encoder"] = ComponentSpec(
+            "audio_encoder",
+            (T("audio", config.audio_input_shape(variant)),),
+            (T("audio_feat", shapes["audio_feat"]),),
+            prof,
+        )
+    if model.fusion is not None:
+        specs["fusion"] = ComponentSpec("fusion", feats, (T("one_shot", map_shape),), prof)
+    if model.unet is not None:
+        attrs = {"timesteps": config.diffusion.timesteps, "noise_free": fam.noise_free}
+        specs["unet_step"] = ComponentSpec(
+            "unet_step", (T("x_t", map_shape), T("t", ()), *feats), (T("x0", map_shape),), prof, attrs
+        )
+        if ddim_steps and not fam.noise_free:
+            specs["ddim"] = ComponentSpec(
+                "ddim",
+                (T("noise", map_shape), *feats),
+                (T("x0", map_shape),),
+                prof,
+                {**attrs, "steps": ddim_steps},
+            )
+    return specs
+
+
 def component_specs(
     config: Config, variant: str, max_batch: int = 8, ddim_steps: int | None = None
 ) -> dict[str, ComponentSpec]:
     """The components of ``variant`` in execution order. ``ddim_steps`` adds the fused loop."""
     check_variant(variant)
+    if family(variant).origin == "official":
+        return _official_specs(config, variant, max_batch, ddim_steps)
     s = _infer_shapes(config, variant)
     prof = (1, 1, max_batch)
     T = TensorSpec
@@ -196,8 +257,35 @@ def component_specs(
     return specs
 
 
-def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
+class StageComponent(nn.Module):
+    """An official family's stage as a component: its inputs in the spec's order, its outputs as a
+    tuple (the stages' forwards already take and return them so)."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        out = self.stage(*inputs)
+        return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+
+def component_module(model: SaliencyModel, spec: ComponentSpec) -> nn.Module:
     """The nn.Module whose forward takes ``spec.inputs`` and returns ``spec.outputs`` in order."""
+    if spec.name == "ddim":
+        return DDIMComponent(model, int(spec.attributes["steps"]))
+    if isinstance(model, OfficialModel):
+        stages = {
+            "video_encoder": model.video_encoder,
+            "audio_encoder": model.audio_encoder,
+            "fusion": model.fusion,
+            "unet_step": model.unet,
+        }
+        stage = stages.get(spec.name)
+        if stage is None:
+            raise KeyError(f"unknown component {spec.name!r} of {model.variant}")
+        return StageComponent(stage)
+    assert isinstance(model, AVSaliencyModel)
     if spec.name == "video_encoder":
         return VideoEncoderComponent(model)
     if spec.name == "audio_encoder":
@@ -210,6 +298,4 @@ def component_module(model: AVSaliencyModel, spec: ComponentSpec) -> nn.Module:
         if "one_shot" in spec.input_names:
             return OneShotUNetStepComponent(model)
         return UNetStepComponent(model)
-    if spec.name == "ddim":
-        return DDIMComponent(model, int(spec.attributes["steps"]))
     raise KeyError(f"unknown component {spec.name!r}")

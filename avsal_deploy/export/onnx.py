@@ -8,6 +8,7 @@ torch backend and for provenance) and ``manifest.json``, which :func:`avsal_depl
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -22,7 +23,7 @@ from avsal_deploy import __version__
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.export.components import component_module, component_specs
 from avsal_deploy.export.graph import fold_conv3d as fold_2d
-from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.models.build import SaliencyModel
 from avsal_deploy.models.weights import save_checkpoint
 from avsal_deploy.specs import ComponentSpec, sha256_file
 
@@ -82,7 +83,7 @@ def _name_batch_axes(model: onnx.ModelProto) -> None:
 
 
 def export_component(
-    model: AVSaliencyModel, spec: ComponentSpec, path: Path, opset: int = OPSET, fold_conv3d: bool = True
+    model: SaliencyModel, spec: ComponentSpec, path: Path, opset: int = OPSET, fold_conv3d: bool = True
 ) -> onnx.ModelProto:
     """Export one component with a dynamic batch axis; the example batch is 2 (see below).
 
@@ -92,7 +93,7 @@ def export_component(
     # The dynamo exporter specialises the batch to the example's size when it is 1: export at 2.
     args = tuple(torch.from_numpy(x) for x in spec.sample_inputs(batch=2).values())
     batch = torch.export.Dim("batch", min=1, max=max(2, spec.batch_profile[2]))
-    dynamic = {name: {0: batch} for name in spec.input_names}
+    dynamic = _batch_axes(module, len(args), batch)
     exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notices
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)
@@ -112,7 +113,19 @@ def export_component(
     return proto
 
 
-def _export(module: torch.nn.Module, args: tuple, spec: ComponentSpec, dynamic: dict, opset: int) -> Any:
+def _batch_axes(module: torch.nn.Module, n_inputs: int, batch: Any) -> tuple[Any, ...]:
+    """``dynamic_shapes`` for ``module``'s forward, by position (the spec names the inputs): axis 0
+    of every input is the batch. torch.export wants the inputs a ``*args`` parameter gathers as
+    one tuple in its place."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    axes: list[Any] = [{0: batch} for _ in named[:n_inputs]]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        axes.append(tuple({0: batch} for _ in range(n_inputs - len(axes))))
+    return tuple(axes)
+
+
+def _export(module: torch.nn.Module, args: tuple, spec: ComponentSpec, dynamic: tuple, opset: int) -> Any:
     return torch.onnx.export(
         module,
         args,
@@ -127,7 +140,7 @@ def _export(module: torch.nn.Module, args: tuple, spec: ComponentSpec, dynamic: 
 
 
 def export_model(
-    model: AVSaliencyModel,
+    model: SaliencyModel,
     out_dir: str | Path,
     checkpoint: str | Path | None = None,
     max_batch: int = 8,

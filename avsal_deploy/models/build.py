@@ -1,9 +1,11 @@
-"""Composition of the encoders, the fusion decoder and the Saliency-UNet into the three variants.
+"""Composition of a model family's stages: encoders, fusion decoder and Saliency-UNet.
 
-The model is split the way it is deployed: :meth:`AVSaliencyModel.encode` (video + audio encoders)
-and :meth:`AVSaliencyModel.condition` (fusion decoder) run ONCE per window; only
-:meth:`AVSaliencyModel.denoise` (one Saliency-UNet step) runs inside the DDIM loop, which lives in
-:mod:`avsal_deploy.diffusion` and does not know which engine runs the networks.
+Every family is split the way it is deployed: :meth:`SaliencyModel.condition` (video and audio
+encoders, then the fusion decoder) runs ONCE per window; only :meth:`SaliencyModel.denoise` (one
+Saliency-UNet step) runs inside the DDIM loop, which lives in :mod:`avsal_deploy.diffusion` and
+does not know which engine runs the networks. Our families (``avrsp``, ``diffsal``, ``hybrid``)
+are :class:`AVSaliencyModel`; the official ones (DiffSal as released, ViNet, AViNet, ViNet-S,
+TASED-Net; :mod:`avsal_deploy.models.official`) are :class:`OfficialModel`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avsal_deploy.config import Config, check_variant, resolve_steps
+from avsal_deploy.config import Config, check_variant, family, resolve_steps
 from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
 from avsal_deploy.errors import ConfigError, WeightsError
 from avsal_deploy.models.audio import build_audio_encoder
@@ -31,59 +33,57 @@ from avsal_deploy.models.unet import SaliencyUNet
 class Conditioning:
     """What the encoders and the fusion decoder hand to the sampler for one batch of windows."""
 
-    one_shot: Tensor | None  # [B,1,H,W] AVRSP map in [0,1] (None for diffsal)
-    conds: tuple[Tensor, Tensor, Tensor, Tensor]  # multi-scale conditions for the UNet
-    audio: Tensor  # [B, C_a, T_a, h_a, w_a]
+    one_shot: Tensor | None  # [B,1,H,W] map of a one-shot decoder in [0,1] (None without one)
+    conds: tuple[Tensor, ...]  # what the UNet step is conditioned on (multi-scale features)
+    audio: Tensor | None  # the audio features (None for a visual-only family)
     # the fusion decoder's auxiliary outputs (training objectives; empty without a fusion decoder)
     aux: FusionAux = field(default_factory=lambda: FusionAux(None))
 
 
-class AVSaliencyModel(nn.Module):
-    """One of the variants ``avrsp``, ``diffsal`` or ``hybrid``, built from one :class:`Config`."""
+class SaliencyModel(nn.Module):
+    """What every family's model does with its stages (``video_encoder``, ``audio_encoder``,
+    ``fusion``, ``unet``; absent ones are None): one window's map, once conditioned
+    (:meth:`condition`), from the one-shot decoder or by DDIM over :meth:`denoise`."""
 
-    def __init__(self, config: Config, variant: str = "hybrid") -> None:
+    video_encoder: nn.Module
+    audio_encoder: nn.Module | None
+    fusion: nn.Module | None
+    unet: nn.Module | None
+
+    def __init__(self, config: Config, variant: str) -> None:
         super().__init__()
         self.config = config
         self.variant = check_variant(variant)
-        backbone = config.video_backbone(variant)
-        self.video_encoder = build_mvit(config, variant) if backbone == "mvit_v2_s" else build_s3d(config)
-        self.audio_encoder = build_audio_encoder(config, variant)
-        audio_ch = int(self.audio_encoder.out_channels)
-        video_ch = tuple(self.video_encoder.out_channels)
-        self.fusion: FusionDecoder | None = None
-        self.unet: SaliencyUNet | None = None
-        if variant in ("avrsp", "hybrid"):
-            self.fusion = FusionDecoder(config, video_ch, audio_ch)
-        if variant in ("diffsal", "hybrid"):
-            cond_ch = tuple(config.fusion.channels) if variant == "hybrid" else video_ch
-            self.unet = SaliencyUNet(
-                config, cond_ch, audio_ch, config.unet_channels(variant), oneshot=variant == "hybrid"
-            )
         self.scheduler = DDIMScheduler.from_config(config.diffusion)
 
-    # ------------------------------------------------------------------ stages
-    def encode(self, frames: Tensor, audio: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        """Video features at the four scales and the audio features of a batch of windows."""
-        return tuple(self.video_encoder(frames)), self.audio_encoder(audio)
+    def encode(self, frames: Tensor, audio: Tensor) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """The video encoder's outputs and the audio features (None without an audio encoder)."""
+        video = tuple(self.video_encoder(frames))
+        return video, self.audio_encoder(audio) if self.audio_encoder is not None else None
+
+    def decode(
+        self,
+        video: tuple[Tensor, ...],
+        audio_feat: Tensor | None,
+        frames: Tensor,
+        envelope: Tensor | None = None,
+    ) -> Conditioning:
+        """The stage after the encoders (the fusion decoder, when there is one): the one-shot map
+        and what the UNet step is conditioned on."""
+        raise NotImplementedError
 
     def condition(self, frames: Tensor, audio: Tensor, envelope: Tensor | None = None) -> Conditioning:
-        """Encoders + fusion decoder: everything that runs once per window.
+        """Encoders and fusion decoder: everything that runs once per window.
 
         ``envelope`` [B, *config.envelope_shape(variant)] is required when
         ``config.uses_envelope(variant)`` and ignored otherwise.
         """
         video, audio_feat = self.encode(frames, audio)
-        if self.fusion is None:
-            return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
-        binding_frames = frames if self.config.uses_binding(self.variant) else None
-        (one_shot, *conds), aux = self.fusion(*video, audio_feat, envelope, binding_frames, return_aux=True)
-        return Conditioning(one_shot, tuple(conds), audio_feat, aux)  # type: ignore[arg-type]
+        return self.decode(video, audio_feat, frames, envelope)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """One Saliency-UNet step: the x0 estimate from the noisy map ``x_t`` at time steps ``t``."""
-        if self.unet is None:
-            raise ConfigError(f"variant {self.variant!r} has no Saliency-UNet (no diffusion steps)")
-        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, cond.audio, cond.one_shot)
+        raise NotImplementedError
 
     def resolve_steps(self, steps: int | None) -> int:
         return resolve_steps(self.config, self.variant, steps)
@@ -98,10 +98,10 @@ class AVSaliencyModel(nn.Module):
         *,
         envelope: Tensor | None = None,
     ) -> Tensor:
-        """The saliency map [B,1,H,W] in [0,1] of each window's target frame.
+        """The saliency map [B,1,H,W] of each window's target frame.
 
-        ``steps`` DDIM steps (default: ``config.diffusion.sampling_steps``); 0 on ``hybrid`` returns
-        the one-shot AVRSP map, ``avrsp`` always returns it. ``noise`` (x_T) or ``generator`` make
+        ``steps`` DDIM steps (default: ``config.diffusion.sampling_steps``); 0 returns the one-shot
+        map (a family without a Saliency-UNet always does). ``noise`` (x_T) or ``generator`` make
         the sampling reproducible; engines pass the same ``noise`` for parity. ``envelope``: the
         per-frame audio envelope (see :meth:`condition`).
         """
@@ -113,12 +113,106 @@ class AVSaliencyModel(nn.Module):
         if noise is None:
             shape = (frames.shape[0], *self.config.map_shape())
             noise = torch.randn(shape, generator=generator, dtype=frames.dtype, device=frames.device)
-        x0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, cond), noise, self.scheduler, steps)
+        x0 = ddim_sample(
+            lambda x_t, t: self.denoise(x_t, t, cond),
+            noise,
+            self.scheduler,
+            steps,
+            clip_x0=self.config.diffusion.clip_x0,
+        )
         return normalize_maps(x0)
 
 
-def build_model(config: Config, variant: str = "hybrid") -> AVSaliencyModel:
-    """The model of ``variant`` (``avrsp``, ``diffsal`` or ``hybrid``) for ``config``."""
+class AVSaliencyModel(SaliencyModel):
+    """One of our families ``avrsp``, ``diffsal`` or ``hybrid``, built from one :class:`Config`."""
+
+    def __init__(self, config: Config, variant: str = "hybrid") -> None:
+        super().__init__(config, variant)
+        if family(variant).origin != "avsal":
+            raise ConfigError(f"{variant!r} is an official family: build it with build_model")
+        backbone = config.video_backbone(variant)
+        self.video_encoder = build_mvit(config, variant) if backbone == "mvit_v2_s" else build_s3d(config)
+        self.audio_encoder = build_audio_encoder(config, variant)
+        audio_ch = int(self.audio_encoder.out_channels)
+        video_ch = tuple(self.video_encoder.out_channels)
+        self.fusion: FusionDecoder | None = None
+        self.unet: SaliencyUNet | None = None
+        if variant in ("avrsp", "hybrid"):
+            self.fusion = FusionDecoder(config, video_ch, audio_ch)
+        if variant in ("diffsal", "hybrid"):
+            cond_ch = tuple(config.fusion.channels) if variant == "hybrid" else video_ch
+            self.unet = SaliencyUNet(
+                config, cond_ch, audio_ch, config.unet_channels(variant), oneshot=variant == "hybrid"
+            )
+
+    # ------------------------------------------------------------------ stages
+    def decode(
+        self,
+        video: tuple[Tensor, ...],
+        audio_feat: Tensor | None,
+        frames: Tensor,
+        envelope: Tensor | None = None,
+    ) -> Conditioning:
+        """The fusion decoder (avrsp, hybrid; its one-shot map and the UNet's conditions c0..c3),
+        or, for diffsal, the video features themselves as the conditions."""
+        if self.fusion is None:
+            return Conditioning(None, video, audio_feat)  # type: ignore[arg-type]
+        binding_frames = frames if self.config.uses_binding(self.variant) else None
+        (one_shot, *conds), aux = self.fusion(*video, audio_feat, envelope, binding_frames, return_aux=True)
+        return Conditioning(one_shot, tuple(conds), audio_feat, aux)  # type: ignore[arg-type]
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """One Saliency-UNet step: the x0 estimate from the noisy map ``x_t`` at time steps ``t``."""
+        if self.unet is None:
+            raise ConfigError(f"variant {self.variant!r} has no Saliency-UNet (no diffusion steps)")
+        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, cond.audio, cond.one_shot)
+
+
+class OfficialModel(SaliencyModel):
+    """An official family's network (:mod:`avsal_deploy.models.official`), reproducing its released
+    forward exactly, in the same deployment split: ``video_encoder`` (frames -> the named
+    ``video_outputs``), ``audio_encoder`` (its audio input -> ``audio_feat``; None when visual-only),
+    then either ``fusion`` (the decoder: the official output map, steps = 0) or ``unet`` (one
+    official Saliency-UNet step conditioned on the video outputs and the audio features)."""
+
+    def __init__(self, config: Config, variant: str) -> None:
+        super().__init__(config, variant)
+        from avsal_deploy.models.official import build_stages
+
+        if family(variant).origin != "official":
+            raise ConfigError(f"{variant!r} is not an official family")
+        stages = build_stages(config, variant)
+        self.video_encoder = stages.video_encoder
+        self.video_outputs = tuple(stages.video_outputs)
+        self.audio_encoder = stages.audio_encoder
+        self.fusion = stages.decoder
+        self.unet = stages.unet
+
+    def decode(
+        self,
+        video: tuple[Tensor, ...],
+        audio_feat: Tensor | None,
+        frames: Tensor,
+        envelope: Tensor | None = None,
+    ) -> Conditioning:
+        """The decoder's map (when the family has one); the UNet is conditioned on the video
+        outputs themselves (``frames`` and ``envelope`` unused)."""
+        extra = (audio_feat,) if audio_feat is not None else ()
+        one_shot = self.fusion(*video, *extra) if self.fusion is not None else None
+        return Conditioning(one_shot, video, audio_feat)
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        if self.unet is None:
+            raise ConfigError(f"model family {self.variant!r} has no Saliency-UNet (no diffusion steps)")
+        extra = (cond.audio,) if cond.audio is not None else ()
+        return self.unet(x_t, t.to(x_t.dtype), *cond.conds, *extra)
+
+
+def build_model(config: Config, variant: str = "hybrid") -> SaliencyModel:
+    """The model of family ``variant`` for ``config``: one of ours (``avrsp``, ``diffsal``,
+    ``hybrid``) or an official one (:data:`avsal_deploy.config.FAMILIES`)."""
+    if family(variant).origin == "official":
+        return OfficialModel(config, variant)
     return AVSaliencyModel(config, variant)
 
 
@@ -140,7 +234,7 @@ def checkpoint_config(path: str | Path) -> tuple[Config, str, dict[str, Any]]:
     return config, str(meta["variant"]), meta
 
 
-def load_trained(path: str | Path, variant: str | None = None) -> tuple[AVSaliencyModel, dict[str, Any]]:
+def load_trained(path: str | Path, variant: str | None = None) -> tuple[SaliencyModel, dict[str, Any]]:
     """The model a checkpoint was trained as (config and variant from its metadata) and the
     checkpoint's user metadata (e.g. ``audio``, ``step``, ``metrics``). The one checkpoint loader.
 
@@ -156,13 +250,13 @@ def load_trained(path: str | Path, variant: str | None = None) -> tuple[AVSalien
     return model.eval(), meta
 
 
-def load_pretrained(path: str | Path, variant: str | None = None) -> AVSaliencyModel:
+def load_pretrained(path: str | Path, variant: str | None = None) -> SaliencyModel:
     """The model of an avsal checkpoint, ready for inference (see :func:`load_trained`)."""
     return load_trained(path, variant)[0]
 
 
 # ---------------------------------------------------------------------- accounting
-def count_parameters(model: AVSaliencyModel) -> dict[str, int]:
+def count_parameters(model: SaliencyModel) -> dict[str, int]:
     """Parameters per component (absent components omitted) and in total."""
     out: dict[str, int] = {}
     for name in ("video_encoder", "audio_encoder", "fusion", "unet"):
@@ -217,7 +311,7 @@ def forward_flops(fn: Callable[[], Any]) -> int:
 
 
 def count_flops(
-    model: AVSaliencyModel, config: Config | None = None, steps: int | None = None
+    model: SaliencyModel, config: Config | None = None, steps: int | None = None
 ) -> dict[str, int]:
     """FLOPs of one window (batch 1) per component, counted by torch's own FlopCounterMode
     (:func:`forward_flops`: 2 per multiply-add).
@@ -235,22 +329,18 @@ def count_flops(
     held: dict[str, Any] = {}
     with torch.no_grad():
         out["video_encoder"] = forward_flops(lambda: held.update(video=tuple(meta.video_encoder(frames))))
-        out["audio_encoder"] = forward_flops(lambda: held.update(audio=meta.audio_encoder(audio)))
+        held["audio"] = None
+        if meta.audio_encoder is not None:
+            out["audio_encoder"] = forward_flops(lambda: held.update(audio=meta.audio_encoder(audio)))
         video, audio_feat = held["video"], held["audio"]
-        conds: tuple[Tensor, ...] = tuple(video)
+        decoded = forward_flops(lambda: held.update(cond=meta.decode(video, audio_feat, frames, envelope)))
         if meta.fusion is not None:
-            binding_frames = frames if config.uses_binding(variant) else None
-            out["fusion"] = forward_flops(
-                lambda: held.update(fused=meta.fusion(*video, audio_feat, envelope, binding_frames))
-            )
-            conds = tuple(held["fused"][1:])
+            out["fusion"] = decoded
         n_steps = meta.resolve_steps(steps)
-        unet = meta.unet
-        if unet is not None:
+        if meta.unet is not None:
             x_t = torch.randn(1, *config.map_shape(), device="meta")
             t = torch.zeros(1, device="meta")
-            one_shot = held["fused"][0] if meta.fusion is not None else None
-            out["unet_step"] = forward_flops(lambda: unet(x_t, t, *conds, audio_feat, one_shot))
+            out["unet_step"] = forward_flops(lambda: meta.denoise(x_t, t, held["cond"]))
     out["steps"] = n_steps
     once = sum(v for k, v in out.items() if k in ("video_encoder", "audio_encoder", "fusion"))
     out["forward"] = once + out.get("unet_step", 0)  # one pass: encoders (+ fusion) + one UNet step

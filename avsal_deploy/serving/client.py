@@ -240,9 +240,10 @@ class TritonEngine(Engine):
             )
         feeds = {
             self.specs["video_encoder"].input_names[0]: np.ascontiguousarray(frames, np.float32),
-            self.specs["audio_encoder"].input_names[0]: np.ascontiguousarray(audio, np.float32),
             SEED_INPUT: np.array([seed], np.int64),
         }
+        if "audio_encoder" in self.specs:  # a visual-only family takes no audio
+            feeds[self.specs["audio_encoder"].input_names[0]] = np.ascontiguousarray(audio, np.float32)
         if self.uses_envelope:
             if envelope is None:
                 raise AvsalError(

@@ -367,9 +367,8 @@ def build_repository(
         raise ConfigError(f"instances={instances}: must be >= 1")
     export_dir, out = Path(export_dir), Path(out_dir)
     manifest, config, specs = read_manifest(export_dir)
-    for required in ("video_encoder", "audio_encoder"):
-        if required not in specs:
-            raise AvsalError(f"{export_dir / 'manifest.json'}: no {required!r} component")
+    if "video_encoder" not in specs:
+        raise AvsalError(f"{export_dir / 'manifest.json'}: no 'video_encoder' component")
     limits = {name: spec.batch_profile[2] for name, spec in specs.items()}
     if max_batch is not None and not 1 <= max_batch <= min(limits.values()):
         raise ConfigError(

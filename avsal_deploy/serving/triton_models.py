@@ -143,7 +143,8 @@ class PipelineModel:
         self.engine = window_engine(args, config)
         self.max_batch = int(_parameter(config, MAX_BATCH_PARAMETER) or 0)
         self.frames_input = specs["video_encoder"].input_names[0]
-        self.audio_input = specs["audio_encoder"].input_names[0]
+        audio = specs.get("audio_encoder")  # None for a visual-only family
+        self.audio_input = audio.input_names[0] if audio is not None else None
 
     def _predict(self, request: Any) -> np.ndarray:
         import triton_python_backend_utils as pb_utils
@@ -156,9 +157,13 @@ class PipelineModel:
             return None if found is None else found.as_numpy()
 
         frames = tensor(self.frames_input)
-        audio = tensor(self.audio_input)
-        assert frames is not None and audio is not None  # required inputs: Triton checks them
+        assert frames is not None  # a required input: Triton checks it
         batch = frames.shape[0]
+        if self.audio_input is None:
+            audio = np.zeros((batch, 0), np.float32)
+        else:
+            audio = tensor(self.audio_input)
+            assert audio is not None
         if audio.shape[0] != batch:
             raise AvsalError(
                 f"{PIPELINE_MODEL}: {self.frames_input} has {batch} windows but {self.audio_input} "

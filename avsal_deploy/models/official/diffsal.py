@@ -25,7 +25,7 @@ Stages (:func:`build`):
   (``x = rearrange(audio, ...)``): not used, not built.
 - ``unet`` (:class:`~avsal_deploy.models.official.diffsal_unet.OfficialSalUNet`).
 
-Checkpoint (:func:`read_official_checkpoint`, :func:`convert`): ``best.pth`` as the released
+Checkpoint (:func:`~avsal_deploy.models.official.checkpoint.read_official_state`, :func:`convert`): ``best.pth`` as the released
 trainer saves it, ``{"state_dict": {"module." + key: tensor}, "optim_dict", "epoch", "step"}``.
 Keys (AV file: 658; visual: 616): ``visual_net.*`` (401, the mmaction2 MViT layout, renamed by
 :data:`avsal_deploy.models.weights.LAYOUTS` ``mmaction2-mvit_v2_s``), ``audio_net.features.*`` (12,
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -229,9 +228,14 @@ def _names(keys: list[str]) -> str:
     return f"{len(keys)}: {shown}" + (", ..." if len(keys) > _SHOWN else "")
 
 
-def detect_variant(state: Mapping[str, Any]) -> str:
-    """``diffsal-official`` if the state dict (``module.`` stripped) has an audio network
-    (``audio_net.*`` / ``spatiotemp_net.*``), else ``diffsal-official-visual``."""
+def detect(state: Mapping[str, Any]) -> str | None:
+    """For a released DiffSal state dict (``module.`` stripped; it has ``visual_net.*`` and
+    ``decoder_net.*``): ``diffsal-official`` if it has an audio network (``audio_net.*`` /
+    ``spatiotemp_net.*``), else ``diffsal-official-visual``. None for any other state dict."""
+    if not any(k.startswith("visual_net.") for k in state) or not any(
+        k.startswith("decoder_net.") for k in state
+    ):
+        return None
     has_audio = any(k.startswith(("audio_net.", "spatiotemp_net.")) for k in state)
     return AUDIO_VISUAL if has_audio else VISUAL
 
@@ -318,41 +322,3 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
     for k in wanted:  # BatchNorm step counters absent from the file: not used in inference
         out.setdefault(k, torch.zeros((), dtype=torch.long))
     return Converted(state=out, dropped=sorted(dropped))
-
-
-def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of a checkpoint saved by the released DiffSal trainer (``best.pth``):
-    ``torch.load(weights_only=True)``, the ``state_dict`` entry, ``module.`` prefixes stripped.
-    Raises :class:`WeightsError` (one line naming the file) for an unreadable or truncated file, a
-    file without ``state_dict`` and a checkpoint of another model."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and safety errors all have their own types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {reason})"
-        ) from exc
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("state_dict"), Mapping):
-        got = sorted(map(str, raw))[:5] if isinstance(raw, Mapping) else type(raw).__name__
-        raise WeightsError(
-            f"{path}: no 'state_dict' entry (found {got}); expected a DiffSal trainer checkpoint"
-        )
-    state: dict[str, Tensor] = {}
-    for key, value in raw["state_dict"].items():
-        name = str(key)
-        while name.startswith("module."):
-            name = name[len("module.") :]
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"{path}: state_dict entry {name!r} is a {type(value).__name__}, not a tensor")
-        state[name] = value
-    if not any(k.startswith("visual_net.") for k in state) or not any(
-        k.startswith("decoder_net.") for k in state
-    ):
-        first = ", ".join(sorted(state)[:3]) or "none"
-        raise WeightsError(
-            f"{path}: not a DiffSal checkpoint (no visual_net./decoder_net. keys; first keys: {first})"
-        )
-    return state

@@ -173,10 +173,11 @@ def build(config: Config, variant: str = FAMILY) -> OfficialStages:
     return OfficialStages(video_encoder=TasedEncoder(), video_outputs=VIDEO_OUTPUTS, decoder=TasedDecoder())
 
 
-def detect(state: Mapping[str, Tensor]) -> bool:
-    """Whether ``state`` (``module.`` prefixes removed) looks like a TASED-Net state dict: it has
-    every :data:`MARKERS` key with that shape."""
-    return all(k in state and tuple(state[k].shape) == shape for k, shape in MARKERS.items())
+def detect(state: Mapping[str, Tensor]) -> str | None:
+    """``"tased"`` if ``state`` (``module.`` prefixes removed) looks like a TASED-Net state dict (it
+    has every :data:`MARKERS` key with that shape), else None."""
+    found = all(k in state and tuple(state[k].shape) == shape for k, shape in MARKERS.items())
+    return FAMILY if found else None
 
 
 def _rename(key: str) -> str | None:

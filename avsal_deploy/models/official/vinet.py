@@ -37,7 +37,7 @@ ViNet takes any height and width that are multiples of 32 (the map has the frame
 AViNet only 224x384 (the bilinear fusion's 42 positions and 336 outputs are those of 224x384),
 with audio of 70,560 samples (3 SoundNet frames).
 
-Official key markers (:func:`detect_variant`): ``vinet`` has ``backbone.*`` and
+Official key markers (:func:`detect`): ``vinet`` has ``backbone.*`` and
 ``decoder.convtsp{1..4}.*`` at the top level with ``decoder.convtsp1.0.weight`` of shape
 [832, 1024, 1, 3, 3] (ViNet-S's grouped decoder has the same names at other shapes); ``avinet``
 has ``visual_model.backbone.*``, ``visual_model.decoder.*``, ``audionet.*`` and
@@ -47,10 +47,7 @@ has ``visual_model.backbone.*``, ``visual_model.decoder.*``, ``audionet.*`` and
 from __future__ import annotations
 
 import functools
-import pickle
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -320,7 +317,7 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
     if misshapen:
         problems.append(f"{len(misshapen)} misshapen: {_named(misshapen)}")
     if problems:
-        detected = detect_variant(state)
+        detected = detect(state)
         hint = f" (its layout is that of {detected})" if detected not in (None, variant) else ""
         raise WeightsError(f"not an official {variant} state dict{hint}: " + "; ".join(problems))
     out: dict[str, Tensor] = {}
@@ -334,7 +331,7 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
     return Converted(out, dropped)
 
 
-def detect_variant(state: Mapping[str, Tensor]) -> str | None:
+def detect(state: Mapping[str, Tensor]) -> str | None:
     """``"vinet"`` or ``"avinet"`` when ``state`` has that official layout's keys at its shapes
     (the AViNet heads and the BatchNorm counters optional), else None (other families are detected by their own modules)."""
     for variant in VARIANTS:
@@ -347,44 +344,3 @@ def detect_variant(state: Mapping[str, Tensor]) -> str | None:
             if all(tuple(state[k].shape) == tuple(expected[k]) for k in state):
                 return variant
     return None
-
-
-# --------------------------------------------------------------------------- reading files
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
-def read_official_state(path: str | Path) -> dict[str, Tensor]:
-    """The state dict in an official checkpoint file, as the official training scripts write it
-    (``torch.save(model.state_dict())``): loaded with ``torch.load(weights_only=True)`` on the CPU,
-    a top-level ``state_dict`` wrapper unwrapped, ``module.`` (DataParallel) prefixes stripped.
-
-    A :class:`WeightsError` (one line naming the file) for a missing, truncated or non-torch file,
-    a pickle that ``weights_only`` refuses, or content that is not a dict of tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise WeightsError(f"{path}: not a readable PyTorch state dict file ({_one_line(exc)})") from exc
-    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping) or not raw:
-        what = "an empty dict" if isinstance(raw, Mapping) else f"a {type(raw).__name__}"
-        raise WeightsError(f"{path}: holds {what}, not a state dict of tensors")
-    out: dict[str, Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise WeightsError(
-                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor (not a state dict)"
-            )
-        name = key
-        while name.startswith("module."):
-            name = name[len("module.") :]
-        if name in out:
-            raise WeightsError(f"{path}: key {name!r} appears with and without a 'module.' prefix")
-        out[name] = value
-    return out

@@ -148,10 +148,12 @@ def build(config: Config, variant: str = FAMILY) -> OfficialStages:
     )
 
 
-def detect(state: Mapping[str, Tensor]) -> bool:
-    """Whether ``state`` (``module.`` prefixes removed) looks like a ViNet-S state dict: it has
-    every :data:`MARKERS` key with that shape. (The upsampling build is not in the weights.)"""
-    return all(k in state and tuple(state[k].shape) == shape for k, shape in MARKERS.items())
+def detect(state: Mapping[str, Tensor]) -> str | None:
+    """``"vinet-s"`` if ``state`` (``module.`` prefixes removed) looks like a ViNet-S state dict (it
+    has every :data:`MARKERS` key with that shape), else None. (The upsampling build is not in the
+    weights.)"""
+    found = all(k in state and tuple(state[k].shape) == shape for k, shape in MARKERS.items())
+    return FAMILY if found else None
 
 
 def _rename(key: str) -> str | None:
