@@ -41,7 +41,7 @@ def _process_state() -> dict[str, object]:
         "torch threads": torch.get_num_threads(),
         "torch grad mode": torch.is_grad_enabled(),
         "torch deterministic": torch.are_deterministic_algorithms_enabled(),
-        "environment": dict(os.environ),
+        "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
         "working directory": os.getcwd(),
         "signal handlers": {s: signal.getsignal(s) for s in interrupt.SIGNALS},
         "stop request": interrupt.requested(),
@@ -64,9 +64,12 @@ def isolated_process_state() -> Iterator[None]:
     torch.use_deterministic_algorithms(before["torch deterministic"])  # type: ignore[arg-type]
     env = before["environment"]
     assert isinstance(env, dict)
-    if os.environ != env:
+    if after["environment"] != env:
+        current = os.environ.get("PYTEST_CURRENT_TEST")  # pytest's own, per phase
         os.environ.clear()
         os.environ.update(env)
+        if current is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = current
     os.chdir(before["working directory"])  # type: ignore[arg-type]
     for s, handler in before["signal handlers"].items():  # type: ignore[attr-defined]
         signal.signal(s, handler)
