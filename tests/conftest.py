@@ -33,6 +33,11 @@ def _tiny_model(variant: str, seed: int = 0) -> AVSaliencyModel:
     return model
 
 
+#: Environment variables libraries set for themselves on first use (whichever test comes first):
+#: not state a test leaves behind, and putting them back would only make the library set them again.
+LIBRARY_ENVIRONMENT = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR")
+
+
 def _process_state() -> dict[str, object]:
     """What one test could leave behind for the next: torch's global settings, the environment,
     the working directory, signal handlers and a pending stop request."""
@@ -41,7 +46,7 @@ def _process_state() -> dict[str, object]:
         "torch threads": torch.get_num_threads(),
         "torch grad mode": torch.is_grad_enabled(),
         "torch deterministic": torch.are_deterministic_algorithms_enabled(),
-        "environment": dict(os.environ),
+        "environment": {k: v for k, v in os.environ.items() if k not in LIBRARY_ENVIRONMENT},
         "working directory": os.getcwd(),
         "signal handlers": {s: signal.getsignal(s) for s in interrupt.SIGNALS},
         "stop request": interrupt.requested(),
@@ -64,9 +69,10 @@ def isolated_process_state() -> Iterator[None]:
     torch.use_deterministic_algorithms(before["torch deterministic"])  # type: ignore[arg-type]
     env = before["environment"]
     assert isinstance(env, dict)
-    if os.environ != env:
+    if after["environment"] != env:
+        kept = {k: os.environ[k] for k in LIBRARY_ENVIRONMENT if k in os.environ}
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update({**env, **kept})
     os.chdir(before["working directory"])  # type: ignore[arg-type]
     for s, handler in before["signal handlers"].items():  # type: ignore[attr-defined]
         signal.signal(s, handler)

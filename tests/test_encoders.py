@@ -151,7 +151,7 @@ def test_build_audio_encoder_picks_the_variants_encoder() -> None:
     assert isinstance(build_audio_encoder(config, "avrsp"), SoundNet8)
     assert isinstance(build_audio_encoder(config, "hybrid"), SoundNet8)
     assert isinstance(build_audio_encoder(config, "diffsal"), VGGishEncoder)
-    with pytest.raises(ConfigError, match="unknown variant"):
+    with pytest.raises(ConfigError, match="unknown model family 'avsal'"):
         build_audio_encoder(config, "avsal")
 
 

@@ -130,7 +130,7 @@ def test_invalid_requests() -> None:
     with pytest.raises(ConfigError):
         plan(10, TINY, mode="middle")
     with pytest.raises(ConfigError):
-        plan(10, TINY, variant="vinet")
+        plan(10, TINY, variant="no-such-family")
     with pytest.raises(ConfigError):
         window_for(10, 10, TINY)
     with pytest.raises(IndexError):
