@@ -174,3 +174,10 @@ def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     header["avsal.config"] = json.dumps(stored)
     save_file(tensors, str(path), metadata=header)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Name the random order a run used (pytest-randomly), so that a failure can be rerun in it."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"test order: random, rerun it with --randomly-seed={seed}")
