@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= out/demo
 
-.PHONY: demo test lint bench report venv install install-dev clean
+.PHONY: demo test test-long lint bench report venv install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
+
+# The long tests (thousands of fuzzed requests to a live server): minutes, not part of `make test`.
+test-long: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m long
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
