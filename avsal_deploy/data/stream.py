@@ -62,6 +62,12 @@ class StreamWindower:
         fps: the stream's nominal frame rate (frame times when no timestamp is pushed, and each
             frame's audio span ``1/fps``).
         audio_rate: sample rate of the pushed audio chunks (default ``audio.soundnet_rate``).
+        audio_start: when the first pushed audio sample plays, in seconds on the clock of the
+            frames' timestamps (default: with the first frame). Audio before the first frame is
+            dropped and a later start is preceded by silence, exactly as a file's soundtrack is
+            aligned to its first frame (:class:`~avsal_deploy.data.decode.AudioReader`): a client
+            that demuxes a file itself sends its audio track's start time here, or its audio plays
+            early or late by the difference (120 ms of it moved maps to CC 0.13 on some frames).
         stride, mode: as :func:`avsal_deploy.windows.plan` (default ``config.window``). With a
             stride, only targets 0, k, 2k, ... are emitted while streaming and the last frame at
             :meth:`flush`; :meth:`source_of` tells which computed map each frame shows.
@@ -78,6 +84,7 @@ class StreamWindower:
         stride: int | None = None,
         mode: str | None = None,
         letterbox: bool = False,
+        audio_start: float | None = None,
     ) -> None:
         check_variant(variant)
         if fps <= 0:
@@ -96,6 +103,14 @@ class StreamWindower:
         self._audio_chunks: deque[np.ndarray] = deque()
         self._audio = np.zeros(0, np.float32)
         self._audio_offset = 0  # track index of self._audio[0]
+        self.audio_start = None if audio_start is None else float(audio_start)
+        if self.audio_start is not None and not np.isfinite(self.audio_start):
+            raise ConfigError(
+                f"StreamWindower: audio_start={audio_start!r} must be a finite number of seconds"
+            )
+        self._skip: int | None = (
+            None  # samples still to drop (audio before the first frame); None: not yet known
+        )
         self._pending: list[int] = []
         self._count = 0
         self._closed = False
@@ -129,7 +144,7 @@ class StreamWindower:
         self._frames[index] = pre
         self._times[index] = float(timestamp) - self._t0
         if audio_chunk is not None:
-            self._audio_chunks.append(np.asarray(audio_chunk, dtype=np.float32).reshape(-1))
+            self._take_audio(np.asarray(audio_chunk, dtype=np.float32).reshape(-1))
         self._count += 1
         if index % self.stride == 0:
             self._pending.append(index)
@@ -206,6 +221,21 @@ class StreamWindower:
             )
             self._pending.remove(target)
         return out
+
+    def _take_audio(self, chunk: np.ndarray) -> None:
+        """Buffer a pushed chunk, aligned to the first frame (see ``audio_start``)."""
+        if self._skip is None:  # the first chunk: where the audio starts relative to frame 0
+            assert self._t0 is not None
+            start = self._t0 if self.audio_start is None else self.audio_start
+            shift = int(round((start - self._t0) * self.audio_rate))
+            self._audio_offset = max(shift, 0)  # a late start: silence before it
+            self._skip = max(-shift, 0)  # an early start: what plays before the first frame
+        if self._skip:
+            dropped = min(self._skip, chunk.shape[0])
+            chunk = chunk[dropped:]
+            self._skip -= dropped
+        if chunk.shape[0]:
+            self._audio_chunks.append(chunk)
 
     def _audio_track(self) -> np.ndarray:
         """The buffered audio as one array (chunks are merged lazily, once per emission)."""
