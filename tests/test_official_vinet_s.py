@@ -185,12 +185,13 @@ def test_both_builds_through_avsal_convert_and_the_engines(
     """The official file through ``avsal convert``: ``--from vinet-s`` is the inference build
     (trilinear), ``--set fusion.upsampling=bilinear`` the training build; each converted config
     records its build. ``predict_window(frames, zeros((B, 0)), steps=0)`` of the inference build
-    gives the official maps within 1e-4 through the torch engine (batch 2, its encoder outputs
+    gives the official maps within 1e-4 through the torch engine (batch 1, its encoder outputs
     checked at the stored positions) and ONNX Runtime (``avsal export``, batch 1 and 2). The
     training build's encoder is the same module with the same weights: its engines' decoder
-    (``fusion``) runs on the encoder outputs recorded from those calls, torch at batch 2 and ONNX
+    (``fusion``) runs on the encoder outputs recorded from those calls, torch at batch 1 and ONNX
     Runtime (``avsal export --components fusion``) at batch 1 and 2, and gives its official maps.
-    32 x 224 x 384: the only size the official module runs."""
+    32 x 224 x 384: the only size the official module runs (~6 s a window in the torch engine
+    on 2 cores, ~1.5 s in ONNX Runtime)."""
     inference, variant, meta = checkpoint_config(vinet_s_checkpoint)
     assert variant == "vinet-s" and inference.fusion.upsampling == "trilinear"
     assert meta["converted_from"]["weights_licence"].startswith("CC BY-NC-SA 4.0")
@@ -203,16 +204,18 @@ def test_both_builds_through_avsal_convert_and_the_engines(
     frames = golden_frames(golden).numpy()
 
     with open_engine(vinet_s_checkpoint, "torch") as engine:
-        torch_maps, seen = predict_recorded(engine, frames, no_audio(2))
+        torch_maps, seen = predict_recorded(engine, frames[:1], no_audio(1))
     feats = seen["video_encoder"]
     for i, name in enumerate(reversed(vinet_s.VIDEO_OUTPUTS)):  # official y0 = our v3 (Mixed_5c) ...
         index = golden[f"encoder_y{i}_index"]
-        assert_feature_close(feats[name].ravel()[index], golden[f"encoder_y{i}_value"], f"encoder y{i}")
-    assert torch_maps.shape == (2, 1, 224, 384)
-    assert max_abs(torch_maps[:, 0], golden["map_trilinear"]) <= MAP_ATOL
+        keep = index < feats[name].size  # the stored positions in the first clip
+        got = feats[name].ravel()[index[keep]]
+        assert_feature_close(got, golden[f"encoder_y{i}_value"][keep], f"encoder y{i}")
+    assert torch_maps.shape == (1, 1, 224, 384)
+    assert max_abs(torch_maps[:, 0], golden["map_trilinear"][:1]) <= MAP_ATOL
     with open_engine(training_ckpt, "torch") as engine:  # its decoder on the same encoder outputs
         torch_training = engine.run("fusion", feats)["one_shot"]
-    assert max_abs(torch_training[:, 0], golden["map_bilinear"]) <= MAP_ATOL
+    assert max_abs(torch_training[:, 0], golden["map_bilinear"][:1]) <= MAP_ATOL
 
     decoder_only = tmp_path / "training-fusion"
     args = ["export", "--checkpoint", str(training_ckpt), "--components", "fusion"]
@@ -224,8 +227,8 @@ def test_both_builds_through_avsal_convert_and_the_engines(
         assert set(ort_training.specs) == {"fusion"}
         for batch in (1, 2):
             maps, seen = predict_recorded(ort, frames[:batch], no_audio(batch))
-            assert max_abs(maps, torch_maps[:batch]) <= MAP_ATOL, batch
+            assert max_abs(maps[:1], torch_maps) <= MAP_ATOL, batch
             assert max_abs(maps[:, 0], golden["map_trilinear"][:batch]) <= MAP_ATOL, batch
             bilinear = ort_training.run("fusion", seen["video_encoder"])["one_shot"]
-            assert max_abs(bilinear, torch_training[:batch]) <= MAP_ATOL, batch
+            assert max_abs(bilinear[:1], torch_training) <= MAP_ATOL, batch
             assert max_abs(bilinear[:, 0], golden["map_bilinear"][:batch]) <= MAP_ATOL, batch
