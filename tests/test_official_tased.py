@@ -33,6 +33,7 @@ import datetime
 import io
 import json
 import zipfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -337,9 +338,17 @@ def export_dir(checkpoint: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_maps() -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """The torch engine's maps and encoder outputs per batch size, once computed (for ONNX Runtime)."""
-    return {}
+def torch_window(checkpoint: Path, golden):  # type: ignore[no-untyped-def]
+    """``batch -> (maps, encoder outputs)`` of the torch engine, computed and checked once per
+    batch size (the torch test and the ONNX Runtime comparison share them, whichever runs first)."""
+
+    @cache
+    def run(batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with open_engine(checkpoint, "torch") as engine:
+            assert engine.variant == "tased" and engine.config.frames_shape("tased") == (3, 32, H, W)
+            return check_engine_window(engine, golden, batch)
+
+    return run
 
 
 def check_engine_window(engine, golden, batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -370,15 +379,11 @@ def check_engine_window(engine, golden, batch: int) -> tuple[np.ndarray, dict[st
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_torch_engine_gives_the_official_maps(checkpoint: Path, golden, torch_maps, batch: int) -> None:
-    with open_engine(checkpoint, "torch") as engine:
-        assert engine.variant == "tased" and engine.config.frames_shape("tased") == (3, 32, H, W)
-        torch_maps[batch] = check_engine_window(engine, golden, batch)
+def test_torch_engine_gives_the_official_maps(torch_window, batch: int) -> None:
+    assert torch_window(batch)[0].shape == (batch, 1, H, W)
 
 
-def test_onnxruntime_engine_gives_the_official_maps(
-    checkpoint: Path, export_dir: Path, golden, torch_maps
-) -> None:
+def test_onnxruntime_engine_gives_the_official_maps(export_dir: Path, golden, torch_window) -> None:
     """``avsal export`` then ONNX Runtime at batch 1 and 2: the official maps (as above), and the
     torch engine's maps within 1e-4 wherever both chose the same argmax (exactly: no window may
     differ but a near tie). The exported graphs hold no MaxUnpool (nor any op TensorRT lacks)."""
@@ -392,10 +397,7 @@ def test_onnxruntime_engine_gives_the_official_maps(
     with open_engine(export_dir, "onnxruntime") as engine:
         for batch in (1, 2):
             maps, feats = check_engine_window(engine, golden, batch)
-            if batch not in torch_maps:
-                with open_engine(checkpoint, "torch") as reference:
-                    torch_maps[batch] = check_engine_window(reference, golden, batch)
-            ref_maps, ref_feats = torch_maps[batch]
+            ref_maps, ref_feats = torch_window(batch)
             flips = 0
             for j, name in enumerate(tased.VIDEO_OUTPUTS[1:]):
                 near = near_tie_mask(golden, j, batch)

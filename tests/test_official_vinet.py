@@ -290,9 +290,10 @@ def vinet_export(vinet_checkpoint: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vinet_torch_maps() -> dict[int, np.ndarray]:
-    """The torch engine's maps per batch size, once computed (compared with ONNX Runtime)."""
-    return {}
+def vinet_torch_maps(vinet_checkpoint: Path):  # type: ignore[no-untyped-def]
+    """``batch -> the torch engine's maps``, computed and checked once per batch size (the torch
+    test and the ONNX Runtime comparison share them, whichever runs first)."""
+    return cache(lambda batch: _vinet_torch_window(vinet_checkpoint, batch))
 
 
 def _vinet_torch_window(checkpoint: Path, batch: int) -> np.ndarray:
@@ -312,15 +313,11 @@ def _vinet_torch_window(checkpoint: Path, batch: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_vinet_torch_engine_gives_the_official_maps(
-    vinet_checkpoint: Path, vinet_torch_maps, batch: int
-) -> None:
-    vinet_torch_maps[batch] = _vinet_torch_window(vinet_checkpoint, batch)
+def test_vinet_torch_engine_gives_the_official_maps(vinet_torch_maps, batch: int) -> None:
+    assert vinet_torch_maps(batch).shape == (batch, 1, 64, 96)
 
 
-def test_vinet_onnxruntime_engine_gives_the_official_maps(
-    vinet_checkpoint: Path, vinet_export: Path, vinet_torch_maps
-) -> None:
+def test_vinet_onnxruntime_engine_gives_the_official_maps(vinet_export: Path, vinet_torch_maps) -> None:
     """``avsal export`` then ONNX Runtime at batch 1 and 2: the official maps, and the torch
     engine's, within 1e-4."""
     g = _golden("vinet")
@@ -330,9 +327,7 @@ def test_vinet_onnxruntime_engine_gives_the_official_maps(
             maps = engine.predict_window(frames[:batch].numpy(), no_audio(batch), 0)
             expected = g["map"] if batch == 2 else g["map_batch1"]
             assert _max_diff(maps[:, 0], expected) < TOL, batch
-            if batch not in vinet_torch_maps:
-                vinet_torch_maps[batch] = _vinet_torch_window(vinet_checkpoint, batch)
-            assert _max_diff(maps, vinet_torch_maps[batch]) < TOL, batch
+            assert _max_diff(maps, vinet_torch_maps(batch)) < TOL, batch
 
 
 def _official_vinet_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
