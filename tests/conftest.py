@@ -176,6 +176,35 @@ def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def vinet_s_official(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ViNet-S checkpoint file as the official training script writes it
+    (``torch.save(model.state_dict())``): random weights in the official layout, rebuilt from
+    ``tests/golden/vinet_s.npz``'s layout and seed (the weights its golden maps were made with)."""
+    from tests.golden.parity import load_golden, official_state, save_official
+
+    d = tmp_path_factory.mktemp("vinet-s")
+    return save_official(official_state(load_golden("vinet_s")), d / "ViNet_S_weights.pt")
+
+
+@pytest.fixture(scope="session")
+def vinet_s_checkpoint(vinet_s_official: Path) -> Path:
+    """:func:`vinet_s_official` through ``avsal convert --from vinet-s``: the inference build
+    (trilinear upsampling), 224 x 384 (the only size the official module runs)."""
+    from tests.golden.parity import convert_cli
+
+    return convert_cli(vinet_s_official, vinet_s_official.with_name("vinet-s.safetensors"), "vinet-s")
+
+
+@pytest.fixture(scope="session")
+def vinet_s_export(vinet_s_checkpoint: Path) -> Path:
+    """``avsal export`` of :func:`vinet_s_checkpoint` (~20 s on 2 cores: shared by the ViNet-S
+    parity tests and the model-zoo end-to-end tests)."""
+    from tests.golden.parity import export_cli
+
+    return export_cli(vinet_s_checkpoint, vinet_s_checkpoint.parent / "export")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """Name the random order a run used (pytest-randomly), so that a failure can be rerun in it."""
     seed = getattr(config.option, "randomly_seed", None)

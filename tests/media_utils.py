@@ -33,8 +33,9 @@ def write_video(
     stereo: bool = False,
     pts_ms: list[int] | None = None,
     options: dict[str, str] | None = None,
+    samples: np.ndarray | None = None,
 ) -> Path:
-    """Encode n frames (and a 440 Hz tone on the left channel) with PyAV."""
+    """Encode n frames (and a 440 Hz tone on the left channel, or the mono float ``samples``) with PyAV."""
     h, w = size
     with av.open(str(path), "w") as out:
         vs = out.add_stream(codec, rate=fps)
@@ -58,6 +59,8 @@ def write_video(
         if stream_a is not None:
             t = np.arange(int(audio_rate * n / fps)) / audio_rate
             tone = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+            if samples is not None:
+                tone = np.asarray(samples, np.float32)
             planes = np.stack([tone, np.zeros_like(tone)]) if stereo else tone[None]
             for first in range(0, tone.shape[0], 960):
                 chunk = np.ascontiguousarray(planes[:, first : first + 960])

@@ -48,33 +48,45 @@ transforms (the pure-Python module of its wheel) and Pillow 13, on two synthetic
 (288x512: shrinking; 120x200: enlarging); the file stores each official tensor as its uint8
 levels ``round((t * std + mean) * 255)``, from which ``(levels / 255 - mean) / std`` rebuilds the
 official float32 tensor bit for bit (the generator asserts it).
+
+Compared here: the converter (layout, detection, strictness), the decoders alone on the stored
+features and AViNet's SoundNet; then the golden weights saved as the official script saves them
+through ``avsal convert`` and the engines: torch and ONNX Runtime (``avsal export``)
+``predict_window`` against the official maps (the S3D outputs recorded from the same call);
+and the input mode through the real pipeline (frames of a video file, AViNet's audio buffers).
 """
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from media_utils import write_video
+from PIL import Image
 
 from avsal_deploy.config import family, family_config
 from avsal_deploy.data.audio import soundnet_excerpt
 from avsal_deploy.data.preprocess import preprocess_frames
+from avsal_deploy.engine import open as open_engine
 from avsal_deploy.errors import ConfigError, WeightsError
+from avsal_deploy.models.build import checkpoint_config
 from avsal_deploy.models.official import OfficialStages, build_stages, convert_state
 from avsal_deploy.models.official import vinet as official_vinet
+from tests.golden.parity import (
+    convert_cli,
+    export_cli,
+    no_audio,
+    predict_recorded,
+    save_official,
+    small_shape,
+)
 from tests.golden.weights import random_state, read_layout
 
 GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-4  # maps (in [0, 1]) and features: max abs difference
-# ONNX Runtime's convolutions round differently from torch's: on the random-weight S3D features
-# (magnitude up to ~180) they differ by up to ~2e-4, i.e. 1e-6 of the magnitude; features pass
-# within this share of their largest magnitude (a wrong op is off by a share of order 1).
-FEATURE_RTOL = 1e-5
 
 
 def _normal(shape: tuple[int, ...], seed: int, scale: float = 1.0, absolute: bool = False) -> np.ndarray:
@@ -126,7 +138,7 @@ def _max_diff(a: np.ndarray | torch.Tensor, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)))
 
 
-def _check_video(feats: tuple[torch.Tensor, ...], g: dict[str, np.ndarray], batch: int) -> None:
+def _check_video(feats: tuple[torch.Tensor | np.ndarray, ...], g: dict[str, np.ndarray], batch: int) -> None:
     """Our S3D outputs against the official ones at the same batch size (the official batch-1 run
     is stored apart: CPU convolutions round differently at another batch size, by up to 2e-4 on
     these features of magnitude ~100)."""
@@ -134,7 +146,7 @@ def _check_video(feats: tuple[torch.Tensor, ...], g: dict[str, np.ndarray], batc
     for i, y in enumerate(feats):
         shape = tuple(int(s) for s in g[f"{prefix}v{i}_shape"])
         assert tuple(y.shape) == shape
-        y = y.detach().numpy()
+        y = y.detach().numpy() if isinstance(y, torch.Tensor) else y
         index = np.linspace(0, y.size - 1, g[f"{prefix}v{i}_sub"].size).astype(np.int64)
         assert _max_diff(y.ravel()[index], g[f"{prefix}v{i}_sub"]) < TOL, f"v{i}"
         chmean = y.reshape(batch, y.shape[1], -1).mean(-1)
@@ -151,16 +163,16 @@ def test_official_layout_is_the_golden_files(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["vinet", "avinet"])
 def test_detect_variant(variant: str) -> None:
     state = _official_state(variant)
-    assert official_vinet.detect_variant(state) == variant
+    assert official_vinet.detect(state) == variant
     if variant == "avinet":
         heads = {k: v for k, v in state.items() if "conv8" not in k}
-        assert official_vinet.detect_variant(heads) == "avinet"  # the unused heads are optional
+        assert official_vinet.detect(heads) == "avinet"  # the unused heads are optional
     renamed = {k.replace("backbone.", "base."): v for k, v in state.items()}
-    assert official_vinet.detect_variant(renamed) is None
+    assert official_vinet.detect(renamed) is None
     grouped = dict(state)
     key = next(k for k in grouped if k.endswith("decoder.convtsp1.0.weight"))
     grouped[key] = torch.zeros(832, 32, 1, 3, 3)  # ViNet-S's grouped decoder: same names
-    assert official_vinet.detect_variant(grouped) is None
+    assert official_vinet.detect(grouped) is None
 
 
 def test_convert_drops_the_unused_soundnet_heads() -> None:
@@ -186,11 +198,11 @@ def test_convert_refuses_unknown_missing_and_misshapen_keys() -> None:
     bad = dict(state)
     bad["decoder.convtsp4.8.bias"] = torch.zeros(2)
     with pytest.raises(
-        WeightsError, match=r"1 misshapen: decoder\.convtsp4\.8\.bias \[2\] \(expected \[1\]\)"
+        WeightsError, match=r"1 misshapen key\(s\): decoder\.convtsp4\.8\.bias \[2\] \(expected \[1\]\)"
     ):
         convert_state(bad, "vinet")
     counters = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    assert official_vinet.detect_variant(counters) == "vinet"  # files before PyTorch 0.4.1
+    assert official_vinet.detect(counters) == "vinet"  # files before PyTorch 0.4.1
     converted = convert_state(counters, "vinet").state
     assert int(converted["video_encoder.base1.0.bn_s.num_batches_tracked"]) == 0
     with pytest.raises(WeightsError, match=r"\(its layout is that of avinet\)"):
@@ -199,39 +211,6 @@ def test_convert_refuses_unknown_missing_and_misshapen_keys() -> None:
     transformer["transformer.pos_encoder.pe"] = torch.zeros(32, 1, 336)  # use_transformer=True
     with pytest.raises(WeightsError, match="unknown key"):
         convert_state(transformer, "avinet")
-
-
-def test_read_official_state(tmp_path: Path) -> None:
-    state = {k: v for k, v in list(_official_state("vinet").items())[:4]}
-    plain = tmp_path / "plain.pt"
-    torch.save(state, plain)
-    wrapped = tmp_path / "wrapped.pth"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, wrapped)
-    for path in (plain, wrapped):
-        got = official_vinet.read_official_state(path)
-        assert list(got) == list(state)
-        assert all(torch.equal(got[k], state[k]) for k in state)
-
-    def fails(path: Path, pattern: str) -> None:
-        with pytest.raises(WeightsError, match=pattern) as err:
-            official_vinet.read_official_state(path)
-        assert "\n" not in str(err.value) and str(path) in str(err.value)
-
-    fails(tmp_path / "absent.pt", "no such file")
-    (tmp_path / "text.pt").write_text("not a checkpoint\n")
-    fails(tmp_path / "text.pt", "not a readable PyTorch state dict file")
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])
-    fails(truncated, "not a readable PyTorch state dict file")
-    obj = tmp_path / "object.pt"
-    torch.save({"w": torch.zeros(1), "optimiser": io.BytesIO(b"x")}, obj)  # weights_only refuses it
-    fails(obj, "not a readable PyTorch state dict file")
-    scalars = tmp_path / "scalars.pt"
-    torch.save({"w": torch.zeros(1), "epoch": 3}, scalars)
-    fails(scalars, "entry 'epoch' is a int, not a tensor")
-    listed = tmp_path / "list.pt"
-    torch.save([torch.zeros(1)], listed)
-    fails(listed, "holds a list, not a state dict of tensors")
 
 
 def test_build_refuses_sizes_the_official_network_does_not_take() -> None:
@@ -258,18 +237,12 @@ def _vinet_inputs() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 @torch.no_grad()
 @pytest.mark.parametrize("batch", [1, 2])
-def test_vinet_matches_official(batch: int) -> None:
+def test_vinet_decoder_matches_official(batch: int) -> None:
     g, stages = _golden("vinet"), _stages("vinet")
-    frames, feats = _vinet_inputs()
-    video = stages.video_encoder(frames[:batch])
-    _check_video(video, g, batch)
+    _, feats = _vinet_inputs()
     decoder_map = stages.decoder(*(f[:batch] for f in feats))  # type: ignore[misc]
     assert decoder_map.shape == (batch, 1, 64, 96)
     assert _max_diff(decoder_map[:, 0], g["decoder_map"][:batch]) < TOL
-    out = stages.decoder(*video)  # type: ignore[misc]
-    expected = g["map"] if batch == 2 else g["map_batch1"]
-    assert _max_diff(out[:, 0], expected) < TOL
-    assert expected.std() > 0.1  # the golden map carries signal
 
 
 # --------------------------------------------------------------------------- AViNet parity
@@ -280,104 +253,183 @@ def _avinet_audio() -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("batch", [1, 2])
-def test_avinet_audio_encoder_and_decoder_match_official(batch: int) -> None:
+def test_avinet_audio_encoder_and_decoder_match_official() -> None:
+    """SoundNet on the official audio input, and the fusion + decoder on the stored features
+    (batch 2); the decoder's map changes with the audio features (batch 1, silent)."""
     g, stages = _golden("avinet"), _stages("avinet")
-    feat = stages.audio_encoder(_avinet_audio()[:batch])  # type: ignore[misc]
-    assert feat.shape == (batch, 1024, 3, 1, 1)
-    assert _max_diff(feat[..., 0], g["audio_feat"][:batch]) < TOL
+    feat = stages.audio_encoder(_avinet_audio())  # type: ignore[misc]
+    assert feat.shape == (2, 1024, 3, 1, 1)
+    assert _max_diff(feat[..., 0], g["audio_feat"]) < TOL
     shapes = [(2, 192, 16, 56, 96), (2, 480, 16, 28, 48), (2, 832, 8, 14, 24), (2, 1024, 4, 7, 12)]
     seed = int(g["feats_seed"])
     feats = [
         _checked(_normal(s, seed + i, absolute=True), g["feats_checksum"][i]) for i, s in enumerate(shapes)
     ]
     audio = _checked(_normal((2, 1024, 3, 1), seed + 4, absolute=True), g["feats_audio_checksum"])
-    args = [torch.from_numpy(f[:batch]) for f in feats] + [torch.from_numpy(audio[:batch, ..., None])]
+    args = [torch.from_numpy(f) for f in feats] + [torch.from_numpy(audio[..., None])]
     out = stages.decoder(*args)  # type: ignore[misc]
-    assert out.shape == (batch, 1, 224, 384)
-    assert _max_diff(out[:, 0], g["decoder_map"][:batch]) < TOL
+    assert out.shape == (2, 1, 224, 384)
+    assert _max_diff(out[:, 0], g["decoder_map"]) < TOL
+    silent = stages.decoder(*(a[:1] for a in args[:4]), torch.zeros_like(args[4][:1]))  # type: ignore[misc]
+    assert _max_diff(silent[:, 0], g["decoder_map"][:1]) > 1e-2
 
 
-@pytest.mark.slow
-@torch.no_grad()
-def test_avinet_end_to_end_matches_official() -> None:
-    g, stages = _golden("avinet"), _stages("avinet")
-    frames = torch.from_numpy(
-        _checked(_normal((2, 3, 32, 224, 384), int(g["frames_seed"])), g["frames_checksum"])
-    )
-    audio = _avinet_audio()
-    for batch in (2, 1):
-        video = stages.video_encoder(frames[:batch])
-        _check_video(video, g, batch)
-        out = stages.decoder(*video, stages.audio_encoder(audio[:batch]))  # type: ignore[misc]
-        expected = g["map"] if batch == 2 else g["map_batch1"]
-        assert _max_diff(out[:, 0], expected) < TOL
-    assert 0.2 < g["map"].std() and 0.05 < ((g["map"] > 1e-3) & (g["map"] < 1 - 1e-3)).mean()
-    silent = stages.decoder(*video, stages.audio_encoder(torch.zeros_like(audio[:1])))  # type: ignore[misc]
-    assert _max_diff(silent, out.numpy()) > 1e-2  # the audio reaches the map
+# --------------------------------------------------------------------------- the engines
+@pytest.fixture(scope="module")
+def vinet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The golden ViNet weights saved as the official script saves them (``torch.save`` of the
+    state dict), converted by ``avsal convert --from vinet`` at 64 x 96."""
+    d = tmp_path_factory.mktemp("vinet")
+    source = save_official(_official_state("vinet"), d / "vinet.pt")
+    return convert_cli(source, d / "vinet.safetensors", "vinet", *small_shape(64, 96))
 
 
-# --------------------------------------------------------------------------- ONNX
-def _export_and_run(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> Any:
-    """Export ``module`` (dynamo, example batch 2, dynamic batch) as avsal's exporter does (opset 18,
-    3-D convolutions folded to 2-D), audit its ops for TensorRT and compare ONNX Runtime with torch
-    at batch 1 and 2; returns the session as a function of numpy inputs."""
-    ort = pytest.importorskip("onnxruntime")
-    from avsal_deploy.export.graph import fold_conv3d
-    from avsal_deploy.export.onnx import OPSET, audit_tensorrt_ops
-
-    names = [f"in{i}" for i in range(len(args))]
-    batch = torch.export.Dim("batch", min=1, max=8)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module.eval(),
-            args,
-            dynamo=True,
-            input_names=names,
-            dynamic_shapes=[{0: batch}] * len(args),
-            opset_version=OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    proto, _ = fold_conv3d(program.model_proto)
-    assert not audit_tensorrt_ops(proto)
-    path.write_bytes(proto.SerializeToString())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for b in (1, 2):
-        with torch.no_grad():
-            expected = module(*(a[:b] for a in args))
-        expected = expected if isinstance(expected, tuple | list) else (expected,)
-        got = session.run(None, {n: a[:b].numpy() for n, a in zip(names, args, strict=True)})
-        assert len(got) == len(expected)
-        for e, o in zip(expected, got, strict=True):
-            bound = max(TOL, FEATURE_RTOL * float(e.abs().max()))
-            assert _max_diff(o, e.numpy()) < bound, (path.name, b)
-    return lambda *xs: session.run(None, dict(zip(names, xs, strict=True)))
+@pytest.fixture(scope="module")
+def vinet_export(vinet_checkpoint: Path) -> Path:
+    return export_cli(vinet_checkpoint, vinet_checkpoint.parent / "export")
 
 
-@pytest.mark.slow
-def test_vinet_stages_export_to_onnx(tmp_path: Path) -> None:
-    stages = _stages("vinet")
-    frames, feats = _vinet_inputs()
-    video = _export_and_run(stages.video_encoder, (frames,), tmp_path / "video_encoder.onnx")
-    decoder = _export_and_run(stages.decoder, tuple(feats), tmp_path / "fusion.onnx")  # type: ignore[arg-type]
+@pytest.fixture(scope="module")
+def vinet_torch_maps(vinet_checkpoint: Path):  # type: ignore[no-untyped-def]
+    """``batch -> the torch engine's maps``, computed and checked once per batch size (the torch
+    test and the ONNX Runtime comparison share them, whichever runs first)."""
+    return cache(lambda batch: _vinet_torch_window(vinet_checkpoint, batch))
+
+
+def _vinet_torch_window(checkpoint: Path, batch: int) -> np.ndarray:
+    """``predict_window`` of the torch engine on the golden frames: the S3D outputs (recorded from
+    the same call) and the map against the official ones at the same batch size."""
     g = _golden("vinet")
-    for batch, expected in ((2, g["map"]), (1, g["map_batch1"])):  # the maps through ONNX Runtime alone
-        assert _max_diff(decoder(*video(frames[:batch].numpy()))[0][:, 0], expected) < TOL
+    frames, _ = _vinet_inputs()
+    with open_engine(checkpoint, "torch") as engine:
+        assert engine.variant == "vinet" and engine.config.frames_shape("vinet") == (3, 32, 64, 96)
+        maps, seen = predict_recorded(engine, frames[:batch].numpy(), no_audio(batch))
+    _check_video(tuple(seen["video_encoder"][n] for n in official_vinet.VIDEO_OUTPUTS), g, batch)
+    expected = g["map"] if batch == 2 else g["map_batch1"]
+    assert maps.shape == (batch, 1, 64, 96)
+    assert _max_diff(maps[:, 0], expected) < TOL
+    assert expected.std() > 0.1  # the golden map carries signal
+    return maps
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_vinet_torch_engine_gives_the_official_maps(vinet_torch_maps, batch: int) -> None:
+    assert vinet_torch_maps(batch).shape == (batch, 1, 64, 96)
+
+
+def test_vinet_onnxruntime_engine_gives_the_official_maps(vinet_export: Path, vinet_torch_maps) -> None:
+    """``avsal export`` then ONNX Runtime at batch 1 and 2: the official maps, and the torch
+    engine's, within 1e-4."""
+    g = _golden("vinet")
+    frames, _ = _vinet_inputs()
+    with open_engine(vinet_export, "onnxruntime") as engine:
+        for batch in (1, 2):
+            maps = engine.predict_window(frames[:batch].numpy(), no_audio(batch), 0)
+            expected = g["map"] if batch == 2 else g["map_batch1"]
+            assert _max_diff(maps[:, 0], expected) < TOL, batch
+            assert _max_diff(maps, vinet_torch_maps(batch)) < TOL, batch
+
+
+def _official_vinet_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``torch_transform`` of ``generate_result.py`` on a decoded RGB frame, as the official
+    environment (torchvision 0.5, a Pillow of its time) computes it: ``Resize`` = Pillow's BILINEAR resize
+    (Pillow up to 9 always resampled the width first, then the height, rounding to 8 bits after
+    each pass), ``ToTensor`` (/ 255), ImageNet ``Normalize``; float32 [3, height, width]."""
+    img = Image.fromarray(frame)
+    img = img.resize((width, img.height), Image.Resampling.BILINEAR)
+    img = img.resize((width, height), Image.Resampling.BILINEAR)
+    x = np.asarray(img).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray((0.485, 0.456, 0.406), np.float32).reshape(3, 1, 1)
+    std = np.asarray((0.229, 0.224, 0.225), np.float32).reshape(3, 1, 1)
+    return (x - mean) / std
+
+
+def test_vinet_prediction_uses_the_official_input_mode(vinet_export: Path, tmp_path: Path) -> None:
+    """A video through the real pipeline (decode, windower, engine) gives, for its computed frames,
+    the engine's map of the window built here as ``generate_result.py`` builds it: each frame
+    through the official transform, frames ``t-31 .. t`` for the map of frame t, and for t < 31
+    the clip of frames ``t+31 .. t`` (the first clip flipped in time)."""
+    from avsal_deploy.data.source import MediaSource
+    from avsal_deploy.pipeline import Predictor, normalize_map
+
+    video = write_video(tmp_path / "clip.mp4", n=40, fps=25, size=(72, 80))  # H shrinks, W grows
+    source = MediaSource(video)
+    try:
+        official = [_official_vinet_frame(f, 64, 96) for f, _, _ in source.media()]
+    finally:
+        source.close()
+    with open_engine(vinet_export, "onnxruntime") as engine:
+        prediction = Predictor(engine, stride=64).predict(video)
+        assert prediction.targets == [0, 39]
+        for target, indices in ((0, range(31, -1, -1)), (39, range(8, 40))):
+            clip = np.stack([official[i] for i in indices], axis=1)[None]
+            expected = normalize_map(engine.predict_window(clip, no_audio(1), 0)[0, 0])
+            assert _max_diff(prediction.frame_maps[target], expected) < TOL, target
+            assert expected.std() > 0.05
+
+
+def test_avinet_windows_through_the_pipeline_carry_the_official_audio(tmp_path: Path) -> None:
+    """The decoder and the stream windower (what ``avsal predict``, scoring and ``avsal_stream``
+    run) give each AViNet window the buffer the official loader gives it: a 70-frame video at
+    25 fps whose soundtrack is the golden 16-bit wav at 22,050 Hz (PCM in Matroska: decoded
+    exactly); the windows of frames 31, 40 and 69, and the start-up windows of frames 0 and 9
+    (the official flipped buffers of frames 31..0 and 40..9), equal ``get_audio_feature``'s bit
+    for bit. (The frames are kept small: the audio does not depend on them.)"""
+    from avsal_deploy.data.source import MediaSource
+    from avsal_deploy.data.stream import StreamWindower
+
+    g = np.load(GOLDEN / "vinet_inputs.npz")
+    assert float(g["audio0_fps"]) == 25.0
+    wav = g["audio0_wav"].astype(np.float32) / np.float32(32768.0)
+    video = write_video(
+        tmp_path / "av.mkv", n=70, fps=25, size=(64, 96), audio="pcm_s16le", audio_rate=22050, samples=wav
+    )
+    config = family_config("avinet", {"video.height": 64, "video.width": 96})
+    source = MediaSource(video)
+    audio: dict[int, np.ndarray] = {}
+    try:
+        windower = StreamWindower(config, "avinet", fps=source.fps, audio_rate=source.audio_rate)
+        for frame, ts, chunk in source.media():
+            audio.update({w.window.target: w.audio for w in windower.push(frame, chunk, ts)})
+    finally:
+        source.close()
+    audio.update({w.window.target: w.audio for w in windower.flush()})
+    assert sorted(audio) == list(range(70))
+    cases = {31: "window31", 40: "window40", 69: "window69", 0: "window31_reversed", 9: "window40_reversed"}
+    for target, key in cases.items():
+        assert audio[target].shape == (1, 70560, 1)
+        assert np.array_equal(audio[target].reshape(-1), g[f"audio0_{key}"]), target
 
 
 @pytest.mark.slow
-def test_avinet_stages_export_to_onnx(tmp_path: Path) -> None:
-    stages = _stages("avinet")
+def test_avinet_through_avsal_convert_and_the_engines(tmp_path: Path) -> None:
+    """The golden AViNet weights saved as the official script saves them, SoundNet's unused conv8
+    heads included, through ``avsal convert --from avinet`` (224 x 384, the only size its fusion
+    takes; the dropped heads recorded in the checkpoint); ``predict_window(frames, audio
+    [B,1,70560,1], steps=0)``: the torch engine at batch 1 (its S3D and SoundNet outputs recorded
+    from the same call) and ONNX Runtime (``avsal export``) at batch 1 and 2, the official maps
+    within 1e-4."""
     g = _golden("avinet")
-    _export_and_run(stages.audio_encoder, (_avinet_audio(),), tmp_path / "audio_encoder.onnx")  # type: ignore[arg-type]
-    shapes = [(2, 192, 16, 56, 96), (2, 480, 16, 28, 48), (2, 832, 8, 14, 24), (2, 1024, 4, 7, 12)]
-    seed = int(g["feats_seed"])
-    feats = [torch.from_numpy(_normal(s, seed + i, absolute=True)) for i, s in enumerate(shapes)]
-    audio = torch.from_numpy(_normal((2, 1024, 3, 1), seed + 4, absolute=True)[..., None])
-    _export_and_run(stages.decoder, (*feats, audio), tmp_path / "fusion.onnx")  # type: ignore[arg-type]
+    source = save_official(_official_state("avinet"), tmp_path / "avinet.pt")
+    checkpoint = convert_cli(source, tmp_path / "avinet.safetensors", "avinet")
+    _, variant, meta = checkpoint_config(checkpoint)
+    assert variant == "avinet"
+    assert sorted(meta["converted_from"]["dropped_keys"]) == sorted(official_vinet.DROPPED["avinet"])
+    frames = _checked(_normal((2, 3, 32, 224, 384), int(g["frames_seed"])), g["frames_checksum"])
+    audio = _avinet_audio().numpy()
+    with open_engine(checkpoint, "torch") as engine:
+        torch_map, seen = predict_recorded(engine, frames[:1], audio[:1])
+    _check_video(tuple(seen["video_encoder"][n] for n in official_vinet.VIDEO_OUTPUTS), g, 1)
+    assert _max_diff(seen["audio_encoder"]["audio_feat"][..., 0], g["audio_feat"][:1]) < TOL
+    assert _max_diff(torch_map[:, 0], g["map_batch1"]) < TOL
+    assert 0.2 < g["map"].std() and 0.05 < ((g["map"] > 1e-3) & (g["map"] < 1 - 1e-3)).mean()
+    export = export_cli(checkpoint, tmp_path / "export")
+    with open_engine(export, "onnxruntime") as engine:
+        for batch in (1, 2):
+            maps = engine.predict_window(frames[:batch], audio[:batch], 0)
+            expected = g["map"] if batch == 2 else g["map_batch1"]
+            assert _max_diff(maps[:, 0], expected) < TOL, batch
+        assert _max_diff(maps[:1], torch_map) < TOL
 
 
 # --------------------------------------------------------------------------- official inputs

@@ -24,8 +24,10 @@ Golden file ``tests/golden/vinet_s.npz`` (made outside this repository, with the
   ``map_bilinear`` [2, 224, 384] (the two builds differ by up to 0.74 on these weights).
   Input checksums (float64 sums) are stored to catch a change of NumPy's random streams.
 
-Compared: the decoder (both builds) at batch 1 and 2; the encoder and the end-to-end map at full
-size (slow); ONNX Runtime against torch for each stage at batch 1 and 2.
+Compared: the decoder alone (both builds, 64 x 96, batch 1 and 2); then the official file as a
+user holds it (``conftest.vinet_s_official``: ``torch.save`` of the golden weights) through
+``avsal convert`` and the engines at full size: torch and ONNX Runtime ``predict_window`` against
+the official maps, the encoder's outputs at the stored positions.
 """
 
 from __future__ import annotations
@@ -37,19 +39,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avsal_deploy.cli import main
 from avsal_deploy.config import LEGACY_DEFAULTS, Config, family_config
+from avsal_deploy.engine import open as open_engine
 from avsal_deploy.errors import ConfigError, WeightsError
-from avsal_deploy.export.onnx import audit_tensorrt_ops
+from avsal_deploy.models.build import checkpoint_config
 from avsal_deploy.models.official import build_stages, convert_state, tased, vinet_s
 from avsal_deploy.models.official.vinet_s import Upsample2x
 from tests.golden.parity import (
     MAP_ATOL,
     assert_feature_close,
+    convert_cli,
     load_golden,
     load_stage,
     max_abs,
+    no_audio,
     official_state,
-    onnx_session,
+    predict_recorded,
 )
 
 BUILDS = ("trilinear", "bilinear")
@@ -171,55 +177,58 @@ def test_the_two_builds_differ(golden) -> None:
     assert np.abs(golden["decoder_trilinear"] - golden["decoder_bilinear"]).max() > 0.1
 
 
+# ----------------------------------------------------------------------------- the engines
 @pytest.mark.slow
-def test_encoder_and_end_to_end_match_official_at_full_size(golden, converted) -> None:
-    """32 x 224 x 384 (the only size the official module runs): the encoder's four outputs at the
-    stored positions, and the map of both builds, at batch 1 and 2."""
-    encoder, trilinear = stages(converted, "trilinear")
-    _, bilinear = stages(converted, "bilinear")
-    frames = golden_frames(golden)
-    for batch in (2, 1):
-        with torch.no_grad():
-            feats = encoder(frames[:batch])
-            for i, f in enumerate(reversed(feats)):  # official y0 = our v3 (Mixed_5c) ...
-                index = golden[f"encoder_y{i}_index"]
-                keep = index < f.numel()  # batch 1: the positions in the first clip
-                got = f.flatten()[torch.from_numpy(index[keep])]
-                assert_feature_close(got, golden[f"encoder_y{i}_value"][keep], f"encoder y{i}")
-            for name, decoder in (("trilinear", trilinear), ("bilinear", bilinear)):
-                out = decoder(*feats)
-                assert out.shape == (batch, 1, 224, 384)
-                assert max_abs(out[:, 0], golden[f"map_{name}"][:batch]) <= MAP_ATOL, name
-
-
-@pytest.mark.slow
-def test_onnx_runtime_matches_torch(golden, converted, tmp_path: Path) -> None:
-    """Each stage exported (dynamo, example batch 2): ONNX Runtime within 1e-4 of torch at batch 1
-    and 2; both decoder builds; every op TensorRT parses. (The encoder at 64 x 96: our S3D takes
-    any size; the official module does not.)"""
-    encoder, _ = stages(converted, "trilinear", 64, 96)
-    frames = torch.from_numpy(np.random.default_rng(5).normal(0, 1, (2, 3, 32, 64, 96)).astype(np.float32))
-    with torch.no_grad():
-        feats = encoder(frames)
-    session, proto = onnx_session(
-        encoder, (frames,), ["frames"], vinet_s.VIDEO_OUTPUTS, tmp_path / "enc.onnx"
+def test_both_builds_through_avsal_convert_and_the_engines(
+    golden, vinet_s_official: Path, vinet_s_checkpoint: Path, vinet_s_export: Path, tmp_path: Path
+) -> None:
+    """The official file through ``avsal convert``: ``--from vinet-s`` is the inference build
+    (trilinear), ``--set fusion.upsampling=bilinear`` the training build; each converted config
+    records its build. ``predict_window(frames, zeros((B, 0)), steps=0)`` of the inference build
+    gives the official maps within 1e-4 through the torch engine (batch 1, its encoder outputs
+    checked at the stored positions) and ONNX Runtime (``avsal export``, batch 1 and 2). The
+    training build's encoder is the same module with the same weights: its engines' decoder
+    (``fusion``) runs on the encoder outputs recorded from those calls, torch at batch 1 and ONNX
+    Runtime (``avsal export --components fusion``) at batch 1 and 2, and gives its official maps.
+    32 x 224 x 384: the only size the official module runs (~6 s a window in the torch engine
+    on 2 cores, ~1.5 s in ONNX Runtime)."""
+    inference, variant, meta = checkpoint_config(vinet_s_checkpoint)
+    assert variant == "vinet-s" and inference.fusion.upsampling == "trilinear"
+    assert meta["converted_from"]["weights_licence"].startswith("CC BY-NC-SA 4.0")
+    training_ckpt = convert_cli(
+        vinet_s_official, tmp_path / "training.safetensors", "vinet-s", "--set", "fusion.upsampling=bilinear"
     )
-    assert not audit_tensorrt_ops(proto)
-    for batch in (1, 2):
-        got = session.run(None, {"frames": frames[:batch].numpy()})
-        for name, ours, ref in zip(vinet_s.VIDEO_OUTPUTS, got, feats, strict=True):
-            assert_feature_close(ours, ref[:batch], f"{name} (ONNX Runtime)")
-    inputs = decoder_inputs(golden, 2)
-    for upsampling in BUILDS:
-        _, decoder = stages(converted, upsampling, 64, 96)
-        path = tmp_path / f"dec-{upsampling}.onnx"
-        session, proto = onnx_session(decoder, inputs, vinet_s.VIDEO_OUTPUTS, ["map"], path)
-        assert not audit_tensorrt_ops(proto)
+    training = checkpoint_config(training_ckpt)[0]
+    assert training.fusion.upsampling == "bilinear"
+    assert training.replace({"fusion.upsampling": "trilinear"}) == inference
+    frames = golden_frames(golden).numpy()
+
+    with open_engine(vinet_s_checkpoint, "torch") as engine:
+        torch_maps, seen = predict_recorded(engine, frames[:1], no_audio(1))
+    feats = seen["video_encoder"]
+    for i, name in enumerate(reversed(vinet_s.VIDEO_OUTPUTS)):  # official y0 = our v3 (Mixed_5c) ...
+        index = golden[f"encoder_y{i}_index"]
+        keep = index < feats[name].size  # the stored positions in the first clip
+        got = feats[name].ravel()[index[keep]]
+        assert_feature_close(got, golden[f"encoder_y{i}_value"][keep], f"encoder y{i}")
+    assert torch_maps.shape == (1, 1, 224, 384)
+    assert max_abs(torch_maps[:, 0], golden["map_trilinear"][:1]) <= MAP_ATOL
+    with open_engine(training_ckpt, "torch") as engine:  # its decoder on the same encoder outputs
+        torch_training = engine.run("fusion", feats)["one_shot"]
+    assert max_abs(torch_training[:, 0], golden["map_bilinear"][:1]) <= MAP_ATOL
+
+    decoder_only = tmp_path / "training-fusion"
+    args = ["export", "--checkpoint", str(training_ckpt), "--components", "fusion"]
+    assert main([*args, "--out", str(decoder_only)]) == 0
+    with (
+        open_engine(vinet_s_export, "onnxruntime") as ort,
+        open_engine(decoder_only, "onnxruntime") as ort_training,
+    ):
+        assert set(ort_training.specs) == {"fusion"}
         for batch in (1, 2):
-            with torch.no_grad():
-                ref = decoder(*(x[:batch] for x in inputs))
-            (out,) = session.run(
-                None, {n: x[:batch].numpy() for n, x in zip(vinet_s.VIDEO_OUTPUTS, inputs, strict=True)}
-            )
-            assert max_abs(out, ref) <= MAP_ATOL, (upsampling, batch)
-            assert max_abs(out[:, 0], golden[f"decoder_{upsampling}"][:batch]) <= MAP_ATOL
+            maps, seen = predict_recorded(ort, frames[:batch], no_audio(batch))
+            assert max_abs(maps[:1], torch_maps) <= MAP_ATOL, batch
+            assert max_abs(maps[:, 0], golden["map_trilinear"][:batch]) <= MAP_ATOL, batch
+            bilinear = ort_training.run("fusion", seen["video_encoder"])["one_shot"]
+            assert max_abs(bilinear[:1], torch_training) <= MAP_ATOL, batch
+            assert max_abs(bilinear[:, 0], golden["map_bilinear"][:batch]) <= MAP_ATOL, batch

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from avsal_deploy.config import Config
+from avsal_deploy.config import Config, VideoConfig
 from avsal_deploy.data.resize import cv2_linear_resize, resize
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.windows import Window
@@ -99,11 +99,28 @@ def preprocess_frames(frames: np.ndarray, config: Config, letterbox: bool = Fals
                 if v.resize == "pil"
                 else cv2_linear_resize(frame, (h, w))
             )
-            small = eight_bit.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-        else:
-            small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
+            out[i, :, top : top + h, left : left + w] = normalise_levels(eight_bit.transpose(2, 0, 1), v)
+            continue
+        small = resize(frame, (h, w), axes=(0, 1)).transpose(2, 0, 1) * scale
         out[i, :, top : top + h, left : left + w] = (small - mean[0]) / std[0]
     return out
+
+
+def normalise_levels(levels: np.ndarray, video: VideoConfig) -> np.ndarray:
+    """8-bit levels ``[3, h, w]`` -> float32, normalised in the official loaders' arithmetic.
+
+    ``ToTensor`` (``p / 255``) then ``Normalize`` (``(x - mean) / std``), in float32, as ViNet,
+    AViNet, ViNet-S and DiffSal do; with ``mean = std = 0.5`` (TASED-Net's ``run_example.py``)
+    as ``(2p - 255) / 255``, the same number rounded once, as that loader rounds it: the two-step
+    form is one unit in the last place off in about a third of the pixels, enough to flip a near
+    tie of TASED's unpooling argmax (a map then moves by up to ~0.01).
+    """
+    x = levels.astype(np.float32)
+    if tuple(video.mean) == tuple(video.std) == (0.5, 0.5, 0.5):
+        return (np.float32(2.0) * x - np.float32(255.0)) / np.float32(255.0)
+    mean = np.asarray(video.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(video.std, np.float32).reshape(3, 1, 1)
+    return (x / np.float32(255.0) - mean) / std
 
 
 def gather_clip(pre: np.ndarray, frame_indices: Sequence[int] | Window) -> np.ndarray:

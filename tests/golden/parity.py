@@ -99,3 +99,57 @@ def onnx_session(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), proto
+
+
+# ----------------------------------------------------------------------------- files and engines
+def save_official(state: Mapping[str, Tensor], path: Path, data_parallel: bool = False) -> Path:
+    """``state`` written as the official training script writes it: ``torch.save(state_dict)``,
+    every key prefixed ``module.`` when the script saves a DataParallel model."""
+    prefix = "module." if data_parallel else ""
+    torch.save({prefix + k: v for k, v in state.items()}, str(path))
+    return path
+
+
+def small_shape(height: int, width: int) -> list[str]:
+    """``--set`` arguments of ``avsal convert`` for frames ``height`` x ``width``."""
+    return ["--set", f"video.height={height}", "--set", f"video.width={width}"]
+
+
+def convert_cli(source: Path, out: Path, from_name: str, *extra: str) -> Path:
+    """``avsal convert SOURCE --from NAME --out OUT [extra]`` through the CLI entry; exit 0 asserted."""
+    from avsal_deploy.cli import main
+
+    assert main(["convert", str(source), "--from", from_name, "--out", str(out), *extra]) == 0
+    return out
+
+
+def export_cli(checkpoint: Path, out: Path) -> Path:
+    """``avsal export --checkpoint CHECKPOINT --out OUT`` through the CLI entry; exit 0 asserted."""
+    from avsal_deploy.cli import main
+
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    return out
+
+
+def predict_recorded(engine, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``engine.predict_window(frames, audio, steps=0)`` and, per component it ran, its outputs
+    (the component-level view of the same call: nothing is computed twice)."""
+    seen: dict[str, dict[str, np.ndarray]] = {}
+    run = engine.run
+
+    def recording(component: str, feeds):  # type: ignore[no-untyped-def]
+        out = run(component, feeds)
+        seen[component] = out
+        return out
+
+    engine.run = recording
+    try:
+        maps = engine.predict_window(frames, audio, 0)
+    finally:
+        del engine.run
+    return maps, seen
+
+
+def no_audio(batch: int) -> np.ndarray:
+    """The audio argument of a visual-only family's ``predict_window``."""
+    return np.zeros((batch, 0), np.float32)

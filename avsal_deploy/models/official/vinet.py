@@ -315,7 +315,7 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_named(missing)}")
     if misshapen:
-        problems.append(f"{len(misshapen)} misshapen: {_named(misshapen)}")
+        problems.append(f"{len(misshapen)} misshapen key(s): {_named(misshapen)}")
     if problems:
         detected = detect(state)
         hint = f" (its layout is that of {detected})" if detected not in (None, variant) else ""
