@@ -1,5 +1,5 @@
 """The official DiffSal network (``diffsal-official``, ``diffsal-official-visual``) against golden
-outputs of the released code.
+outputs of the released code, end to end through ``avsal convert``, the engines and ``avsal predict``.
 
 Golden files ``tests/golden/diffsal-official.npz`` and ``diffsal-official-visual.npz`` were made
 with the released code, github.com/junwenxiong/diff_sal at commit c9b8070, outside this
@@ -12,7 +12,9 @@ timm's trunc_normal_/DropPath/to_2tuple, cv2, torchaudio, torchvision). The gene
    ``audio_net.pretrained=False`` and ``decoder_net.img_size=(128, 192)``; eval mode;
 2. takes its ``state_dict()`` layout (names without ``module.``, shapes, dtypes: the ``layout``
    entry) and loads ``tests/golden/weights.py`` ``random_state(layout, seed)`` strictly (seed 11
-   for the audio-visual file, 12 for the visual-only one; default gain 2, nothing transposed);
+   for both files; default gain 2, nothing transposed). ``visual_net.*`` comes first in both
+   layouts, so both files hold the same video encoder weights: the visual-only family's ONNX
+   Runtime test reuses the audio-visual export of that encoder (asserted below);
 3. draws the inputs with ``np.random.default_rng(20240607)`` in this order, all standard normal
    float32: frames [2,3,16,128,192], audio [2,1,9,64,96], noise x_T [2,1,128,192], x_t
    [2,1,128,192], UNet conditions [2,768,8,4,6], [2,384,8,8,12], [2,192,8,16,24],
@@ -25,28 +27,40 @@ timm's trunc_normal_/DropPath/to_2tuple, cv2, torchaudio, torchvision). The gene
    ``__init__``'s schedule, taken unchanged from ``diffusion_trainer.py`` (by its AST), with
    ``cfgs/diffusion.yml`` and ``sampling.timesteps`` = 1 and 4, from the noise, then
    ``inverse_data_transform`` (clamp to [0, 1]) and ``util/utils.py normalize_data`` before its
-   uint8 cast (``e2e{steps}_b{batch}``; the clamped maps and the uint8 maps too);
+   uint8 cast (``e2e{steps}_b{batch}``; the clamped maps and the uint8 maps too); batch 1 is
+   the first sample of each input, run on its own;
 5. for the visual-only file, the sampler again from another noise (``visual_noise_check``: the
    largest difference, 0).
 
 The frame size 128x192 (not 64x96) is the smallest at which every attention of the UNet has more
 than one key (6 per stage), so the audio keys and the noise slot actually act on the output.
+
+The tests save the rebuilt state dict as the released trainer saves ``best.pth``
+(``{"state_dict": {"module." + key: tensor}, "optim_dict", "epoch", "step"}``), convert it with
+``avsal convert`` at the golden size and compare ``engine.open(checkpoint, "torch")`` with the
+official maps, then ``avsal export`` + ``engine.open(directory, "onnxruntime")`` with torch, at
+batch 1 and 2. One conversion, one torch engine and one export per family serve the whole module.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
-from functools import cache
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from avsal_deploy import engine as engines
+from avsal_deploy.cli import main
 from avsal_deploy.config import family_config
-from avsal_deploy.diffusion import DDIMScheduler, ddim_sample, normalize_maps
+from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import WeightsError
+from avsal_deploy.export.components import component_specs
 from avsal_deploy.models.official import diffsal as ds
 from tests.golden.weights import random_state, read_layout
 
@@ -55,8 +69,20 @@ GOLDEN = Path(__file__).parent / "golden"
 # for x = sin(0.05 n) + 0.5 cos(0.31 n), n < 1000 (test_resampy_kaiser_best_reimplementation)
 RESAMPY_DOWN = [0.34704121353529116, 0.509628047684366, 0.5306240590800002, -0.07449824821769142]
 RESAMPY_UP = [0.4803773931536547, 0.5743068928811738, 0.7252304206628134, -0.3556171965818741]
-FAMILIES = ("diffsal-official", "diffsal-official-visual")
+AV, VISUAL = "diffsal-official", "diffsal-official-visual"
+FAMILIES = (AV, VISUAL)
+FROM = {AV: "diffsal", VISUAL: "diffsal-visual"}
 H, W, HA, WA = 128, 192, 64, 96
+#: ``avsal convert --set``: the golden frame size (and audio example size) instead of 224x384.
+SMALL = {
+    AV: [
+        f"video.height={H}",
+        f"video.width={W}",
+        f"audio.vggish_slice_height={HA}",
+        f"audio.vggish_slice_width={WA}",
+    ],
+    VISUAL: [f"video.height={H}", f"video.width={W}"],
+}
 TOL = 1e-4
 
 
@@ -66,42 +92,16 @@ def golden(fam: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+@cache
 def official_state(fam: str) -> dict[str, torch.Tensor]:
+    """The official state dict (keys as saved, ``module.`` stripped) the golden file was made with."""
     g = golden(fam)
-    return {
-        k: torch.from_numpy(v) for k, v in random_state(read_layout(str(g["layout"])), int(g["seed"])).items()
-    }
+    state = random_state(read_layout(str(g["layout"])), int(g["seed"]))
+    return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-def small_config(fam: str, h: int = H, w: int = W):
-    return family_config(
-        fam,
-        {
-            "video.height": h,
-            "video.width": w,
-            "audio.vggish_slice_height": h // 2,
-            "audio.vggish_slice_width": w // 2,
-        },
-    )
-
-
-def load_stages(stages: ds.OfficialStages, state: dict[str, torch.Tensor]) -> ds.OfficialStages:
-    for name in ("video_encoder", "audio_encoder", "unet"):
-        module = getattr(stages, name)
-        if module is not None:
-            prefix = name + "."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    return stages
-
-
-@cache
-def converted(fam: str) -> ds.Converted:
-    return ds.convert(official_state(fam), fam)
-
-
-@cache
-def stages(fam: str) -> ds.OfficialStages:
-    return load_stages(ds.build(small_config(fam), fam), converted(fam).state)
+def small_config(fam: str):  # type: ignore[no-untyped-def]
+    return family_config(fam, {k: json.loads(v) for k, v in (s.split("=") for s in SMALL[fam])})
 
 
 @cache
@@ -118,26 +118,178 @@ def inputs(fam: str) -> dict[str, np.ndarray]:
     out["audio_cond"] = rng.standard_normal((2, 512, 9, HA // 16, WA // 16)).astype(np.float32)
     checksum = golden(fam)["frames_checksum"]
     assert out["frames"].sum(dtype=np.float64) == pytest.approx(checksum[0], abs=1e-6)
+    if fam == VISUAL:
+        out["audio"] = np.zeros((2, 0), np.float32)  # no audio encoder: the engine ignores it
     return out
-
-
-@cache
-def encoded(fam: str, batch: int) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Our MViT's four stages (fine first) and our audio features, at ``batch``."""
-    st = stages(fam)
-    x = inputs(fam)
-    with torch.no_grad():
-        vid = [v.numpy() for v in st.video_encoder.stage_outputs(torch.from_numpy(x["frames"][:batch]))]
-        aud = None
-        if st.audio_encoder is not None:
-            aud = st.audio_encoder(torch.from_numpy(x["audio"][:batch])).numpy()
-    return vid, aud
 
 
 def subsampled_diff(ours: np.ndarray, fam: str, name: str) -> float:
     g = golden(fam)
     assert tuple(ours.shape) == tuple(g[f"{name}_shape"])
     return float(np.abs(ours.reshape(-1)[:: int(g[f"{name}_stride"])] - g[f"{name}_sub"]).max())
+
+
+def max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def write_official_file(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    """``state`` saved as the released trainer saves ``best.pth`` (DataParallel keys, optimiser)."""
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optim = torch.optim.Adam(params, lr=1e-4)
+    params[0].grad = torch.ones(3)
+    optim.step()
+    torch.save(
+        {
+            "state_dict": {"module." + k: v for k, v in state.items()},
+            "optim_dict": optim.state_dict(),
+            "epoch": 3,
+            "step": 1234,
+        },
+        path,
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------- engines
+def record_runs(engine: Engine) -> list[str]:
+    """The list of the components ``engine`` runs from now on, in order (the caller clears it)."""
+    calls: list[str] = []
+    run = engine.run
+
+    def counted(component, feeds):  # type: ignore[no-untyped-def]
+        calls.append(component)
+        return run(component, feeds)
+
+    engine.run = counted  # type: ignore[method-assign]
+    return calls
+
+
+def engine_maps(engine: Engine, fam: str) -> dict[str, tuple[np.ndarray, int]]:
+    """The engine's maps of the golden inputs (name -> (maps, UNet evaluations)), named as the
+    golden file's official maps (``*_other_noise``: the same window from another x_T); for the
+    audio-visual family also ``cond_b2``, the encoders' outputs at batch 2."""
+    x = inputs(fam)
+    calls = record_runs(engine)
+    out: dict[str, tuple[np.ndarray, int]] = {}
+
+    def record(name: str, maps: np.ndarray) -> None:
+        out[name] = (maps, calls.count("unet_step"))
+        calls.clear()
+
+    if fam == AV:
+        cond = engine.condition(x["frames"], x["audio"])  # predict_window = condition + sample
+        out["cond_b2"] = (cond, 0)  # type: ignore[assignment]
+        calls.clear()
+        for steps in (1, 4):
+            record(f"e2e{steps}_b2", engine.sample(cond, steps, x["noise"]))
+        for steps in (1, 4):
+            record(
+                f"e2e{steps}_b1",
+                engine.predict_window(x["frames"][:1], x["audio"][:1], steps, noise=x["noise"][:1]),
+            )
+    else:  # any step count runs the UNet once; x_T is not read
+        record("e2e4_b2", engine.predict_window(x["frames"], x["audio"], 4, noise=x["noise"]))
+        record("e2e4_b1", engine.predict_window(x["frames"][:1], x["audio"][:1], 4, noise=x["noise"][:1]))
+        record(
+            "e2e1_b1_other_noise",
+            engine.predict_window(x["frames"][:1], x["audio"][:1], 1, noise=x["x_t"][:1]),
+        )
+    return out
+
+
+class Family:
+    """One family's official file, converted checkpoint, engines and export, made on first use."""
+
+    def __init__(self, fam: str, root: Path, others: dict[str, Family]) -> None:
+        self.fam, self.root, self.others = fam, root / fam, others
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @cached_property
+    def official_file(self) -> Path:
+        return write_official_file(self.root / "best.pth", official_state(self.fam))
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        out = self.root / f"{self.fam}.safetensors"
+        sets = [a for s in SMALL[self.fam] for a in ("--set", s)]
+        assert (
+            main(["convert", str(self.official_file), "--from", FROM[self.fam], "--out", str(out), *sets])
+            == 0
+        )
+        return out
+
+    @cached_property
+    def torch_engine(self) -> Engine:
+        return engines.open(self.checkpoint, "torch")
+
+    @cached_property
+    def export_dir(self) -> Path:
+        out = self.root / "export"
+        if self.fam == AV:
+            assert main(["export", "--checkpoint", str(self.checkpoint), "--out", str(out)]) == 0
+            return out
+        # The visual-only family: its UNet step exported by `avsal export`, beside the video encoder
+        # graph of the audio-visual export, which holds the same weights (module docstring).
+        state, av_state = official_state(self.fam), official_state(AV)
+        video = [k for k in state if k.startswith("visual_net.")]
+        assert len(video) == 401 and all(torch.equal(state[k], av_state[k]) for k in video)
+        args = [
+            "export",
+            "--checkpoint",
+            str(self.checkpoint),
+            "--out",
+            str(out),
+            "--components",
+            "unet_step",
+        ]
+        assert main(args) == 0
+        av_dir = self.others[AV].export_dir
+        av_manifest = json.loads((av_dir / "manifest.json").read_text())
+        manifest = json.loads((out / "manifest.json").read_text())
+        own = component_specs(small_config(VISUAL), VISUAL)["video_encoder"].to_manifest()
+        assert {k: av_manifest["components"]["video_encoder"][k] for k in own} == own
+        shutil.copy(av_dir / "video_encoder.onnx", out / "video_encoder.onnx")
+        manifest["components"] = {
+            "video_encoder": av_manifest["components"]["video_encoder"],
+            **manifest["components"],
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return out
+
+    @cached_property
+    def ort_engine(self) -> Engine:
+        return engines.open(self.export_dir, "onnxruntime")
+
+    @cached_property
+    def torch_maps(self) -> dict[str, tuple[np.ndarray, int]]:
+        return engine_maps(self.torch_engine, self.fam)
+
+    @cached_property
+    def ort_maps(self) -> dict[str, tuple[np.ndarray, int]]:
+        return engine_maps(self.ort_engine, self.fam)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Family]]:
+    root = tmp_path_factory.mktemp("diffsal-official")
+    out: dict[str, Family] = {}
+    out.update({fam: Family(fam, root, out) for fam in FAMILIES})
+    yield out
+    for case in out.values():  # engines and state dicts hold ~2 GB: not for the rest of the suite
+        for name in ("torch_engine", "ort_engine"):
+            if name in case.__dict__:
+                case.__dict__.pop(name).close()
+    out.clear()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_state_dicts() -> Iterator[None]:
+    """The rebuilt official state dicts (~600 MB) live as long as this module's tests."""
+    yield
+    official_state.cache_clear()
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -147,15 +299,14 @@ def test_checkpoint_layout_converts_key_for_key(fam: str) -> None:
     prefixes: dict[str, int] = {}
     for name, _, _ in layout:
         prefixes[name.split(".")[0]] = prefixes.get(name.split(".")[0], 0) + 1
-    av = fam == "diffsal-official"
+    av = fam == AV
     want = {"visual_net": 401, "decoder_net": 215}
     if av:
         want.update({"audio_net": 18, "spatiotemp_net": 20, "fc": 4})
     assert prefixes == want
-    assert ds.detect_variant({name: None for name, _, _ in layout}) == fam
-    conv = converted(fam)
-    ours = ds._stage_shapes(fam)
-    assert set(conv.state) == set(ours)
+    assert ds.detect({name: None for name, _, _ in layout}) == fam
+    conv = ds.convert(official_state(fam), fam)
+    assert set(conv.state) == set(ds._stage_shapes(fam))
     dropped_prefixes = sorted({".".join(k.split(".")[:2]) for k in conv.dropped})
     if av:
         assert dropped_prefixes == [
@@ -163,19 +314,26 @@ def test_checkpoint_layout_converts_key_for_key(fam: str) -> None:
             "fc.0",
             "fc.2",
             "spatiotemp_net.pos_embedding",
-        ] + ["spatiotemp_net.to_patch_embedding"]
+            "spatiotemp_net.to_patch_embedding",
+        ]
         assert len(conv.dropped) == 6 + 4 + 1 + 6
     else:
         assert len(conv.dropped) == 8 and all(".align_conv." in k for k in conv.dropped)
     assert len(conv.state) + len(conv.dropped) == len(layout)
+    # a missing key is named as the official file names it
+    for name, _, _ in layout:
+        if name not in conv.dropped:
+            assert ds.official_key(ds._translate(name, av) or "") == name
 
 
 def test_convert_refuses_missing_unknown_and_misshapen_keys() -> None:
-    fam = "diffsal-official-visual"
+    fam = VISUAL
     state = official_state(fam)
     key = "decoder_net.invpt_decoder.mt_proj.0.weight"
     missing = {k: v for k, v in state.items() if k != key}
-    with pytest.raises(WeightsError, match=r"missing keys \(1: unet\.invpt_decoder\.mt_proj\.0\.weight\)"):
+    with pytest.raises(
+        WeightsError, match=r"missing keys \(1: decoder_net\.invpt_decoder\.mt_proj\.0\.weight\)"
+    ):
         ds.convert(missing, fam)
     with pytest.raises(
         WeightsError, match=r"wrong shapes \(1: decoder_net\.invpt_decoder\.mt_proj\.0\.weight"
@@ -195,203 +353,175 @@ def test_convert_refuses_missing_unknown_and_misshapen_keys() -> None:
         )
     # BatchNorm step counters may be absent
     counters = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    assert len(ds.convert(counters, fam).state) == len(converted(fam).state)
+    assert len(ds.convert(counters, fam).state) == len(ds._stage_shapes(fam))
 
 
-def _write_official_file(path: Path, state: dict[str, torch.Tensor]) -> None:
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    optim = torch.optim.Adam(params, lr=1e-4)
-    params[0].grad = torch.ones(3)
-    optim.step()
-    torch.save(
-        {
-            "state_dict": {"module." + k: v for k, v in state.items()},
-            "optim_dict": optim.state_dict(),
-            "epoch": 3,
-            "step": 1234,
-        },
-        path,
-    )
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_avsal_convert_records_the_family_and_its_input_size(fam: str, families: dict[str, Family]) -> None:
+    from avsal_deploy.models.build import checkpoint_config
+
+    config, variant, meta = checkpoint_config(families[fam].checkpoint)
+    assert variant == fam
+    assert (config.video.height, config.video.width) == (H, W)
+    assert config.video.pre_resize == ((240, 320) if fam == AV else ())
+    assert (config.diffusion.sampling_steps, config.diffusion.clip_x0) == (1, False)
+    converted = meta["converted_from"]
+    assert converted["family"] == fam and converted["file"] == "best.pth"
+    assert len(converted["dropped_keys"]) == (17 if fam == AV else 8)
 
 
-def test_read_official_checkpoint_and_its_errors(tmp_path: Path) -> None:
-    state = {"visual_net.cls_token": torch.randn(1, 1, 96), "decoder_net.conv_in.bias": torch.randn(96)}
-    good = tmp_path / "best.pth"
-    _write_official_file(good, state)
-    read = ds.read_official_checkpoint(good)
-    assert set(read) == set(state) and all(torch.equal(read[k], state[k]) for k in state)
+def test_avsal_convert_refuses_bad_files(
+    families: dict[str, Family], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint of another model (either way round), a truncated file, a missing key and a
+    wrong shape: one line on stderr naming the file, exit 2, nothing written."""
+    from tests.golden.parity import load_golden
+    from tests.golden.parity import official_state as other_official_state
 
-    def one_line_error(path: Path, match: str) -> None:
-        with pytest.raises(WeightsError, match=match) as err:
-            ds.read_official_checkpoint(path)
-        assert "\n" not in str(err.value) and str(path) in str(err.value)
-
-    one_line_error(tmp_path / "absent.pth", "no such file")
-    (tmp_path / "text.pth").write_text("not a checkpoint\n")
-    one_line_error(tmp_path / "text.pth", "not a readable torch checkpoint")
+    visual = official_state(VISUAL)
+    key = "decoder_net.invpt_decoder.mt_proj.0.weight"
+    tased = tmp_path / "tased.pth"
+    torch.save({"module." + k: v for k, v in other_official_state(load_golden("tased")).items()}, tased)
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    one_line_error(truncated, "not a readable torch checkpoint")
-    torch.save({"model": state}, tmp_path / "other.pth")
-    one_line_error(tmp_path / "other.pth", "no 'state_dict' entry")
-    _write_official_file(tmp_path / "s3d.pth", {"base.0.conv.weight": torch.zeros(1)})
-    one_line_error(tmp_path / "s3d.pth", "not a DiffSal checkpoint")
+    with families[AV].official_file.open("rb") as f:
+        truncated.write_bytes(f.read(1 << 20))
+    missing = write_official_file(tmp_path / "missing.pth", {k: v for k, v in visual.items() if k != key})
+    misshapen = write_official_file(tmp_path / "misshapen.pth", {**visual, key: visual[key][:, :-1]})
+    cases = [
+        (tased, "diffsal", "a tased checkpoint, not diffsal-official"),
+        (families[VISUAL].official_file, "tased", "a diffsal-official-visual checkpoint, not tased"),
+        (truncated, "diffsal", "not a readable PyTorch checkpoint"),
+        (missing, "diffsal-visual", f"missing keys \\(1: {key}\\)"),
+        (misshapen, None, f"wrong shapes \\(1: {key} "),
+    ]
+    for i, (source, name, reason) in enumerate(cases):
+        out = tmp_path / "out" / f"{i}.safetensors"
+        capsys.readouterr()
+        args = ["convert", str(source), "--out", str(out), *(["--from", name] if name else [])]
+        assert main(args) == 2, source
+        err = capsys.readouterr().err
+        assert err.endswith("\n") and err.count("\n") == 1, err
+        assert str(source) in err and re.search(reason, err), err
+        assert not out.exists()
+        assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- components
+@pytest.mark.slow
+def test_encoders_match_official(families: dict[str, Family]) -> None:
+    """MViT stages 3, 2, 1 (the golden file's ``mvit_0..2``, coarse first; stage 0 feeds stage 1)
+    and the audio features, as the torch engine computes them for the golden window at batch 2.
+    The visual-only family has the same video encoder weights (module docstring)."""
+    cond = families[AV].torch_maps["cond_b2"][0]
+    for i, name in enumerate(ds.VIDEO_OUTPUTS):
+        assert subsampled_diff(cond[name], AV, f"mvit_{i}") < TOL, name
+    assert subsampled_diff(cond["audio_feat"], AV, "audio") < TOL
+
+
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_mvit_stages_match_official(fam: str) -> None:
-    vid, _ = encoded(fam, 2)
-    for i, stage in enumerate(vid[::-1]):  # the golden file holds them coarse first
-        assert subsampled_diff(stage, fam, f"mvit_{i}") < TOL, f"stage {3 - i}"
+def test_unet_step_matches_official(fam: str, families: dict[str, Family]) -> None:
+    """One UNet step at fixed x_t, t and random conditions, batch 2 (batch 1 is covered end to end)."""
+    x, g = inputs(fam), golden(fam)
+    feeds = {"x_t": x["x_t"], "t": g["t_step"].astype(np.float32)}
+    feeds.update({name: x[f"cond{i}"] for i, name in enumerate(ds.VIDEO_OUTPUTS)})
+    if fam == AV:
+        feeds["audio_feat"] = x["audio_cond"]
+    y = families[fam].torch_engine.run("unet_step", feeds)["x0"]
+    assert max_abs(y, g["unet_b2"]) < TOL
+    assert g["unet_b2"].std() > 0.02  # the golden output is not a constant map
 
 
-def test_audio_encoder_matches_official() -> None:
-    _, aud = encoded("diffsal-official", 2)
-    assert aud is not None
-    assert subsampled_diff(aud, "diffsal-official", "audio") < TOL
-
-
-@pytest.mark.parametrize("batch", [2, 1])
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_unet_step_matches_official(fam: str, batch: int) -> None:
-    st, x, g = stages(fam), inputs(fam), golden(fam)
-    args = [torch.from_numpy(x[f"cond{i}"][:batch]) for i in range(3)]
-    if st.audio_encoder is not None:
-        args.append(torch.from_numpy(x["audio_cond"][:batch]))
-    with torch.no_grad():
-        y = st.unet(torch.from_numpy(x["x_t"][:batch]), torch.from_numpy(g["t_step"][:batch]), *args).numpy()
-    want = g[f"unet_b{batch}"]
-    assert y.shape == want.shape
-    assert float(np.abs(y - want).max()) < TOL
-    assert want.std() > 0.02  # the golden output is not a constant map
-
-
-def test_visual_only_unet_ignores_x_t_and_t() -> None:
-    fam = "diffsal-official-visual"
-    st, x = stages(fam), inputs(fam)
-    conds = [torch.from_numpy(x[f"cond{i}"]) for i in range(3)]
-    with torch.no_grad():
-        a = st.unet(torch.from_numpy(x["x_t"]), torch.tensor([999.0, 0.0]), *conds)
-        b = st.unet(torch.from_numpy(x["noise"]), torch.tensor([3.0, 250.0]), *conds)
-    assert torch.equal(a, b)
-    assert float(golden(fam)["visual_noise_check"]) == 0.0  # the released network too
+def test_visual_only_unet_ignores_x_t_and_t(families: dict[str, Family]) -> None:
+    x = inputs(VISUAL)
+    feeds = {name: x[f"cond{i}"][:1] for i, name in enumerate(ds.VIDEO_OUTPUTS)}
+    run = families[VISUAL].torch_engine.run
+    a = run("unet_step", {**feeds, "x_t": x["x_t"][:1], "t": np.array([999.0], np.float32)})["x0"]
+    b = run("unet_step", {**feeds, "x_t": x["noise"][:1], "t": np.array([3.0], np.float32)})["x0"]
+    np.testing.assert_array_equal(a, b)
+    assert float(golden(VISUAL)["visual_noise_check"]) == 0.0  # the released network too
 
 
 # ----------------------------------------------------------------------------- end to end
-def _sample(fam: str, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Our stages composed with our sampler: (maps clamped to [0, 1], min-max normalised maps)."""
-    st, x = stages(fam), inputs(fam)
-    vid, aud = encoded(fam, batch)
-    conds = [torch.from_numpy(v) for v in vid[::-1][:3]]
-    if aud is not None:
-        conds.append(torch.from_numpy(aud))
-    scheduler = DDIMScheduler.from_config(small_config(fam))
-    with torch.no_grad():
-        x0 = ddim_sample(
-            lambda x_t, t: st.unet(x_t, t, *conds),
-            torch.from_numpy(x["noise"][:batch]),
-            scheduler,
-            steps,
-            clip_x0=False,
-        )
-        return x0.clamp(0.0, 1.0).numpy(), normalize_maps(x0).numpy()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("batch", [2, 1])
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_end_to_end_matches_official_sampler(fam: str, batch: int) -> None:
+def check_official_maps(maps: dict[str, tuple[np.ndarray, int]], fam: str) -> None:
     g = golden(fam)
-    for steps in (1, 4):
-        clamped, maps = _sample(fam, batch, steps)
-        assert float(np.abs(clamped - g[f"e2e{steps}_b{batch}_clamped"]).max()) < TOL, steps
-        assert float(np.abs(maps - g[f"e2e{steps}_b{batch}"]).max()) < TOL, steps
+    for name, (got, unet_steps) in maps.items():
+        if name == "cond_b2":
+            continue
+        official = name.replace("_other_noise", "")
+        assert max_abs(got, g[official]) < TOL, name
         # the official uint8 maps: truncation of 255 * map, so at most one level off at a boundary
-        u8 = np.clip(maps * 255.0, 0, 255).astype(np.uint8)
-        assert int(np.abs(u8.astype(int) - g[f"e2e{steps}_b{batch}_uint8"].astype(int)).max()) <= 1
-    if fam == "diffsal-official-visual":  # noise-free: one step and four give the same map
-        np.testing.assert_array_equal(g["e2e1_b2"], g["e2e4_b2"])
-
-
-# ----------------------------------------------------------------------------- ONNX
-def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str]):  # type: ignore[no-untyped-def]
-    import onnx
-    import onnxruntime as ort
-
-    from avsal_deploy.export.onnx import audit_tensorrt_ops
-
-    batch = torch.export.Dim("batch", min=1, max=8)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            input_names=names,
-            dynamic_shapes={n: {0: batch} for n in names},
-            opset_version=18,
-            optimize=True,
-            verbose=False,
-        )
-    proto = program.model_proto
-    onnx.checker.check_model(proto)
-    assert audit_tensorrt_ops(proto) == set()
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-@cache
-def onnx_case(fam: str) -> tuple[ds.OfficialStages, dict[str, np.ndarray]]:
-    """Stages with the converted official weights at 16x64x96 frames (the parameter shapes do not
-    depend on the frame size) and batch-2 inputs for the ONNX checks."""
-    h, w = 64, 96
-    st = load_stages(ds.build(small_config(fam, h, w), fam), converted(fam).state)
-    rng = np.random.default_rng(5)
-    x = {
-        "frames": rng.standard_normal((2, 3, 16, h, w)).astype(np.float32),
-        "audio": rng.standard_normal((2, 1, 9, h // 2, w // 2)).astype(np.float32),
-        "x_t": rng.standard_normal((2, 1, h, w)).astype(np.float32),
-        "t": np.array([750.0, 0.0], np.float32),
-    }
-    return st, x
-
-
-def _check_onnx(module: torch.nn.Module, names: list[str], inputs_: list[np.ndarray]) -> None:
-    """Export at batch 2 with a dynamic batch; ONNX Runtime within 1e-4 of torch at batch 1 and 2."""
-    session = _export(module, tuple(torch.from_numpy(a) for a in inputs_), names)
-    for b in (1, 2):
-        with torch.no_grad():
-            want = module(*(torch.from_numpy(a[:b]) for a in inputs_))
-        want = [want] if isinstance(want, torch.Tensor) else list(want)
-        got = session.run(None, {n: a[:b] for n, a in zip(names, inputs_, strict=True)})
-        assert len(got) == len(want)
-        assert max(float(np.abs(g_ - w_.numpy()).max()) for g_, w_ in zip(got, want, strict=True)) < TOL, b
-
-
-@pytest.mark.slow
-def test_video_encoder_exports_to_onnx_with_a_dynamic_batch() -> None:
-    st, x = onnx_case("diffsal-official")  # the same encoder code serves both families
-    _check_onnx(st.video_encoder, ["frames"], [x["frames"]])
-
-
-def test_audio_encoder_exports_to_onnx_with_a_dynamic_batch() -> None:
-    st, x = onnx_case("diffsal-official")
-    assert st.audio_encoder is not None
-    _check_onnx(st.audio_encoder, ["audio"], [x["audio"]])
+        u8 = np.clip(got * 255.0, 0, 255).astype(np.uint8).astype(int)
+        assert int(np.abs(u8 - g[f"{official}_uint8"].astype(int)).max()) <= 1, name
+        steps = int(name[3])
+        assert unet_steps == (steps if fam == AV else 1), name
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_unet_step_exports_to_onnx_with_a_dynamic_batch(fam: str) -> None:
-    st, x = onnx_case(fam)
-    with torch.no_grad():
-        conds = [v.numpy() for v in st.video_encoder(torch.from_numpy(x["frames"]))]
-        names = ["x_t", "t", *ds.VIDEO_OUTPUTS]
-        if st.audio_encoder is not None:
-            conds.append(st.audio_encoder(torch.from_numpy(x["audio"])).numpy())
-            names.append("audio_feat")
-    _check_onnx(st.unet, names, [x["x_t"], x["t"], *conds])
+def test_torch_engine_equals_the_official_sampler(fam: str, families: dict[str, Family]) -> None:
+    """``engine.open(converted, "torch").predict_window(frames, audio, steps, noise=x_T)``: the
+    released sampler's maps after its min-max normalisation, 1 step (t = 0) and 4 (t = 750, 500,
+    250, 0, clamped only at the end), batch 1 and 2. The visual-only network runs one pass for any
+    step count and the same map from any x_T."""
+    maps = families[fam].torch_maps
+    check_official_maps(maps, fam)
+    if fam == VISUAL:
+        np.testing.assert_array_equal(maps["e2e4_b1"][0], maps["e2e1_b1_other_noise"][0])
+        np.testing.assert_array_equal(golden(fam)["e2e1_b2"], golden(fam)["e2e4_b2"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_onnxruntime_engine_equals_torch(fam: str, families: dict[str, Family]) -> None:
+    """``avsal export`` of the converted checkpoint through ONNX Runtime: every map and encoder
+    output within 1e-4 of the torch engine (and so of the official maps), batch 1 and 2."""
+    ours, ref = families[fam].ort_maps, families[fam].torch_maps
+    check_official_maps(ours, fam)
+    assert set(ours) == set(ref)
+    for name, (got, _) in ours.items():
+        want = ref[name][0]
+        if name == "cond_b2":
+            for k, v in want.items():
+                scale = max(1.0, float(np.abs(v).max()))
+                assert max_abs(got[k], v) < TOL * scale, k
+        else:
+            assert max_abs(got, want) < TOL, name
+    if fam == VISUAL:
+        np.testing.assert_array_equal(ours["e2e4_b1"][0], ours["e2e1_b1_other_noise"][0])
+        assert families[fam].ort_engine.specs["unet_step"].attributes["noise_free"] is True
+
+
+# ----------------------------------------------------------------------------- prediction
+@pytest.mark.slow
+def test_predict_runs_the_official_input_mode(families: dict[str, Family], tmp_path: Path) -> None:
+    """``avsal predict`` (its :class:`Predictor`, the frame flow streaming uses too) on the converted
+    audio-visual checkpoint: the map of the first window without padding equals the engine on the
+    window built here from the decoded file by the released loader's rules (16 frames, the target
+    at position 8, frames resized by Pillow to 320x240 and then to the model size on the 0-255
+    scale with the AV statistics, nine log-mel examples of the native-rate soundtrack); the
+    functions used here are the ones the golden loader files above check."""
+    from avsal_deploy.data.audio import audio_input
+    from avsal_deploy.data.decode import read_video
+    from avsal_deploy.data.preprocess import preprocess_frames
+    from avsal_deploy.pipeline import Predictor
+    from tests.media_utils import write_video
+
+    engine = families[AV].ort_engine
+    config = engine.config
+    assert (config.clip_len(AV), config.window.mode, config.video.pre_resize) == (16, "centre", (240, 320))
+    video = write_video(tmp_path / "clip.mp4", n=16, fps=25, audio="aac", audio_rate=44100)
+    prediction = Predictor(engine, steps=1, stride=8, batch_size=3).predict(video)
+    assert prediction.targets == [0, 8, 15]  # frame 8: the first window without padding
+    data = read_video(video)
+    assert data.audio_rate == 44100 and data.has_audio
+    target = 8
+    frames = list(range(target - 8, target + 8))
+    clip = preprocess_frames(data.frames[frames], config).transpose(1, 0, 2, 3)[None]
+    audio = audio_input(data.track, frames, config, AV)[None]
+    assert float(np.abs(audio).max()) > 0.1  # the soundtrack reached the examples
+    want = engine.predict_window(clip, audio, 1, noise=engine.make_noise(1, 0))
+    assert prediction.sources[target] == target
+    assert max_abs(prediction.frame_maps[target], want[0, 0]) < TOL
 
 
 # ----------------------------------------------------------------------------- input mode

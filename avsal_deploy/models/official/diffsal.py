@@ -257,6 +257,42 @@ def _translate(key: str, av: bool) -> str | None:
     return None
 
 
+def _untemplate(rules: tuple[tuple[str, str], ...], key: str) -> str | None:
+    """The official key that ``rules`` (``(regex over an official key, our key template)``, with
+    plain named groups and no lookup tables) translate to our ``key``; None if none does."""
+    for pattern, template in rules:
+        ours = "".join(
+            f"(?P<{part}>[^.]+)" if i % 2 else re.escape(part)
+            for i, part in enumerate(re.split(r"\{(\w+)\}", template))
+        )
+        m = re.fullmatch(ours, key)
+        if m is None:
+            continue
+        text = re.sub(r"\(\?:[^)]*\)\?", "", pattern)  # optional prefixes, e.g. (?:backbone\.)?
+        text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", text).replace("\\.", ".")
+        official = text.format(**m.groupdict())
+        if re.fullmatch(pattern, official):
+            return official
+    return None
+
+
+def official_key(key: str) -> str:
+    """The official checkpoint key that converts to our stage key ``key`` (for error messages;
+    ``key`` itself when no rule gives one)."""
+    from avsal_deploy.models.weights import LAYOUTS
+
+    stage, _, rest = key.partition(".")
+    if stage == "unet":
+        return "decoder_net." + rest
+    if stage == "video_encoder":
+        found = _untemplate(LAYOUTS["mmaction2-mvit_v2_s"].rules, rest)
+        return key if found is None else "visual_net." + found
+    if stage == "audio_encoder":
+        rules = tuple((p, t[len("audio_encoder.") :]) for p, t in _AUDIO_RULES)
+        return _untemplate(rules, rest) or key
+    return key
+
+
 def _stage_shapes(variant: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Our stages' state-dict keys with shapes and dtypes (built on the meta device: the parameter
     shapes do not depend on the frame size)."""
@@ -309,7 +345,9 @@ def convert(state: Mapping[str, Tensor], variant: str) -> Converted:
             continue
         value = value.detach().to("cpu")
         out[ours] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
-    missing = sorted(k for k in wanted if k not in provided and not k.endswith("num_batches_tracked"))
+    missing = sorted(
+        official_key(k) for k in wanted if k not in provided and not k.endswith("num_batches_tracked")
+    )
     problems = []
     if unknown:
         problems.append(f"unknown keys ({_names(sorted(unknown))})")
