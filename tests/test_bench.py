@@ -1,4 +1,4 @@
-"""The benchmark report's machinery (issue 14): FLOP counts, the machine's limit, per-node
+"""The benchmark report's machinery: FLOP counts, the machine's limit, per-node
 profiles, ratios and targets derived from pytest-benchmark JSON, the report files, the CLI, the
 perf_analyzer glue and the accuracy of reduced precision. Nothing here times anything."""
 

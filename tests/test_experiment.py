@@ -1,5 +1,5 @@
 """The audio-relevance experiment in --quick mode: the results.json contract (not the claim, which
-the real run shows; see avsal_deploy/assets/README.md and the closing note of issue 4)."""
+the real run shows; see avsal_deploy/assets/README.md)."""
 
 from __future__ import annotations
 

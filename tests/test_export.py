@@ -1,4 +1,4 @@
-"""Export (issue 5): ONNX components, manifest, TensorRT op audit, engines and parity with torch."""
+"""Export: ONNX components, manifest, TensorRT op audit, engines and parity with torch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`avsal predict` (issue 6): outputs, engines, stride, and every kind of bad input."""
+"""`avsal predict`: outputs, engines, stride, and every kind of bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ROI video coding (issue #13): mapping, exporters, the encoder route, equal-bitrate comparisons, CLI."""
+"""ROI video coding: mapping, exporters, the encoder route, equal-bitrate comparisons, CLI."""
 
 from __future__ import annotations
 

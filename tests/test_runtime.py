@@ -1,4 +1,4 @@
-"""The light runtime (issue 10): one frame flow, compact maps, torch-free imports, a plain install."""
+"""The light runtime: one frame flow, compact maps, torch-free imports, a plain install."""
 
 from __future__ import annotations
 

@@ -398,7 +398,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "synthetic",
         help="write the synthetic audio-visual saliency benchmark (STAViS layout)",
-        description="avsal_deploy.data.synthetic.generate with the task's options (issue 16).",
+        description="avsal_deploy.data.synthetic.generate with the task's options (SceneOptions).",
     )
     p.add_argument("out", help="output data root")
     p.add_argument(

@@ -13,7 +13,7 @@ item is therefore a pure function of its index and the epoch: any sampler order,
 loader workers and any DDP rank see the same item for the same index, which is what makes resumed
 runs identical to uninterrupted ones.
 
-Augmentation (reference-facts §6: with a dozen videos per condition a small model memorises each
+Augmentation (with a dozen videos per condition a small model memorises each
 video's observers; flips and colour-channel shuffles lifted held-out CC markedly):
 
 - horizontal flip of the clip AND of the target map and fixations (the soundtrack is unchanged:

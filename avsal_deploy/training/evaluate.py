@@ -15,7 +15,7 @@ Which frames are scored: the windows of :func:`avsal_deploy.windows.plan` at ``s
 1 that is every frame of every video (causal windows, reversed for the first frames, exactly as
 inference runs), at stride k every k-th frame plus the last one (used for quick validation).
 
-Averaging (stated because peers differ, reference-facts §2): a video's value is the mean over its
+Averaging (stated because published evaluations differ): a video's value is the mean over its
 scored frames, NaN frames omitted (frames without fixations, constant predictions); a data set's
 or a condition's value is the mean over its videos (every video weighs the same, the STAViS /
 ViNet convention; :func:`avsal_deploy.metrics.aggregate` with ``mode="per_video"``).

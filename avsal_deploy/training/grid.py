@@ -1,4 +1,4 @@
-"""The audio-relevance experiment over a grid of task variants (issue 16).
+"""The audio-relevance experiment over a grid of task variants (``training/grids/audio-binding.toml``).
 
 A grid file (TOML) lists cells; each cell is a variant of the synthetic task
 (:class:`~avsal_deploy.data.synthetic.SceneOptions` plus the data-set size) on which
@@ -19,14 +19,14 @@ A grid file (TOML) lists cells; each cell is a variant of the synthetic task
     [[cell]]
     name = "default"            # the generator's defaults
     [[cell]]
-    name = "issue16"
+    name = "lagged-pulses"
     objects = [2, 4]            # SceneOptions fields: objects, audio_lag_ms, rhythm_grid_hz,
     audio_lag_ms = [0, 60]      # rhythm_jitter_hz, shapes, hues
 
 For each cell, ``OUT/<name>/data`` holds its generated set (re-generated only when its
 ``generator.json`` differs) and ``OUT/<name>/results.json`` the experiment's results (runs are
 resumable). ``OUT/summary.json``, ``OUT/summary.md`` and ``OUT/summary.png`` (AV - V per cell and
-condition, per seed) evaluate the issue's criteria on every cell (:data:`CRITERIA`).
+condition, per seed) evaluate the criteria on every cell (:data:`CRITERIA`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import tomllib
 from avsal_deploy.data.synthetic import SET_NAME, SceneOptions, generate
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
 
-#: The issue's criteria, evaluated per cell (CC).
+#: The criteria the binding must meet, evaluated per cell (CC).
 CRITERIA: dict[str, float] = {
     "relevant_margin": 0.10,  # AV - V with relevant sound, in every seed
     "no_worse": 0.02,  # AV no worse than V by more than this with music and with silence (mean)
@@ -132,7 +132,7 @@ def make_cell_data(cell: dict[str, Any], root: Path, profile: str = "tiny") -> P
 
 
 def cell_criteria(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's criteria on one experiment's ``results.json`` content, with their margins."""
+    """The criteria (:data:`CRITERIA`) on one experiment's ``results.json`` content, with their margins."""
     cond = results["conditions"]
 
     def seeds(c: str, k: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Cheap probes of why an audio-visual model does or does not bind the sound to its object (issue 16).
+"""Cheap probes of why an audio-visual model does or does not bind the sound to its object.
 
 Each probe reads a generated synthetic set (:func:`avsal_deploy.data.synthetic.generate`, whose
 ``objects.json`` annotations say where every object is and which one is the sound source) and,
