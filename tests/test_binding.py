@@ -326,7 +326,7 @@ def test_audio_lag_delays_the_soundtrack_only(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- probes
 def test_binding_probe_finds_the_source_on_generated_data(tmp_path: Path) -> None:
-    from avsal_deploy.training.probes import binding_alignment
+    from avsal_deploy.research.probes import binding_alignment
 
     root = generate(
         tmp_path / "p",
@@ -346,7 +346,7 @@ def test_binding_probe_finds_the_source_on_generated_data(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_model_probes_run_on_an_untrained_model(tmp_path: Path) -> None:
-    from avsal_deploy.training.probes import audio_rate_probe, score_model, sync_gate_alignment
+    from avsal_deploy.research.probes import audio_rate_probe, score_model, sync_gate_alignment
 
     root = generate(tmp_path / "p", 0, seed=2, n_frames=16, train_per_condition=2, test_per_condition=1)
     model = build_model(_config(), "hybrid").eval()
@@ -389,7 +389,7 @@ audio_lag_ms = [0, 60]
 
 
 def test_grid_file_is_checked(tmp_path: Path) -> None:
-    from avsal_deploy.training.grid import load_grid
+    from avsal_deploy.research.grid import load_grid
 
     path = tmp_path / "g.toml"
     path.write_text(GRID)
@@ -431,7 +431,7 @@ def test_grid_summary_of_bad_output_names_the_file(
 
 
 def test_criteria_per_cell() -> None:
-    from avsal_deploy.training.grid import cell_criteria
+    from avsal_deploy.research.grid import cell_criteria
 
     def entry(av: list[float], v: list[float], centre: float = 0.2) -> dict:
         stats = lambda xs: {"mean": float(np.mean(xs)), "std": 0.0, "per_seed": xs}  # noqa: E731

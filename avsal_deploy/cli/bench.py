@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from avsal_deploy.cli.grammar import add_out, alias, command
 from avsal_deploy.config import PROFILES
 from avsal_deploy.errors import AvsalError
 
@@ -13,7 +14,9 @@ from avsal_deploy.errors import AvsalError
 def cmd_bench(args: argparse.Namespace) -> int:
     from avsal_deploy.bench import report as rep
 
-    out = Path(args.report)
+    if args.out is None:
+        raise AvsalError("avsal bench: --out DIR is required (where the report goes)")
+    out = Path(args.out)
     if args.from_json:
         raws = [Path(p) for p in args.from_json]
         for raw in raws:
@@ -33,9 +36,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.no_node_profile:
         data = rep.merge_raw(raws)
         profiles_run = {b.get("extra_info", {}).get("profile") for b in data.get("benchmarks", [])}
-        largest = rep._largest(p for p in profiles_run if p)
+        largest = rep.largest_profile(p for p in profiles_run if p)
         if largest:
-            print(f"profiling the {largest} components per ONNX node ...")
+            if not args.quiet:
+                print(f"profiling the {largest} components per ONNX node ...")
             node_profiles = rep.profile_nodes(largest)
     report = rep.build_report(raws, out, node_profiles)
     _print_summary(report, out)
@@ -51,22 +55,36 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("bench", help="run the benchmark suites and write a report (json, markdown, plots)")
-    p.add_argument("--report", required=True, metavar="DIR", help="where report.json, report.md and plots go")
+    """Add ``bench`` to the ``avsal`` parser."""
+    p = command(
+        sub, "bench", "run the benchmark suites and write a report (json, markdown, plots)", cmd_bench
+    )
+    add_out(p, "where report.json, report.md and the plots go (required)")
+    alias(p, "--report", "out")
     p.add_argument(
         "--quick", action="store_true", help="tiny and small profiles only (about 13 minutes on 2 cores)"
     )
-    p.add_argument("--profile", action="append", choices=PROFILES, help="engine profiles to run (repeatable)")
-    p.add_argument("--suite", action="append", metavar="FILE", help="only these suite files (repeatable)")
+    p.add_argument(
+        "--profile",
+        action="append",
+        choices=PROFILES,
+        help="an engine profile to run (repeatable; default: tiny small paper, tiny small with --quick)",
+    )
+    p.add_argument(
+        "--suite",
+        action="append",
+        metavar="FILE",
+        help="only this suite file (repeatable; default: every suite)",
+    )
     p.add_argument(
         "--suites", default=None, metavar="DIR", help="the benchmarks/ directory (default: the checkout's)"
     )
     p.add_argument(
         "--from-json",
-        nargs="+",
+        action="append",
         default=None,
         metavar="FILE",
-        help="rebuild the report from pytest-benchmark JSON(s); a case in a later file replaces an earlier one",
+        help="rebuild the report from a pytest-benchmark JSON (repeatable; a case in a later file replaces an "
+        "earlier one)",
     )
     p.add_argument("--no-node-profile", action="store_true", help="skip the per-node ONNX Runtime profile")
-    p.set_defaults(handler=cmd_bench)

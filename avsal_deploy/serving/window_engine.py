@@ -1,7 +1,6 @@
-"""Engines of the window models (``avsal_pipeline``, ``avsal_stream``, ``avsal_video``) inside Triton.
+"""How the window models (``avsal_pipeline``, ``avsal_stream``, ``avsal_video``) run the components.
 
-Two ways to run a window's components from a python-backend model, chosen per repository
-(``window_engine`` model parameter, :func:`window_engine`):
+Two engines, chosen per repository (the ``window_engine`` model parameter, :func:`window_engine`):
 
 - ``onnxruntime`` (the CPU repository's default): ONNX Runtime sessions in the model's own stub
   process, on the component models' ``model.onnx`` files (:class:`InProcessEngine`). A window costs
@@ -12,16 +11,13 @@ Two ways to run a window's components from a python-backend model, chosen per re
   concurrent windows of different models meet in the components' dynamic batchers; the GPU
   (TensorRT) repository's choice, whose components are TensorRT models.
 
-BLS engine: the library's window logic running inside Triton, calling the component models.
-
 Triton ensembles are DAGs and the python backend drops implicit state, so the DDIM loop cannot be
 an ensemble; Triton's own Stable Diffusion example runs its loop inside one python model. We do the
-same without re-implementing anything: :class:`BLSEngine` implements only
-:meth:`~avsal_deploy.engine.base.Engine.run` as a Business Logic Scripting call
-(``pb_utils.InferenceRequest(...).exec()``, ~0.3-0.4 ms of overhead per call on CPU), and
-``condition`` / ``sample`` / ``predict_window`` are the base class's. The component calls go
-through Triton's scheduler, so concurrent pipeline requests are batched at the components by
-their dynamic batchers.
+same without re-implementing anything: both engines implement only
+:meth:`~avsal_deploy.engine.base.Engine.run` (for BLS, ``pb_utils.InferenceRequest(...).exec()``,
+~0.3-0.4 ms of overhead per call on CPU), and ``condition`` / ``sample`` / ``predict_window`` are
+the base class's. A component that fails raises
+:class:`~avsal_deploy.serving.contract.ComponentCallError` with either engine.
 """
 
 from __future__ import annotations
@@ -34,12 +30,16 @@ import numpy as np
 
 from avsal_deploy.config import Config
 from avsal_deploy.engine.base import Arrays, Engine
-from avsal_deploy.serving.triton_models import from_wire, model_name, to_wire
+from avsal_deploy.serving.contract import (
+    ComponentCallError,
+    from_wire,
+    model_name,
+    pipeline_manifest,
+    to_wire,
+    window_engine_kind,
+    window_threads,
+)
 from avsal_deploy.specs import ComponentSpec
-
-
-class ComponentCallError(RuntimeError):
-    """A component model failed while the pipeline was running a (valid) window."""
 
 
 class BLSEngine(Engine):
@@ -71,39 +71,6 @@ class BLSEngine(Engine):
             t.name: from_wire(pb_utils.get_output_tensor_by_name(response, t.name).as_numpy(), t.shape)
             for t in spec.outputs
         }
-
-
-WINDOW_ENGINES = ("onnxruntime", "bls")
-WINDOW_ENGINE_PARAMETER = "window_engine"
-#: ONNX Runtime intra-op threads of each window model instance (``0``: every core the stub may use).
-WINDOW_THREADS_PARAMETER = "window_threads"
-
-
-def window_threads(model_config: Mapping[str, Any]) -> int | None:
-    """The ``window_threads`` parameter of a window model (``None``: every core of the stub)."""
-    raw = model_config.get("parameters", {}).get(WINDOW_THREADS_PARAMETER, {}).get("string_value", "0")
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise ValueError(f"{WINDOW_THREADS_PARAMETER}={raw!r}: must be an integer >= 0") from None
-    if threads < 0:
-        raise ValueError(f"{WINDOW_THREADS_PARAMETER}={threads}: must be >= 0 (0 = every core)")
-    return threads or None
-
-
-def window_engine(args: Mapping[str, str], model_config: Mapping[str, Any]) -> Engine:
-    """The engine a window model runs on (its ``window_engine`` parameter; default ``bls``)."""
-    from avsal_deploy.serving.repository import pipeline_manifest
-
-    manifest, config, specs = pipeline_manifest(model_config)
-    kind = model_config.get("parameters", {}).get(WINDOW_ENGINE_PARAMETER, {}).get("string_value", "bls")
-    if kind == "bls":
-        return BLSEngine(config, manifest["variant"], specs)
-    if kind != "onnxruntime":
-        raise ValueError(f"{WINDOW_ENGINE_PARAMETER}={kind!r}: choose one of {', '.join(WINDOW_ENGINES)}")
-    repo = Path(args["model_repository"]).parent
-    files = {name: repo / model_name(name) / "1" / "model.onnx" for name in specs}
-    return InProcessEngine(config, manifest["variant"], specs, files, threads=window_threads(model_config))
 
 
 class InProcessEngine(Engine):
@@ -140,3 +107,17 @@ class InProcessEngine(Engine):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ComponentCallError(f"{model_name(component)} (in process): {exc}") from exc
         return dict(zip(spec.output_names, outs, strict=True))
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+
+def window_engine(args: Mapping[str, str], model_config: Mapping[str, Any]) -> Engine:
+    """The engine a window model runs on (its ``window_engine`` parameter; default ``bls``).
+    ``args``: what the python backend hands ``initialize``."""
+    manifest, config, specs = pipeline_manifest(model_config)
+    if window_engine_kind(model_config) == "bls":
+        return BLSEngine(config, manifest["variant"], specs)
+    repo = Path(args["model_repository"]).parent
+    files = {name: repo / model_name(name) / "1" / "model.onnx" for name in specs}
+    return InProcessEngine(config, manifest["variant"], specs, files, threads=window_threads(model_config))

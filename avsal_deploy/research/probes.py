@@ -34,6 +34,7 @@ from avsal_deploy.data.synthetic import SET_NAME, read_annotations
 from avsal_deploy.errors import DatasetError
 from avsal_deploy.models.binding import BindingMap
 from avsal_deploy.models.build import AVSaliencyModel
+from avsal_deploy.pipeline import PredictOptions
 from avsal_deploy.training.data import VideoInputs
 from avsal_deploy.training.evaluate import dataset_inputs, evaluate_predictor, model_predictor
 from avsal_deploy.windows import Window, plan
@@ -267,7 +268,7 @@ def score_model(
     """CC per condition of ``model`` on ``split`` with ``steps`` DDIM steps (0: one-shot map)."""
     dataset = open_dataset(root, SET_NAME, split)
     inputs = dataset_inputs(dataset, model.config, model.variant, audio)  # type: ignore[arg-type]
-    predictor = model_predictor(model, steps, 16, 0, "cpu")
+    predictor = model_predictor(model, PredictOptions(steps=steps, batch_size=16), "cpu")
     scores = evaluate_predictor(predictor, inputs, metrics=("cc",), stride=stride).by_condition()
     return {c: float(v["cc"]) for c, v in scores.items()}
 
@@ -316,11 +317,11 @@ def run_probes(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m avsal_deploy.training.probes DATA [--av CKPT] [--v CKPT] [--out JSON]``."""
+    """``python -m avsal_deploy.research.probes DATA [--av CKPT] [--v CKPT] [--out JSON]``."""
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m avsal_deploy.training.probes", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m avsal_deploy.research.probes", description=__doc__)
     p.add_argument("data", help="a set written by avsal_deploy.data.synthetic.generate")
     p.add_argument("--av", default=None, help="the audio-visual model's checkpoint")
     p.add_argument("--v", default=None, help="its visual-only twin's checkpoint")

@@ -2,7 +2,7 @@
 
 A grid file (TOML) lists cells; each cell is a variant of the synthetic task
 (:class:`~avsal_deploy.data.synthetic.SceneOptions` plus the data-set size) on which
-:func:`~avsal_deploy.training.experiment.run_audio_relevance` runs with its seeds::
+:func:`~avsal_deploy.research.experiment.run_audio_relevance` runs with its seeds::
 
     [defaults]                  # every cell starts from these (all keys optional)
     seeds = 3
@@ -190,7 +190,7 @@ def run_grid(
     experiment_progress: Any = None,
 ) -> dict[str, Any]:
     """Run every cell of ``grid`` (or the named ``cells``) and write the summary; return it."""
-    from avsal_deploy.training.experiment import run_audio_relevance
+    from avsal_deploy.research.experiment import run_audio_relevance
 
     say = progress or (lambda _m: None)
     all_cells = load_grid(grid)
@@ -359,9 +359,9 @@ def _write_summary(
 
 def plot_grid(summary: dict[str, Any], path: str | Path) -> Path:
     """AV - V CC per cell and condition: bars for the mean, dots for the seeds, the criteria lines."""
-    from avsal_deploy.training.plots import _pyplot
+    from avsal_deploy.training.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     cells = summary["cells"]
     conditions = ("relevant", "music", "silent")
     colours = {"relevant": "tab:red", "music": "tab:blue", "silent": "tab:grey"}

@@ -44,7 +44,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from avsal_deploy.config import Config, resolve_steps
 from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
 from avsal_deploy.data.synthetic import AttentionModel, expected_density, read_annotations
 from avsal_deploy.errors import BackendUnavailableError, ConfigError, DatasetError
+from avsal_deploy.pipeline import PredictOptions
 from avsal_deploy.training.checkpoints import load_trained_model
 from avsal_deploy.training.data import VideoInputs
 from avsal_deploy.training.evaluate import (
@@ -247,7 +248,8 @@ def _train_and_score(
     model, config, variant, _ = load_trained_model(result.last_checkpoint, device or "cpu")
     test_set = open_dataset(recipe.data.root, SET_NAME, "test")
     inputs = dataset_inputs(test_set, config, variant, audio)  # type: ignore[arg-type]
-    predictor = model_predictor(model, None, recipe.train.val_batch_size, recipe.train.seed, device or "cpu")
+    options = PredictOptions(seed=recipe.train.seed, batch_size=recipe.train.val_batch_size)
+    predictor = model_predictor(model, options, device or "cpu")
     scores = evaluate_predictor(predictor, inputs, metrics=METRICS, stride=stride).by_condition()
     record: dict[str, Any] = {
         "seconds": round(result.seconds, 1),
@@ -265,6 +267,174 @@ def _train_and_score(
         ).by_condition()
     done.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What one run of the experiment works on: the data, the recipe and the scoring stride."""
+
+    root: Path
+    out_dir: Path
+    test_set: SaliencyDataset
+    train_set: SaliencyDataset
+    conditions: list[str]
+    base: TrainConfig
+    config: Config
+    variant: str
+    stride: int
+    quick: bool
+
+
+def _setup(
+    data: str | Path,
+    out: str | Path,
+    quick: bool,
+    recipe_path: str | Path | None,
+    overrides: dict[str, Any] | None,
+    stride: int | None,
+) -> _Setup:
+    """Open the data set's splits (every test video has a condition) and make the recipe."""
+    root = Path(data)
+    test_set = open_dataset(root, SET_NAME, "test")
+    train_set = open_dataset(root, SET_NAME, "train")
+    missing = [v.name for v in test_set if v.condition is None]
+    if missing:
+        raise DatasetError(
+            f"{root}: no condition for test video(s) {', '.join(missing[:5])} (conditions.json)"
+        )
+    conditions = [c for c in CONDITIONS if any(v.condition == c for v in test_set)]
+    if not conditions:
+        raise DatasetError(f"{root}: the test split has none of the conditions {', '.join(CONDITIONS)}")
+    base = load_recipe(recipe_path) if recipe_path else audio_relevance_recipe()
+    changes: dict[str, Any] = {"data.root": str(root.resolve()), "data.name": SET_NAME, "data.val_split": ""}
+    if quick:
+        changes.update(quick_overrides())
+    changes.update(overrides or {})
+    base = base.replace(changes)
+    stride = (8 if quick else 1) if stride is None else int(stride)
+    if stride < 1:
+        raise ConfigError(f"--stride {stride}: must be >= 1")
+    return _Setup(
+        root,
+        Path(out),
+        test_set,
+        train_set,
+        conditions,
+        base,
+        base.model_config(),
+        base.model.variant,
+        stride,
+        quick,
+    )
+
+
+def _baselines(s: _Setup, say: Callable[[str], None]) -> tuple[float, dict[str, Any], dict[str, Any]]:
+    """The seed-independent scores: the centre bias (fitted on train) and, for a generated set, the
+    generator's visual ceiling and oracle. Returns (sigma, centre scores, references)."""
+    train_inputs = dataset_inputs(s.train_set, s.config, s.variant, "real")
+    sigma = fit_center_sigma(train_inputs, stride=4 if not s.quick else 16)
+    say(f"centre bias: sigma {sigma} (fitted on train)")
+    test_real = dataset_inputs(s.test_set, s.config, s.variant, "real")
+    centre = evaluate_predictor(
+        center_predictor(sigma), test_real, metrics=METRICS, stride=s.stride
+    ).by_condition()
+    references: dict[str, Any] = {}
+    annotations = {v.name: read_annotations(s.root, v.name) for v in s.test_set}
+    if all(a is not None for a in annotations.values()):
+        for name, know in (("visual_ceiling", False), ("oracle", True)):
+            predictor = reference_predictor(annotations, know)  # type: ignore[arg-type]
+            references[name] = evaluate_predictor(
+                predictor, test_real, metrics=METRICS, stride=s.stride
+            ).by_condition()
+        references["note"] = REFERENCES
+        say("references: " + _scores_line(references["visual_ceiling"], s.conditions) + " (visual ceiling)")
+    return sigma, centre, references
+
+
+#: One training of the experiment: (seed, model key, audio mode, recipe, run directory).
+_Run = tuple[int, str, str, TrainConfig, Path]
+
+
+def _train_all(
+    s: _Setup,
+    runs: list[_Run],
+    jobs: int,
+    device: str | None,
+    progress: ExperimentProgress | None,
+    control: bool,
+    say: Callable[[str], None],
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """Train and score every run, here or in ``jobs`` worker processes; the records by (seed, key)."""
+    records: dict[tuple[int, str], dict[str, Any]] = {}
+    if jobs <= 1:
+        for seed, key, audio, recipe, run_dir in runs:
+            say(f"seed {seed}: {key} ({MODELS[key]}) -> {run_dir}")
+            records[seed, key] = _train_and_score(
+                recipe, run_dir, audio, s.stride, device, 0, progress, control
+            )
+            say(f"seed {seed} {key}: {_scores_line(records[seed, key]['scores'], s.conditions)}")
+        return records
+    threads = max(1, torch.get_num_threads() // jobs)
+    say(f"{len(runs)} trainings in {jobs} worker processes ({threads} thread(s) each)")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(_train_and_score, recipe, run_dir, audio, s.stride, device, threads, None, control): (
+                seed,
+                key,
+            )
+            for seed, key, audio, recipe, run_dir in runs
+        }
+        for future in as_completed(futures):
+            seed, key = futures[future]
+            records[seed, key] = future.result()
+            say(f"seed {seed} {key}: {_scores_line(records[seed, key]['scores'], s.conditions)}")
+    return records
+
+
+def _per_seed(
+    s: _Setup,
+    runs: list[_Run],
+    records: dict[tuple[int, str], dict[str, Any]],
+    centre: dict[str, Any],
+    seeds: int,
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{condition: {model: {metric: [value per seed]}}}`` (the centre bias repeated per seed)."""
+    per_seed: dict[str, dict[str, dict[str, list[float]]]] = {
+        c: {k: {m: [] for m in METRICS} for k in MODELS} for c in s.conditions
+    }
+    for seed, key, *_ in runs:
+        for c in s.conditions:
+            for m in METRICS:
+                per_seed[c][key][m].append(records[seed, key]["scores"][c][m])
+    for c in s.conditions:
+        for m in METRICS:
+            per_seed[c]["center"][m] = [centre[c][m]] * seeds
+    return per_seed
+
+
+def _mismatched(
+    s: _Setup, records: dict[tuple[int, str], dict[str, Any]], seeds: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The AV model's scores with another video's soundtrack, over seeds (when every seed has them)."""
+    return {
+        c: {
+            m: _stats([records[seed, "av"]["mismatched_scores"][c][m] for seed in range(seeds)])
+            for m in METRICS
+        }
+        for c in s.conditions
+        if all("mismatched_scores" in records[seed, "av"] for seed in range(seeds))
+    }
+
+
+def _write_results(results: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    try:
+        from avsal_deploy.research.plots import plot_experiment
+
+        plot_experiment(results, out_dir / "results.png")
+    except BackendUnavailableError:  # no matplotlib: the JSON is the contract, the figure a bonus
+        pass
 
 
 def run_audio_relevance(
@@ -293,142 +463,54 @@ def run_audio_relevance(
         raise ConfigError(f"--seeds {seeds}: need at least one seed")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one")
-    root = Path(data)
-    out_dir = Path(out)
-    test_set = open_dataset(root, SET_NAME, "test")
-    train_set = open_dataset(root, SET_NAME, "train")
-    missing = [v.name for v in test_set if v.condition is None]
-    if missing:
-        raise DatasetError(
-            f"{root}: no condition for test video(s) {', '.join(missing[:5])} (conditions.json)"
-        )
-    conditions = [c for c in CONDITIONS if any(v.condition == c for v in test_set)]
-    if not conditions:
-        raise DatasetError(f"{root}: the test split has none of the conditions {', '.join(CONDITIONS)}")
-
-    base = load_recipe(recipe_path) if recipe_path else audio_relevance_recipe()
-    changes: dict[str, Any] = {"data.root": str(root.resolve()), "data.name": SET_NAME, "data.val_split": ""}
-    if quick:
-        changes.update(quick_overrides())
-    changes.update(overrides or {})
-    base = base.replace(changes)
-    config = base.model_config()
-    variant = base.model.variant
-    stride = (8 if quick else 1) if stride is None else int(stride)
-    if stride < 1:
-        raise ConfigError(f"--stride {stride}: must be >= 1")
+    s = _setup(data, out, quick, recipe_path, overrides, stride)
     say = (lambda msg: progress(msg, None)) if progress is not None else (lambda msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    s.out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-
-    # centre bias: fitted on train, scored on test (seed independent)
-    train_inputs = dataset_inputs(train_set, config, variant, "real")
-    sigma = fit_center_sigma(train_inputs, stride=4 if not quick else 16)
-    say(f"centre bias: sigma {sigma} (fitted on train)")
-    test_real = dataset_inputs(test_set, config, variant, "real")
-    centre = evaluate_predictor(
-        center_predictor(sigma), test_real, metrics=METRICS, stride=stride
-    ).by_condition()
-    references: dict[str, Any] = {}
-    annotations = {v.name: read_annotations(root, v.name) for v in test_set}
-    if all(a is not None for a in annotations.values()):
-        for name, know in (("visual_ceiling", False), ("oracle", True)):
-            predictor = reference_predictor(annotations, know)  # type: ignore[arg-type]
-            references[name] = evaluate_predictor(
-                predictor, test_real, metrics=METRICS, stride=stride
-            ).by_condition()
-        references["note"] = REFERENCES
-        say("references: " + _scores_line(references["visual_ceiling"], conditions) + " (visual ceiling)")
-
-    per_seed: dict[str, dict[str, dict[str, list[float]]]] = {
-        c: {k: {m: [] for m in METRICS} for k in MODELS} for c in conditions
-    }
-    runs = [
+    sigma, centre, references = _baselines(s, say)
+    runs: list[_Run] = [
         (
             seed,
             key,
             audio,
-            base.replace({"train.seed": seed, "train.audio": audio}),
-            out_dir / f"seed{seed}" / key,
+            s.base.replace({"train.seed": seed, "train.audio": audio}),
+            s.out_dir / f"seed{seed}" / key,
         )
         for seed in range(seeds)
         for key, audio in (("av", "real"), ("v", "silent"))
     ]
-    records: dict[tuple[int, str], dict[str, Any]] = {}
-    if jobs <= 1:
-        for seed, key, audio, recipe, run_dir in runs:
-            say(f"seed {seed}: {key} ({MODELS[key]}) -> {run_dir}")
-            records[seed, key] = _train_and_score(
-                recipe, run_dir, audio, stride, device, 0, progress, control
-            )
-            say(f"seed {seed} {key}: {_scores_line(records[seed, key]['scores'], conditions)}")
-    else:
-        threads = max(1, torch.get_num_threads() // jobs)
-        say(f"{len(runs)} trainings in {jobs} worker processes ({threads} thread(s) each)")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {
-                pool.submit(
-                    _train_and_score, recipe, run_dir, audio, stride, device, threads, None, control
-                ): (seed, key)
-                for seed, key, audio, recipe, run_dir in runs
-            }
-            for future in as_completed(futures):
-                seed, key = futures[future]
-                records[seed, key] = future.result()
-                say(f"seed {seed} {key}: {_scores_line(records[seed, key]['scores'], conditions)}")
+    records = _train_all(s, runs, jobs, device, progress, control, say)
     timings = {f"seed{seed}/{key}": records[seed, key]["seconds"] for seed, key, *_ in runs}
-    for seed, key, *_ in runs:
-        for c in conditions:
-            for m in METRICS:
-                per_seed[c][key][m].append(records[seed, key]["scores"][c][m])
-    for c in conditions:
-        for m in METRICS:
-            per_seed[c]["center"][m] = [centre[c][m]] * seeds
-    mismatched = {
-        c: {
-            m: _stats([records[seed, "av"]["mismatched_scores"][c][m] for seed in range(seeds)])
-            for m in METRICS
-        }
-        for c in conditions
-        if all("mismatched_scores" in records[seed, "av"] for seed in range(seeds))
-    }
-
+    per_seed = _per_seed(s, runs, records, centre, seeds)
     results: dict[str, Any] = {
         "experiment": "audio-relevance",
-        "data": str(root.resolve()),
+        "data": str(s.root.resolve()),
         "set": SET_NAME,
         "split": "test",
-        "variant": variant,
-        "profile": config.profile,
-        "ddim_steps": resolve_steps(config, variant, None),
+        "variant": s.variant,
+        "profile": s.config.profile,
+        "ddim_steps": resolve_steps(s.config, s.variant, None),
         "quick": quick,
         "seeds": list(range(seeds)),
         "models": MODELS,
         "metrics": list(METRICS),
         "averaging": "per video over its frames (stride "
-        f"{stride}), then over the videos of a condition; spread = sample std over seeds (ddof=1)",
-        "test_videos": {c: sum(1 for v in test_set if v.condition == c) for c in conditions},
-        "train_videos": len(train_set),
+        f"{s.stride}), then over the videos of a condition; spread = sample std over seeds (ddof=1)",
+        "test_videos": {c: sum(1 for v in s.test_set if v.condition == c) for c in s.conditions},
+        "train_videos": len(s.train_set),
         "center_sigma": sigma,
         "conditions": {
-            c: {k: {m: _stats(per_seed[c][k][m]) for m in METRICS} for k in MODELS} for c in conditions
+            c: {k: {m: _stats(per_seed[c][k][m]) for m in METRICS} for k in MODELS} for c in s.conditions
         },
         "claims": _claims(per_seed),
         "controls": {
-            "av_mismatched_audio": mismatched,
+            "av_mismatched_audio": _mismatched(s, records, seeds),
             "note": "the av model scored with the soundtrack of another test video of the same condition",
         },
         "references": references,
         "criteria": {"clear_margin": CLEAR_MARGIN, "no_worse_tolerance": NO_WORSE_TOLERANCE},
-        "recipe": replace(base, source=str(recipe_path or "built-in audio_relevance_recipe()")).to_dict(),
+        "recipe": replace(s.base, source=str(recipe_path or "built-in audio_relevance_recipe()")).to_dict(),
         "seconds": {"training_per_model": timings, "total": round(time.monotonic() - t_start, 1)},
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    try:
-        from avsal_deploy.training.plots import plot_experiment
-
-        plot_experiment(results, out_dir / "results.png")
-    except BackendUnavailableError:  # no matplotlib: the JSON is the contract, the figure a bonus
-        pass
+    _write_results(results, s.out_dir)
     return results

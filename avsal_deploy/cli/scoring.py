@@ -13,8 +13,20 @@ import sys
 import time
 from typing import Any
 
+from avsal_deploy.cli.grammar import (
+    EXIT_DONE,
+    EXIT_SOME_FAILED,
+    add_engine_options,
+    add_out,
+    add_output_options,
+    add_predict_options,
+    add_quiet_alias,
+    command,
+    engine_choice,
+    list_alias,
+    predict_options,
+)
 from avsal_deploy.scoring.core import GT_METRICS
-from avsal_deploy.scoring.engines import SCORING_ENGINES
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -27,7 +39,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.gt:
         if not args.dataset:
             raise AvsalError("--gt ROOT needs --dataset NAME (e.g. synthetic, DIEM, DHF1K)")
-        metrics = tuple(args.metrics.split(",")) if args.metrics else GT_METRICS
+        metrics = tuple(args.metric) if args.metric else GT_METRICS
         gt = GroundTruth(args.gt, args.dataset, args.split, args.fold, metrics)
     elif args.dataset:
         raise AvsalError("--dataset is used with --gt ROOT")
@@ -52,15 +64,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         for result in score(
             args.inputs,
             args.out,
-            engine=args.engine,
-            checkpoint=args.checkpoint,
-            export_dir=args.export_dir,
-            urls=args.url or (),
+            engine=engine_choice(args),
+            urls=args.url if args.url and len(args.url) > 1 else (),
             jobs=args.jobs,
-            steps=args.steps,
-            stride=args.stride,
-            seed=args.seed,
-            batch_size=args.batch_size,
+            options=predict_options(args),
             overlay=args.overlay,
             pngs=args.png,
             gt=gt,
@@ -96,17 +103,20 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"\n{len(failed)} failed:")
         for r in failed:
             print(f"  {r.error}")
-        return 1
-    return 0
+        return EXIT_SOME_FAILED
+    return EXIT_DONE
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``score`` to the ``avsal`` parser."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "score",
-        help="score many videos (resumable; threads, Triton servers or a Ray cluster)",
+        "score many videos (resumable; threads, Triton servers or a Ray cluster)",
+        cmd_score,
         description="Predict saliency maps for every video of INPUTS into OUT/<relative path>/ "
         "(the outputs of `avsal predict`), skipping videos a previous run finished.",
+        stops_cleanly=True,
     )
     p.add_argument(
         "inputs",
@@ -115,32 +125,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="video files, directories (searched recursively) or .txt/.lst files listing paths; "
         "none with --gt: the data set's own videos",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--engine", default="onnxruntime", choices=SCORING_ENGINES)
-    p.add_argument("--checkpoint", default=None, help="avsal checkpoint (default: the shipped synthetic one)")
-    p.add_argument("--export-dir", default=None, help="use this `avsal export` directory")
+    add_out(p, "output directory", required=True)
+    add_engine_options(p, urls=True)
     p.add_argument(
-        "--url",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="videos in flight (threads, or Ray actors with --ray)",
+    )
+    add_predict_options(p)
+    add_output_options(p)
+    p.add_argument("--gt", default=None, metavar="ROOT", help="score against this data set's ground truth")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="set name under --gt ROOT (synthetic, DIEM, DHF1K, ...)",
+    )
+    p.add_argument("--split", default="test", help="split of the data set")
+    p.add_argument("--fold", type=int, default=1, metavar="N", help="STAViS fold")
+    p.add_argument(
+        "--metric",
         action="append",
         default=None,
-        metavar="URL",
-        help="a Triton server for --engine triton (host:port); repeat it to spread the work over servers",
+        choices=list(GT_METRICS),
+        help=f"a metric to report (repeatable; default: {' '.join(GT_METRICS)})",
     )
-    p.add_argument("--jobs", type=int, default=1, help="videos in flight (threads, or Ray actors with --ray)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (0 = one-shot map on hybrid)")
-    p.add_argument("--stride", type=int, default=None, help="predict every K-th frame, reuse in between")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise x_T (one per video)")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per engine call")
-    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 and contact_sheet.png")
-    p.add_argument("--png", action="store_true", help="also write the per-frame PNG maps")
-    p.add_argument("--gt", default=None, metavar="ROOT", help="score against this data set's ground truth")
-    p.add_argument("--dataset", default=None, help="set name under --gt ROOT (synthetic, DIEM, DHF1K, ...)")
-    p.add_argument("--split", default="test", help="split of the data set (default: test)")
-    p.add_argument("--fold", type=int, default=1, help="STAViS fold (default: 1)")
-    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(GT_METRICS)}")
+    list_alias(p, "--metrics", "metric")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run on this Ray cluster (auto, host:port)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_score, stops_cleanly=True)
+    add_quiet_alias(p)
 
 
 __all__ = ["register"]

@@ -1,7 +1,9 @@
-"""`avsal` sub-commands of the serving area (registered by avsal_deploy.cli).
+"""``avsal triton-repo``, ``serve`` and ``stream``: serving with Triton.
 
 ``avsal triton-repo --export DIR --out REPO`` writes a Triton model repository from an export;
-``avsal serve REPO`` runs the ``tritonserver`` of the ``nvidia-pytriton`` wheel on it until Ctrl-C.
+``avsal serve REPO`` runs the ``tritonserver`` of the ``nvidia-pytriton`` wheel on it until Ctrl-C
+(Triton's ports 8000/8001/8002 on 127.0.0.1 by default); ``avsal stream VIDEO`` plays a video
+through a server's ``avsal_stream`` model.
 """
 
 from __future__ import annotations
@@ -9,8 +11,18 @@ from __future__ import annotations
 import argparse
 
 from avsal_deploy import interrupt
+from avsal_deploy.cli.grammar import (
+    add_out,
+    add_output_options,
+    add_predict_options,
+    command,
+    list_alias,
+    predict_options,
+)
 from avsal_deploy.errors import AvsalError
+from avsal_deploy.serving.contract import ROI_CODECS, WINDOW_ENGINES
 from avsal_deploy.serving.repository import PLATFORMS
+from avsal_deploy.serving.server import DEFAULT_PORTS, HOST
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -39,8 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from avsal_deploy.serving.server import Ports, TritonServer
 
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
-    models = args.models.split(",") if args.models else None
-    server = TritonServer(args.repo, ports, args.log, models=models, startup_timeout=args.startup_timeout)
+    server = TritonServer(
+        args.repo, ports, args.log, host=args.host, models=args.model, startup_timeout=args.startup_timeout
+    )
     print(f"starting tritonserver on {server.repo} ...", flush=True)
     with server:  # stopped (SIGTERM, then SIGKILL to its process group) however the block ends
         print(f"HTTP    {server.http_url}")
@@ -76,10 +89,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         args.video,
         args.out,
         realtime=not args.fast,
-        overlay=not args.no_overlay,
-        steps=args.steps,
-        stride=args.stride,
-        seed=args.seed,
+        overlay=args.overlay,
+        options=predict_options(args),
         roi_out=args.roi_out,
         roi_codec=args.roi_codec,
         roi_crf=args.roi_crf,
@@ -91,66 +102,121 @@ def cmd_stream(args: argparse.Namespace) -> int:
         f"{report['frames']} frames streamed in {report['seconds']:.2f} s ({report['frames_per_second']:.1f} "
         f"frames/s); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
     )
-    print(f"outputs in {args.out}: maps.npz, {'overlay.mp4, ' if not args.no_overlay else ''}stream.json")
+    print(f"outputs in {args.out}: maps.npz, {'overlay.mp4, ' if args.overlay else ''}stream.json")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this area's sub-commands to the `avsal` parser."""
-    p = sub.add_parser("triton-repo", help="write a Triton model repository from an export directory")
-    p.add_argument("--export", required=True, help="export directory (manifest.json from `avsal export`)")
-    p.add_argument("--out", required=True, help="model repository to write")
+    """Add ``triton-repo``, ``serve`` and ``stream`` to the ``avsal`` parser."""
+    p = command(
+        sub, "triton-repo", "write a Triton model repository from an export directory", cmd_triton_repo
+    )
+    p.add_argument(
+        "--export", required=True, metavar="DIR", help="export directory (manifest.json from `avsal export`)"
+    )
+    add_out(p, "model repository to write", required=True)
     p.add_argument("--platform", default="python-onnxruntime", choices=PLATFORMS, help="model platform")
-    p.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
-    p.add_argument("--max-batch", type=int, default=None, help="cap on the batch (default: the export's)")
+    p.add_argument("--instances", type=int, default=1, metavar="N", help="instances per model")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on every model's batch (default: the export's)",
+    )
     p.add_argument("--force", action="store_true", help="replace our models already in --out")
     p.add_argument(
         "--window-engine",
         default=None,
-        choices=["onnxruntime", "bls"],
+        choices=list(WINDOW_ENGINES),
         help="how avsal_pipeline / avsal_stream / avsal_video run the components: ONNX Runtime in their "
-        "own process (CPU default) or BLS calls to the component models (TensorRT default)",
+        "own process (default on CPU) or BLS calls to the component models (default on TensorRT)",
     )
     p.add_argument(
         "--window-threads",
         type=int,
         default=0,
+        metavar="N",
         help="ONNX Runtime threads per window model instance (onnxruntime window engine; default 0 = "
         "every core). With --instances N, N x threads = the cores runs N streams' windows side by side",
     )
-    p.set_defaults(handler=cmd_triton_repo)
 
-    p = sub.add_parser("serve", help="serve a model repository with the tritonserver of nvidia-pytriton")
+    p = command(
+        sub,
+        "serve",
+        "serve a model repository with the tritonserver of nvidia-pytriton",
+        cmd_serve,
+        stops_cleanly=True,
+    )
     p.add_argument("repo", help="model repository (from `avsal triton-repo`)")
-    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: a free one)")
-    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: a free one)")
-    p.add_argument("--metrics-port", type=int, default=None, help="metrics port (default: a free one)")
-    p.add_argument("--models", default=None, help="comma-separated models to load (default: all)")
-    p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
-    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    p.set_defaults(handler=cmd_serve, stops_cleanly=True)
+    p.add_argument(
+        "--host",
+        default=HOST,
+        help=f"address every endpoint binds to (default: {HOST}; 0.0.0.0 exposes the server, which has no authentication)",
+    )
+    p.add_argument("--http-port", type=int, default=DEFAULT_PORTS.http, metavar="PORT", help="HTTP port")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_PORTS.grpc, metavar="PORT", help="gRPC port")
+    p.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_PORTS.metrics, metavar="PORT", help="metrics port"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a model to load (repeatable; default: all)",
+    )
+    list_alias(p, "--models", "model")
+    p.add_argument("--log", default=None, metavar="FILE", help="server log file (default: a temporary file)")
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="seconds to wait for readiness",
+    )
 
-    p = sub.add_parser("stream", help="play a video through a server's avsal_stream model, in real time")
+    p = command(
+        sub,
+        "stream",
+        "play a video through a server's avsal_stream model, in real time",
+        cmd_stream,
+        stops_cleanly=True,
+    )
     p.add_argument(
         "video",
         help="video file (any container FFmpeg reads), or a live input: FORMAT:TARGET (v4l2:/dev/video0, "
         "lavfi:testsrc=rate=25, ...) or a streaming URL (rtsp://...); Ctrl-C ends a live input cleanly",
     )
-    p.add_argument("--url", required=True, help="the server's gRPC endpoint (host:port)")
+    p.add_argument(
+        "--url",
+        default=f"{HOST}:{DEFAULT_PORTS.grpc}",
+        metavar="URL",
+        help="the Triton server's gRPC endpoint (host:port; default: `avsal serve`'s)",
+    )
     p.add_argument(
         "--capture-option",
         action="append",
         metavar="KEY=VALUE",
         help="demuxer option of a live input (repeatable)",
     )
-    p.add_argument("--seconds", type=float, default=None, help="stop a live input after this many seconds")
-    p.add_argument("--out", default="out/stream", help="where maps.npz, overlay.mp4, stream.json go")
-    p.add_argument("--fast", action="store_true", help="send frames as fast as the server answers")
-    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
-    p.add_argument("--stride", type=int, default=None, help="run the networks every K-th frame")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stream's x_T")
-    p.add_argument("--roi-out", default=None, help="also encode the stream with the server's QP offsets")
-    p.add_argument("--roi-codec", default="x264", choices=["x264", "x265"], help="encoder of --roi-out")
-    p.add_argument("--roi-crf", type=float, default=28.0, help="CRF of --roi-out (default 28)")
-    p.set_defaults(handler=cmd_stream, stops_cleanly=True)
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a live input after this many seconds",
+    )
+    add_out(p, "where maps.npz, overlay.mp4 and stream.json go", default="out/stream")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="send frames as fast as the server answers (default: in real time)",
+    )
+    add_output_options(p, png=False, old_negatives=True)
+    add_predict_options(p, batch=False)
+    p.add_argument(
+        "--roi-out", default=None, metavar="FILE", help="also encode the stream with the server's QP offsets"
+    )
+    p.add_argument("--roi-codec", default="x264", choices=list(ROI_CODECS), help="encoder of --roi-out")
+    p.add_argument("--roi-crf", type=float, default=28.0, metavar="CRF", help="CRF of --roi-out")
