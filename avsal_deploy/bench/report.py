@@ -1,4 +1,4 @@
-"""``avsal bench --report DIR``: run the benchmark suites, then write a report users can size from.
+"""``avsal bench --out DIR``: run the benchmark suites, then write a report users can size from.
 
 The suites are the repository's pytest-benchmark files (``benchmarks/``); each case records what
 it measured in ``extra_info`` (``metric``, profile, backend, GFLOP, ...). This module runs them in

@@ -30,7 +30,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "repository's benchmarks/ (give --suites DIR in a source checkout)"
             )
         profiles = args.profile or (["tiny", "small"] if args.quick else ["tiny", "small", "paper"])
-        print(f"running the benchmark suites ({', '.join(profiles)}{', quick' if args.quick else ''}) ...")
+        if not args.quiet:
+            print(
+                f"running the benchmark suites ({', '.join(profiles)}{', quick' if args.quick else ''}) ..."
+            )
         raws = [rep.run_suites(out, profiles, args.quick, suites, args.suite or rep.SUITES)]
     node_profiles = None
     if not args.no_node_profile:

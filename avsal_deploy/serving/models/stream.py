@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.errors import AvsalError
-from avsal_deploy.pipeline import FrameFlow, PredictOptions, run_windows
+from avsal_deploy.pipeline import FrameFlow, PredictOptions, Predictor, run_windows
 from avsal_deploy.serving.contract import (
     AUDIO_INPUT,
     AUDIO_RATE_INPUT,
@@ -154,7 +154,7 @@ class StreamSessions:
         fps = scalar(get(FPS_INPUT), float, FPS_INPUT, DEFAULT_FPS)
         if rate <= 0 or not np.isfinite(fps) or fps <= 0:
             raise RequestError(f"{STREAM_MODEL}: audio_rate={rate} and fps={fps} must be positive")
-        flow = FrameFlow(self.engine, fps=fps, audio_rate=rate, options=options)
+        flow = Predictor(self.engine, options).flow(fps, rate)
         stream = _Stream(flow, (int(frame.shape[0]), int(frame.shape[1])), time.monotonic())
         codec = get(ROI_CODEC_INPUT)
         if codec is not None:

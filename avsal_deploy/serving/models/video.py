@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.errors import AvsalError
-from avsal_deploy.pipeline import FrameFlow, PredictOptions
+from avsal_deploy.pipeline import PredictOptions, Predictor
 from avsal_deploy.serving.contract import (
     DECODER_PARAMETER,
     FPS_OUTPUT,
@@ -82,7 +82,7 @@ def predict_video_bytes(
         _check_headers(path, limits)
         source = MediaSource(path, backend="dali-gpu" if decoder == "dali" else "pyav")
         try:
-            flow = FrameFlow(engine, fps=source.fps, audio_rate=source.audio_rate, options=options)
+            flow = Predictor(engine, options).flow(source.fps, source.audio_rate)
             maps = []
             for frame, ts, chunk in source.media():
                 if flow.n_frames >= limits["max_video_frames"] or ts > limits["max_video_seconds"]:
