@@ -245,16 +245,24 @@ class Predictor:
 
     The same x_T is used for every window of a video (drawn from ``options.seed``): the maps are
     reproducible and consecutive frames do not flicker from independent sampling noise.
-    ``letterbox`` pads frames to the model's aspect ratio instead of stretching them.
+    ``letterbox`` pads frames to the model's aspect ratio instead of stretching them. The options
+    may also be given by name (``Predictor(engine, stride=4)``), not both ways at once.
     """
 
     def __init__(
-        self, engine: Engine, options: PredictOptions | None = None, *, letterbox: bool = False
+        self,
+        engine: Engine,
+        options: PredictOptions | None = None,
+        *,
+        letterbox: bool = False,
+        **fields: Any,
     ) -> None:
+        if fields and options is not None:
+            raise AvsalError(f"Predictor: give options or {', '.join(sorted(fields))}, not both")
         self.engine = engine
         self.config = engine.config
         self.variant = engine.variant
-        self.options = options if options is not None else PredictOptions()
+        self.options = options if options is not None else PredictOptions(**fields)
         self.steps = resolve_steps(self.config, self.variant, self.options.steps)
         self.stride = self.options.stride
         self.letterbox = letterbox

@@ -236,7 +236,7 @@ def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
 
 def test_quantize_cli_needs_clips_and_tensorrt_needs_a_gpu(tmp_path, exports, capsys) -> None:
     assert main(["quantize", "--export", str(exports["avrsp"]), "--out", str(tmp_path / "q")]) == 2
-    assert "--calib-clips" in capsys.readouterr().err
+    assert "--calib-clip VIDEO" in capsys.readouterr().err
     assert main(["-q", "predict", "--sample", "--engine", "tensorrt", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "NVIDIA GPU" in err and len(err.strip().splitlines()) == 1

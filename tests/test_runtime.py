@@ -215,15 +215,18 @@ def test_plain_install_predicts_and_builds_a_repository(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # the installed copy alone: no source tree on the path (PYTHONPATH would put one first)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT)], check=True, env=env, cwd=tmp_path)
     avsal = venv / "bin" / "avsal"
-    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, cwd=tmp_path)
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, cwd=tmp_path, env=env)
     assert no_torch.returncode != 0  # the base install carries no torch
     out = tmp_path / "demo"
-    subprocess.run([str(avsal), "-q", "predict", "--sample", "--out", str(out)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [str(avsal), "-q", "predict", "--sample", "--out", str(out)], check=True, cwd=tmp_path, env=env
+    )
     assert load_maps(out / "maps.npz").shape[0] == 75
-    version = subprocess.run([str(avsal), "--version"], capture_output=True, text=True, check=True)
+    version = subprocess.run([str(avsal), "--version"], capture_output=True, text=True, check=True, env=env)
     assert version.stdout.strip() == f"avsal {avsal_deploy.__version__}"
     # the wheel carries no research code: `avsal experiment` says where it runs, in one line
     research = subprocess.run(
@@ -231,6 +234,7 @@ def test_plain_install_predicts_and_builds_a_repository(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=env,
     )
     assert research.returncode == 2 and research.stderr.strip().splitlines() == [
         f"avsal: error: {RESEARCH_HINT}"
@@ -241,6 +245,7 @@ def test_plain_install_predicts_and_builds_a_repository(tmp_path: Path) -> None:
         text=True,
         check=True,
         cwd=tmp_path,
+        env=env,
     )
     assert found.stdout.strip() == "None"
     export = subprocess.run(
@@ -249,11 +254,12 @@ def test_plain_install_predicts_and_builds_a_repository(tmp_path: Path) -> None:
         text=True,
         check=True,
         cwd=tmp_path,
+        env=env,
     ).stdout.strip()
     assert str(ROOT) not in export  # the installed copy, not the source tree
     repo = tmp_path / "repo"
     subprocess.run(
-        [str(avsal), "triton-repo", "--export", export, "--out", str(repo)], check=True, cwd=tmp_path
+        [str(avsal), "triton-repo", "--export", export, "--out", str(repo)], check=True, cwd=tmp_path, env=env
     )
     assert (repo / "avsal_pipeline" / "1" / "model.py").exists()
     assert (repo / "avsal_unet_step" / "config.pbtxt").exists()
