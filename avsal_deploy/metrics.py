@@ -52,6 +52,7 @@ import numpy as np
 __all__ = [
     "MATLAB_EPS",
     "METRIC_NAMES",
+    "VIDEO_METRICS",
     "EvalResult",
     "aggregate",
     "auc_judd",
@@ -74,6 +75,9 @@ MATLAB_EPS: float = float(np.finfo(np.float64).eps)
 """MATLAB's ``eps`` (2**-52 = 2.2204e-16), the regulariser of the MIT KL divergence."""
 
 METRIC_NAMES: tuple[str, ...] = ("cc", "nss", "kld", "sim", "auc_j", "sauc")
+#: The metrics a video is scored with on its own (every MIT metric but sAUC, whose negatives are
+#: fixations of the other videos of a data set): what ``avsal score --gt`` reports.
+VIDEO_METRICS: tuple[str, ...] = ("cc", "nss", "kld", "sim", "auc_j")
 """Names accepted by :func:`evaluate_frames`, in the order the video-saliency papers report them."""
 
 _AUC_JITTER_SCALE = 1e-7  # MIT AUC_Judd: saliencyMap + rand(size(saliencyMap)) / 10000000

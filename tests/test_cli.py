@@ -220,3 +220,20 @@ def test_reference_page_is_current() -> None:
     assert page.read_text() == render(), "regenerate: python -m avsal_deploy.cli.reference docs/cli.md"
     for option in ("--url", "--export", "--out", "--json", "--steps", "--batch-size"):
         assert f"`{option}`" in page.read_text()
+
+
+def test_the_command_line_starts_light() -> None:
+    """Building the parser imports no media, engine runtime or torch: `avsal --version`, `--help`
+    and a command's signal handlers come before any heavy import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import avsal_deploy.cli as cli\n"
+        "cli.build_parser()\n"
+        "heavy = ('av', 'torch', 'onnxruntime', 'avsal_deploy.pipeline', 'avsal_deploy.scoring.core')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

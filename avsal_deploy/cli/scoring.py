@@ -26,7 +26,7 @@ from avsal_deploy.cli.grammar import (
     list_alias,
     predict_options,
 )
-from avsal_deploy.scoring.core import GT_METRICS
+from avsal_deploy.metrics import VIDEO_METRICS as GT_METRICS
 
 
 def cmd_score(args: argparse.Namespace) -> int:

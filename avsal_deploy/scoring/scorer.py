@@ -22,6 +22,7 @@ import numpy as np
 from avsal_deploy._version import __version__
 from avsal_deploy.engine.choice import EngineChoice
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
+from avsal_deploy.metrics import VIDEO_METRICS
 from avsal_deploy.pipeline import PredictOptions
 from avsal_deploy.scoring.inputs import VideoItem, input_hash, input_stat
 from avsal_deploy.scoring.prediction import predict_item
@@ -29,7 +30,7 @@ from avsal_deploy.scoring.prediction import predict_item
 RECORD = "score.json"
 PARTIAL = ".partial"
 #: Metrics ``--gt`` reports (the MIT metrics; sAUC needs the whole set at once and is left to ``avsal eval``).
-GT_METRICS: tuple[str, ...] = ("cc", "nss", "kld", "sim", "auc_j")
+GT_METRICS: tuple[str, ...] = VIDEO_METRICS
 
 
 @dataclass(frozen=True)
