@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/avsal predict --sample --out $(OUT)
+	$(VENV)/bin/avsal predict --sample --overlay --png --out $(OUT)
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
@@ -44,7 +44,7 @@ bench: $(VENV)/.installed-dev
 # The benchmark report (report.json, report.md, plots); QUICK= for the full one with the paper profile.
 QUICK ?= --quick
 report: $(VENV)/.installed-dev
-	$(VENV)/bin/avsal bench --report out/bench $(QUICK)
+	$(VENV)/bin/avsal bench --out out/bench $(QUICK)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .benchmarks

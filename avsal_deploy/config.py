@@ -160,8 +160,8 @@ class FusionConfig:
     # earlier plain temporal mean before the head (checkpoints that predate the field, see
     # LEGACY_DEFAULTS).
     temporal_reduction: Literal["conv", "mean"] = "conv"
-    # Audio-visual binding (our extension, issue 16; on in the small and tiny profiles, off in the
-    # paper's, see README "Issue-16 results"): a parameter-free map
+    # Audio-visual binding (our extension; on in the small and tiny profiles, off in the paper's;
+    # the audio-binding grid, training/grids/audio-binding.toml, measured it): a parameter-free map
     # of where each position's luminance correlates over the window with the per-frame audio
     # loudness (best of lags 0..binding_lags frames, the sound trailing the picture), plus where the
     # luminance varies at all, projected and added to fusion scale ``binding_scale``
@@ -169,7 +169,7 @@ class FusionConfig:
     binding: bool = False
     binding_scale: int = 0
     binding_lags: int = 2
-    # Direct read-out of the binding map into the one-shot map (issue 16; needs ``binding``): the
+    # Direct read-out of the binding map into the one-shot map (needs ``binding``): the
     # correlation and spread at full map resolution, beside the decoder's logits, through a small
     # zero-initialised conv stack added to those logits (models.binding.BindingReadout).
     binding_readout: bool = False
@@ -190,7 +190,7 @@ class UNetConfig:
     time_dim: int = 256
     res_blocks: int = 1  # ResNet blocks per noise-encoder stage
     attention: AttentionMode = "eca"  # see ATTENTION_MODES (replaces the bool efficient_attention)
-    # hybrid only (our extension, issue 16): the UNet also takes the fusion decoder's one-shot map
+    # hybrid only (our extension): the UNet also takes the fusion decoder's one-shot map
     # as a second input channel beside x_t (conditioning by concatenation), so the diffusion refines
     # the decoder's map instead of re-deriving it from c0..c3. On in small and tiny, off in paper.
     oneshot_condition: bool = False
@@ -683,8 +683,8 @@ def family_config(variant: str, overrides: dict[str, Any] | None = None) -> Conf
 
 
 # Our extensions that the deployable profiles (small, tiny) turn on and the paper profile leaves
-# off: the AV sync gate and the binding map with its read-out (issue 16; with
-# unet.oneshot_condition, the mend whose grid results README "Issue-16 results" reports).
+# off: the AV sync gate and the binding map with its read-out (with unet.oneshot_condition: the
+# binding switches whose results the audio-binding grid, training/grids/audio-binding.toml, reports).
 _EXTENSIONS_FUSION: dict[str, Any] = {"av_sync": True, "binding": True, "binding_readout": True}
 
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -831,11 +831,11 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "unet.diffsal_channels": (),  # before it: the diffsal UNet at unet.channels
     "audio.vggish_framing": "window",  # before it: the window's excerpt cut into equal slices
     "fusion.temporal_reduction": "mean",  # before it: the saliency decoder's plain temporal mean
-    "fusion.binding": False,  # before it: no audio-visual binding map (issue 16)
+    "fusion.binding": False,  # before it: no audio-visual binding map
     "fusion.binding_scale": 0,
     "fusion.binding_lags": 2,
-    "fusion.binding_readout": False,  # before it: no direct read-out of the binding map (issue 16)
-    "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3 (issue 16)
+    "fusion.binding_readout": False,  # before it: no direct read-out of the binding map
+    "unet.oneshot_condition": False,  # before it: the UNet saw only c0..c3
     "fusion.upsampling": "trilinear",  # before it: no ViNet-S decoder (only its default build)
     "video.resize": "antialias",  # before it: antialiased bilinear on the float frame
     "video.pre_resize": (),  # before it: one resize

@@ -42,19 +42,24 @@ by :func:`evaluate_frames` and for validation during training) and equal the sca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = [
     "MATLAB_EPS",
     "METRIC_NAMES",
+    "VIDEO_METRICS",
+    "EvalResult",
     "aggregate",
     "auc_judd",
     "cc",
     "cc_batch",
     "evaluate_frames",
+    "frame_metrics",
     "kld",
     "kld_batch",
     "nss",
@@ -70,6 +75,9 @@ MATLAB_EPS: float = float(np.finfo(np.float64).eps)
 """MATLAB's ``eps`` (2**-52 = 2.2204e-16), the regulariser of the MIT KL divergence."""
 
 METRIC_NAMES: tuple[str, ...] = ("cc", "nss", "kld", "sim", "auc_j", "sauc")
+#: The metrics a video is scored with on its own (every MIT metric but sAUC, whose negatives are
+#: fixations of the other videos of a data set): what ``avsal score --gt`` reports.
+VIDEO_METRICS: tuple[str, ...] = ("cc", "nss", "kld", "sim", "auc_j")
 """Names accepted by :func:`evaluate_frames`, in the order the video-saliency papers report them."""
 
 _AUC_JITTER_SCALE = 1e-7  # MIT AUC_Judd: saliencyMap + rand(size(saliencyMap)) / 10000000
@@ -563,3 +571,78 @@ def aggregate(
         else:
             result[name] = _mean(np.array([_mean(c, omit) for c in columns]), omit)
     return result
+
+
+# --------------------------------------------------------------------------- per video, per data set
+def frame_metrics(
+    predictions: np.ndarray,
+    targets: Sequence[int],
+    maps: np.ndarray,
+    fixations: np.ndarray,
+    metrics: Sequence[str] = METRIC_NAMES,
+    other_fixations: Callable[[int], np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per-frame metric values of one video: ``predictions[i]`` (any size) against the ground truth
+    of frame ``targets[i]`` at its stored size (``maps`` / ``fixations`` [N, H, W]).
+
+    The one per-video scoring rule shared by ``avsal eval``
+    (:func:`avsal_deploy.training.evaluate.evaluate_predictor`) and ``avsal score --gt``
+    (:mod:`avsal_deploy.scoring`).
+    """
+    idx = list(targets)
+    return evaluate_frames(
+        np.asarray(predictions, dtype=np.float32),
+        maps[idx],
+        fixations[idx],
+        metrics,
+        other_fixations,
+        seed=seed,
+    )
+
+
+@dataclass
+class EvalResult:
+    """Per-frame metric values of every scored video, and the summaries derived from them."""
+
+    metrics: tuple[str, ...]
+    per_frame: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # video -> metric -> [n]
+    conditions: dict[str, str | None] = field(default_factory=dict)  # video -> condition
+    frames: dict[str, list[int]] = field(default_factory=dict)  # video -> scored frame indices
+
+    def per_video(self) -> dict[str, dict[str, float]]:
+        """``{video: {metric: mean over its scored frames}}`` (NaN frames omitted)."""
+        return {v: aggregate({v: values}, mode="per_frame") for v, values in self.per_frame.items()}
+
+    def summary(self, videos: Sequence[str] | None = None) -> dict[str, float]:
+        """Data-set means over videos (each video weighs the same)."""
+        names = list(self.per_frame) if videos is None else list(videos)
+        if not names:
+            return {m: math.nan for m in self.metrics}
+        return aggregate({v: self.per_frame[v] for v in names}, mode="per_video")
+
+    def by_condition(self) -> dict[str, dict[str, float]]:
+        """``{condition: summary over its videos}`` for videos that have a condition."""
+        groups: dict[str, list[str]] = {}
+        for video, cond in self.conditions.items():
+            if cond is not None:
+                groups.setdefault(cond, []).append(video)
+        return {cond: self.summary(videos) for cond, videos in sorted(groups.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: per-video means (with condition and frame count), per condition, overall."""
+        per_video = self.per_video()
+        return {
+            "metrics": list(self.metrics),
+            "averaging": "per-video mean of per-frame values (NaN frames omitted), then mean over videos",
+            "videos": {
+                v: {
+                    "condition": self.conditions.get(v),
+                    "frames": len(self.frames.get(v, [])),
+                    **per_video[v],
+                }
+                for v in self.per_frame
+            },
+            "conditions": self.by_condition(),
+            "dataset": self.summary(),
+        }

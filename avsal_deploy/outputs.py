@@ -1,26 +1,38 @@
 """What a prediction is written as: maps (NPZ, PNG), a heat-map overlay video, a contact sheet.
 
 Writers stream frame by frame, so a long or 4K video never needs all of its full-resolution maps
-in memory at once: maps are produced by a callable ``map_at(frame_index) -> [H, W]``.
+in memory at once. :class:`PredictionWriter` is the one writer of a prediction's directory
+(``avsal predict``, ``avsal score``, ``avsal stream``): every file on a thread of its own, then
+moved into place together.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import os
+import queue
+import shutil
 import struct
 import tempfile
+import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from avsal_deploy.errors import MediaError
+from avsal_deploy.data.preprocess import postprocess_map
+from avsal_deploy.errors import AvsalError, MediaError
+
+if TYPE_CHECKING:  # data.source imports PyAV; reading maps does not need it
+    from avsal_deploy.data.source import Timings
 
 MapFn = Callable[[int], np.ndarray]
 
@@ -363,11 +375,12 @@ def load_maps(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     return np.stack(maps)
 
 
-def read_map_info(path: str | Path) -> dict[str, object]:
-    """The small arrays of a ``maps.npz``: ``source_size``, ``timestamps``, ``fps``, ``format_version``
-    (those present) and ``n_frames``, ``stored_size`` and ``dtype`` of the maps, without reading them."""
+def read_map_info(path: str | Path) -> dict[str, Any]:
+    """What a ``maps.npz`` holds, without reading its maps: ``n_frames`` (int), ``stored_size``
+    (``(h, w)`` ints), ``dtype`` (str) and, where the file has them, ``source_size`` (``(H, W)``
+    ints), ``fps`` (float), ``format_version`` (int) and ``timestamps`` (float64 array ``[N]``)."""
     path = Path(path)
-    info: dict[str, object] = {}
+    info: dict[str, Any] = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for name in ("source_size", "timestamps", "fps", "format_version"):
@@ -379,7 +392,12 @@ def read_map_info(path: str | Path) -> dict[str, object]:
                 shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
     except (KeyError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise MediaError(f"{path}: unreadable maps file ({exc})") from exc
-    info.update(n_frames=int(shape[0]), stored_size=tuple(shape[1:]), dtype=str(dtype))
+    for name, kind in (("fps", float), ("format_version", int)):
+        if name in info:
+            info[name] = kind(np.asarray(info[name]).reshape(-1)[0])
+    if "source_size" in info:
+        info["source_size"] = tuple(int(s) for s in np.asarray(info["source_size"]).reshape(-1))
+    info.update(n_frames=int(shape[0]), stored_size=tuple(int(s) for s in shape[1:]), dtype=str(dtype))
     return info
 
 
@@ -505,3 +523,227 @@ def contact_sheet(
         r, c = divmod(k, cols)
         sheet.paste(tile, (4 + c * (tile_width + 4), 4 + r * (th + 4)))
     sheet.save(path)
+
+
+# ----------------------------------------------------------------------------- one prediction's files
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when ``out_dir`` cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".avsal-probe-"):
+            pass
+    except OSError as exc:
+        raise AvsalError(f"{out_dir}: output directory is not writable ({exc.strerror or exc})") from exc
+
+
+def fit_frame(frame: np.ndarray, max_side: int) -> np.ndarray:
+    """``frame`` scaled down (bilinear) so its longest side is at most ``max_side``."""
+    h, w = frame.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return frame
+    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+
+
+def _thumbnail(frame: np.ndarray, width: int = 320) -> np.ndarray:
+    return fit_frame(frame, width) if frame.shape[1] > width else frame
+
+
+#: ``progress(frames written, frames expected)``.
+Progress = Callable[[int, int], None]
+MAP_FILE = "maps.npz"
+PNG_DIR = "maps"
+OVERLAY_FILE = "overlay.mp4"
+CONTACT_SHEET_FILE = "contact_sheet.png"
+
+
+class PredictionWriter:
+    """The files of one prediction, written frame by frame on a thread of their own and moved into
+    ``out_dir`` together: ``maps.npz`` always, ``maps/*.png`` with ``pngs``, ``overlay.mp4`` with
+    ``overlay`` (the soundtrack as AAC when ``audio_rate`` > 0) and ``contact_sheet.png`` with
+    ``contact_sheet`` (8 frames spread over the video; needs ``overlay``'s frames).
+
+    Everything goes into a private temporary directory inside ``out_dir`` first; :meth:`publish`
+    moves it into place only when every file is complete, so a failed or interrupted run leaves no
+    partial file and replaces nothing (use it as a context manager: an exception discards the
+    temporary directory). Map post-processing to the video's size, deflate, PNG and H.264 encoding
+    release the GIL, so writing overlaps with decoding and inference on the caller's thread;
+    errors surface there at the next call or at :meth:`finish`.
+
+    ``map_size``: the size ``maps.npz`` stores (default: the video's, ``source_size``);
+    ``estimated_frames`` spreads the contact sheet's frames; ``timings.write`` accumulates the
+    writing time; ``progress(written, expected)`` is called per map written.
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        source_size: tuple[int, int],
+        fps: float,
+        audio_rate: int = 0,
+        map_size: tuple[int, int] | None = None,
+        pngs: bool = False,
+        overlay: bool = False,
+        contact_sheet: bool | None = None,
+        overlay_max_side: int = 1280,
+        estimated_frames: int = 0,
+        timings: Timings | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.out = Path(out_dir)
+        check_writable(self.out)
+        self.source_size = (int(source_size[0]), int(source_size[1]))
+        self.map_size = tuple(int(s) for s in map_size) if map_size is not None else self.source_size
+        if timings is None:
+            from avsal_deploy.data.source import Timings
+
+            timings = Timings()
+        self.timings = timings
+        self.progress = progress
+        self.estimated_frames = int(estimated_frames)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".avsal-", dir=self.out))
+        self.files = [MAP_FILE, *([PNG_DIR] if pngs else [])]
+        self.maps = MapWriter(self.tmp / MAP_FILE, self.source_size, fps, self.map_size)
+        self.png_dir = self.tmp / PNG_DIR if pngs else None
+        if self.png_dir is not None:
+            self.png_dir.mkdir()
+        self.overlay: OverlayWriter | None = None
+        self.sheet = overlay if contact_sheet is None else (contact_sheet and overlay)
+        self.thumbs: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        self.last: tuple[int, np.ndarray, np.ndarray, float] | None = None
+        if overlay:
+            size = overlay_size(self.source_size, overlay_max_side)
+            self.overlay = OverlayWriter(self.tmp / OVERLAY_FILE, fps, size, audio_rate)
+            self.files.append(OVERLAY_FILE)
+        if self.sheet:
+            n = max(self.estimated_frames, 1)
+            self.picks = set(np.linspace(0, n - 1, min(8, n)).round().astype(int).tolist())
+            self.files.append(CONTACT_SHEET_FILE)
+        self.written = 0
+        self._extra: list[str] = []
+        self._finished = False
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="avsal-writers", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the caller's side
+    def add_map(
+        self, index: int, timestamp: float, saliency: np.ndarray, frame: np.ndarray | None = None
+    ) -> None:
+        """Frame ``index``'s map (model size, [0, 1]) and, for the overlay, its RGB frame (any size)."""
+        self._put((index, timestamp, saliency, frame))
+
+    def add_audio(self, chunk: np.ndarray) -> None:
+        """The next mono float32 samples of the soundtrack (for the overlay; ignored without one)."""
+        self._put(chunk)
+
+    def _put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def finish(self) -> None:
+        """Complete every file (in the temporary directory); raises the writers' error, if any."""
+        if not self._finished:
+            self._finished = True
+            self._queue.put(self._END)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def publish(self, extra: dict[str, str] | None = None) -> list[str]:
+        """:meth:`finish`, add the ``extra`` text files (name -> content, e.g. ``summary.json``) and
+        move everything into ``out_dir`` (a directory already there is replaced); the names moved."""
+        self.finish()
+        for name, text in (extra or {}).items():
+            (self.tmp / name).write_text(text)
+            self._extra.append(name)
+        names = [*self.files, *self._extra]
+        for name in names:
+            dest = self.out / name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(self.tmp / name, dest)
+        return names
+
+    def abort(self) -> None:
+        """Stop the thread and close the files unfinished (they are discarded with the directory)."""
+        if self._thread.is_alive():
+            self._finished = True
+            self._queue.put(self._END)
+            self._thread.join()
+        self.maps.abort()
+        if self.overlay is not None:
+            self.overlay.abort()
+
+    def close(self) -> None:
+        """Remove the temporary directory (what :meth:`publish` did not move)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        self.close()
+
+    # ------------------------------------------------------------------ the writer thread
+    def _work(self) -> None:
+        try:
+            while (item := self._queue.get()) is not self._END:
+                if self._error is not None:
+                    continue  # drain after a failure so the producer never blocks
+                t0 = time.perf_counter()
+                if isinstance(item, tuple):
+                    self._frame(*item)
+                elif self.overlay is not None:
+                    self.overlay.add_audio(item)
+                self.timings.write += time.perf_counter() - t0
+            if self._error is None:
+                t0 = time.perf_counter()
+                self._complete()
+                self.timings.write += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._error = exc
+
+    def _frame(self, index: int, timestamp: float, saliency: np.ndarray, frame: np.ndarray | None) -> None:
+        full = postprocess_map(saliency, self.source_size)
+        stored = full if self.map_size == self.source_size else postprocess_map(saliency, self.map_size)
+        self.maps.write(stored, timestamp)
+        if self.png_dir is not None:
+            write_map_png(self.png_dir, index, full)
+        if self.overlay is not None:
+            if frame is None:
+                raise ValueError(f"frame {index}: the overlay needs the frame with its map")
+            self.overlay.add_frame(frame, full, timestamp)
+            if self.sheet:
+                thumb = _thumbnail(frame)
+                self.last = (index, thumb, saliency, timestamp)
+                if index in self.picks:
+                    self.thumbs[index] = (thumb, saliency, timestamp)
+        self.written += 1
+        if self.progress is not None:
+            self.progress(self.written, max(self.written, self.estimated_frames))
+
+    def _complete(self) -> None:
+        self.maps.close()
+        if self.overlay is not None:
+            self.overlay.close()
+        if self.sheet:
+            if self.last is not None and self.last[0] not in self.thumbs:  # fewer frames than estimated
+                self.thumbs[self.last[0]] = self.last[1:]
+            shown = sorted(self.thumbs)[-8:] if len(self.thumbs) > 8 else sorted(self.thumbs)
+            contact_sheet(
+                self.tmp / CONTACT_SHEET_FILE,
+                [self.thumbs[i][0] for i in shown],
+                [postprocess_map(self.thumbs[i][1], self.thumbs[i][0].shape[:2]) for i in shown],
+                [f"#{i + 1} {self.thumbs[i][2]:.2f}s" for i in shown],
+            )

@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import resource
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,16 +32,48 @@ from typing import Any
 
 import numpy as np
 
-from avsal_deploy import __version__, interrupt
+from avsal_deploy import interrupt
+from avsal_deploy._version import __version__
 from avsal_deploy.config import resolve_steps
 from avsal_deploy.data.preprocess import postprocess_map, postprocess_maps
 from avsal_deploy.data.source import ArraySource, MediaSource, Timings
 from avsal_deploy.data.stream import StreamWindow, StreamWindower
 from avsal_deploy.engine.base import Engine
 from avsal_deploy.errors import AvsalError, MediaError
+from avsal_deploy.outputs import PredictionWriter, Progress, check_writable, fit_frame
 
-Progress = Callable[[int, int], None]
 MAP_SIZES = ("source", "model")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How the maps of a video or stream are computed; the same for every engine and every command.
+
+    - ``steps``: DDIM steps per window (None: the config's ``diffusion.sampling_steps``; 0: the
+      one-shot map of a hybrid model, and always for a family without a Saliency-UNet);
+    - ``stride``: run the networks for every K-th frame only, the others show the nearest computed
+      map (None: the config's ``window.stride``);
+    - ``seed``: the sampling noise x_T of a video (or stream) is drawn from it, once, and shared
+      by all its windows: maps are reproducible and do not flicker;
+    - ``batch_size``: windows per engine call (windows wait until a batch is full or the video ends).
+
+    Invalid values raise :class:`~avsal_deploy.errors.AvsalError` when the options are made.
+    """
+
+    steps: int | None = None
+    stride: int | None = None
+    seed: int = 0
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 0:
+            raise AvsalError(f"steps={self.steps}: must be >= 0")
+        if self.stride is not None and self.stride < 1:
+            raise AvsalError(f"stride={self.stride}: must be >= 1")
+        if self.seed < 0:
+            raise AvsalError(f"seed={self.seed}: must be >= 0")
+        if self.batch_size < 1:
+            raise AvsalError(f"batch_size={self.batch_size}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -65,9 +93,9 @@ class FrameFlow:
     Args:
         engine: any :class:`~avsal_deploy.engine.base.Engine`.
         fps: the stream's nominal frame rate; ``audio_rate``: the pushed audio's sample rate.
-        steps, stride, seed, letterbox: as :class:`Predictor`. The same x_T (from ``seed``) serves
-            every window of the stream.
-        batch_size: windows per engine call (windows wait until a batch is full or the stream ends).
+        options: steps, stride, seed and batch size (:class:`PredictOptions`). The same x_T (from
+            the seed) serves every window of the stream.
+        letterbox: as :class:`Predictor`.
         keep_frames: hand each pushed frame back in its :class:`FrameMap` (for overlays).
     """
 
@@ -77,25 +105,27 @@ class FrameFlow:
         *,
         fps: float,
         audio_rate: int | None = None,
-        steps: int | None = None,
-        stride: int | None = None,
-        batch_size: int = 1,
-        seed: int = 0,
+        options: PredictOptions | None = None,
         letterbox: bool = False,
         keep_frames: bool = False,
         timings: Timings | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise AvsalError(f"batch_size={batch_size}: must be >= 1")
+        options = options if options is not None else PredictOptions()
         self.engine = engine
-        self.steps = resolve_steps(engine.config, engine.variant, steps)
-        self.batch_size = int(batch_size)
+        self.options = options
+        self.steps = resolve_steps(engine.config, engine.variant, options.steps)
+        self.batch_size = options.batch_size
         self.windower = StreamWindower(
-            engine.config, engine.variant, fps=fps, audio_rate=audio_rate, stride=stride, letterbox=letterbox
+            engine.config,
+            engine.variant,
+            fps=fps,
+            audio_rate=audio_rate,
+            stride=options.stride,
+            letterbox=letterbox,
         )
         self.keep_frames = keep_frames
         self.timings = timings if timings is not None else Timings()
-        self.noise1 = engine.make_noise(1, seed) if self.steps > 0 else None
+        self.noise1 = engine.make_noise(1, options.seed) if self.steps > 0 else None
         self._ready: list[StreamWindow] = []
         self._maps: dict[int, np.ndarray] = {}
         self._times: dict[int, float] = {}
@@ -213,28 +243,28 @@ def normalize_map(m: np.ndarray) -> np.ndarray:
 class Predictor:
     """Runs an :class:`Engine` over every window of a video through one :class:`FrameFlow`.
 
-    The same x_T is used for every window of a video (drawn from ``seed``): the maps are
+    The same x_T is used for every window of a video (drawn from ``options.seed``): the maps are
     reproducible and consecutive frames do not flicker from independent sampling noise.
+    ``letterbox`` pads frames to the model's aspect ratio instead of stretching them. The options
+    may also be given by name (``Predictor(engine, stride=4)``), not both ways at once.
     """
 
     def __init__(
         self,
         engine: Engine,
-        steps: int | None = None,
-        stride: int | None = None,
-        batch_size: int = 1,
-        seed: int = 0,
+        options: PredictOptions | None = None,
+        *,
         letterbox: bool = False,
+        **fields: Any,
     ) -> None:
-        if batch_size < 1:
-            raise AvsalError(f"batch_size={batch_size}: must be >= 1")
+        if fields and options is not None:
+            raise AvsalError(f"Predictor: give options or {', '.join(sorted(fields))}, not both")
         self.engine = engine
         self.config = engine.config
         self.variant = engine.variant
-        self.steps = resolve_steps(self.config, self.variant, steps)
-        self.stride = stride
-        self.batch_size = batch_size
-        self.seed = seed
+        self.options = options if options is not None else PredictOptions(**fields)
+        self.steps = resolve_steps(self.config, self.variant, self.options.steps)
+        self.stride = self.options.stride
         self.letterbox = letterbox
 
     def flow(
@@ -249,10 +279,7 @@ class Predictor:
             self.engine,
             fps=fps,
             audio_rate=audio_rate,
-            steps=self.steps,
-            stride=self.stride,
-            batch_size=self.batch_size,
-            seed=self.seed,
+            options=self.options,
             letterbox=self.letterbox,
             keep_frames=keep_frames,
             timings=timings,
@@ -273,7 +300,7 @@ class Predictor:
         flow = self.flow(source.fps, source.audio_rate, keep_frames, timings)
         for frame, ts, chunk in source.media(timings):
             interrupt.check()  # a stop request discards the video in flight
-            keep = _fit(frame, keep_max_side) if keep_frames and keep_max_side else None
+            keep = fit_frame(frame, keep_max_side) if keep_frames and keep_max_side else None
             yield flow.push(frame, chunk, ts, keep), chunk
         if flow.n_frames == 0:
             raise MediaError(f"{source.path}: no decodable video frame")
@@ -329,157 +356,10 @@ class Prediction:
         return postprocess_maps(self.frame_maps, size or self.source_size)
 
 
-# ----------------------------------------------------------------------------- writers
-def check_writable(out_dir: Path) -> None:
-    """Fail before any work when ``out_dir`` cannot be created or written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".avsal-probe-"):
-            pass
-    except OSError as exc:
-        raise AvsalError(f"{out_dir}: output directory is not writable ({exc.strerror or exc})") from exc
-
-
+# ----------------------------------------------------------------------------- writing
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, MiB (Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class _Writers:
-    """The per-frame writers of one prediction, on a thread of their own (bounded queue).
-
-    Map post-processing to the video's size, deflate, PNG and H.264 encoding release the GIL, so
-    they overlap with decoding and inference on the main thread. Errors surface in the main thread
-    at the next :meth:`put` or at :meth:`close`.
-    """
-
-    _END = object()
-
-    def __init__(
-        self,
-        tmp: Path,
-        source: MediaSource,
-        *,
-        map_size: str,
-        model_size: tuple[int, int],
-        pngs: bool,
-        overlay: bool,
-        overlay_max_side: int,
-        timings: Timings,
-        progress: Progress | None,
-    ) -> None:
-        from avsal_deploy import outputs
-
-        self.outputs = outputs
-        self.source = source
-        self.timings = timings
-        self.progress = progress
-        self.map_size = source.source_size if map_size == "source" else model_size
-        self.maps = outputs.MapWriter(tmp / "maps.npz", source.source_size, source.fps, self.map_size)
-        self.png_dir = tmp / "maps" if pngs else None
-        if self.png_dir is not None:
-            self.png_dir.mkdir()
-        self.overlay = None
-        self.thumbs: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
-        if overlay:
-            size = outputs.overlay_size(source.source_size, overlay_max_side)
-            rate = source.audio_rate if source.has_audio else 0
-            self.overlay = outputs.OverlayWriter(tmp / "overlay.mp4", source.fps, size, rate)
-            n = max(source.estimated_frames, 1)
-            self.picks = set(np.linspace(0, n - 1, min(8, n)).round().astype(int).tolist())
-        self.written = 0
-        self.last: tuple[int, np.ndarray, np.ndarray, float] | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="avsal-writers", daemon=True)
-        self._thread.start()
-
-    def put(self, item: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
-
-    def close(self) -> None:
-        self._queue.put(self._END)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._END)
-            self._thread.join()
-        self.maps.abort()
-        if self.overlay is not None:
-            self.overlay.abort()
-
-    def _work(self) -> None:
-        try:
-            while (item := self._queue.get()) is not self._END:
-                if self._error is not None:
-                    continue  # drain after a failure so the producer never blocks
-                t0 = time.perf_counter()
-                if isinstance(item, FrameMap):
-                    self._frame(item)
-                else:
-                    if self.overlay is not None:
-                        self.overlay.add_audio(item)
-                self.timings.write += time.perf_counter() - t0
-            if self._error is None:
-                t0 = time.perf_counter()
-                self._finish()
-                self.timings.write += time.perf_counter() - t0
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self._error = exc
-
-    def _frame(self, fm: FrameMap) -> None:
-        full = postprocess_map(fm.saliency, self.source.source_size)
-        stored = (
-            full if self.map_size == self.source.source_size else postprocess_map(fm.saliency, self.map_size)
-        )
-        self.maps.write(stored, fm.timestamp)
-        if self.png_dir is not None:
-            self.outputs.write_map_png(self.png_dir, fm.index, full)
-        if self.overlay is not None:
-            assert fm.frame is not None
-            self.overlay.add_frame(fm.frame, full, fm.timestamp)
-            thumb = _thumbnail(fm.frame)
-            self.last = (fm.index, thumb, fm.saliency, fm.timestamp)
-            if fm.index in self.picks:
-                self.thumbs[fm.index] = (thumb, fm.saliency, fm.timestamp)
-        self.written += 1
-        if self.progress is not None:
-            self.progress(self.written, max(self.written, self.source.estimated_frames))
-
-    def _finish(self) -> None:
-        self.maps.close()
-        if self.overlay is not None:
-            self.overlay.close()
-            if self.last is not None and self.last[0] not in self.thumbs:  # fewer frames than estimated
-                self.thumbs[self.last[0]] = self.last[1:]
-            shown = sorted(self.thumbs)[-8:] if len(self.thumbs) > 8 else sorted(self.thumbs)
-            self.outputs.contact_sheet(
-                self.maps.path.parent / "contact_sheet.png",
-                [self.thumbs[i][0] for i in shown],
-                [postprocess_map(self.thumbs[i][1], self.thumbs[i][0].shape[:2]) for i in shown],
-                [f"#{i + 1} {self.thumbs[i][2]:.2f}s" for i in shown],
-            )
-
-
-def _fit(frame: np.ndarray, max_side: int) -> np.ndarray:
-    """``frame`` scaled down (bilinear) so its longest side is at most ``max_side``."""
-    from PIL import Image
-
-    h, w = frame.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return frame
-    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
-    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
-
-
-def _thumbnail(frame: np.ndarray, width: int = 320) -> np.ndarray:
-    return _fit(frame, width) if frame.shape[1] > width else frame
 
 
 def predict_to_directory(
@@ -492,85 +372,90 @@ def predict_to_directory(
     overlay_max_side: int = 1280,
     map_size: str = "model",
     progress: Progress | None = None,
+    observe: Callable[[FrameMap], None] | None = None,
 ) -> dict[str, Any]:
     """Predict ``video_path`` and write ``maps.npz`` (:class:`avsal_deploy.outputs.MapWriter`),
     ``maps/*.png``, ``overlay.mp4``, ``contact_sheet.png`` and ``summary.json`` into ``out_dir``;
-    returns the summary.
+    returns the summary (its ``files`` lists what was written).
 
     One pass over the file: each decoded frame goes through the flow and, with its map, to the
-    writers. Everything is written into a private temporary directory and moved into place only
-    when all of it is complete, so a failed run leaves no partial files and loses nothing written
-    before. ``map_size``: ``"model"`` (default) stores maps at the model's size, the information the
-    network computed (``load_maps`` resizes them to the video's size), ``"source"`` upsampled to the
-    video's size (about 100x the bytes and the deflate time at 720p). ``progress(frames written, frames expected)``.
-    ``video_path`` may also be an opened source (:class:`~avsal_deploy.data.source.MediaSource`,
-    :class:`~avsal_deploy.data.source.ArraySource` for frames in memory); it is closed here.
+    writers (:class:`~avsal_deploy.outputs.PredictionWriter`): everything is written into a private
+    temporary directory and moved into place only when all of it is complete, so a failed run
+    leaves no partial files and loses nothing written before. ``map_size``: ``"model"`` (default)
+    stores maps at the model's size, the information the network computed (``load_maps`` resizes
+    them to the video's size), ``"source"`` upsampled to the video's size (about 100x the bytes and
+    the deflate time at 720p). ``progress(frames written, frames expected)``; ``observe(frame_map)``
+    sees every :class:`FrameMap` as it is settled. ``video_path`` may also be an opened source
+    (:class:`~avsal_deploy.data.source.MediaSource`, :class:`~avsal_deploy.data.source.ArraySource`
+    for frames in memory); it is closed here.
     """
     if map_size not in MAP_SIZES:
         raise AvsalError(f"map_size={map_size!r}: choose one of {', '.join(MAP_SIZES)}")
-    out = Path(out_dir)
-    check_writable(out)
     t_start = time.perf_counter()
     timings = Timings()
+    out = Path(out_dir)
+    check_writable(out)
     source = video_path if isinstance(video_path, MediaSource | ArraySource) else MediaSource(video_path)
-    video_path = source.path
-    tmp = Path(tempfile.mkdtemp(prefix=".avsal-", dir=out))
-    writers = None
     try:
-        writers = _Writers(
-            tmp,
-            source,
-            map_size=map_size,
-            model_size=(predictor.config.video.height, predictor.config.video.width),
+        model_size = (predictor.config.video.height, predictor.config.video.width)
+        with PredictionWriter(
+            out,
+            source_size=source.source_size,
+            fps=source.fps,
+            audio_rate=source.audio_rate if source.has_audio else 0,
+            map_size=source.source_size if map_size == "source" else model_size,
             pngs=pngs,
             overlay=overlay,
             overlay_max_side=overlay_max_side,
+            estimated_frames=source.estimated_frames,
             timings=timings,
             progress=progress,
-        )
-        n_frames = 0
-        runs = predictor.run(source, keep_frames=overlay, timings=timings, keep_max_side=overlay_max_side)
-        for maps, chunk in runs:
-            writers.put(chunk)
-            for fm in maps:
-                writers.put(fm)
-            n_frames += len(maps)
-        writers.close()
-        written = [
-            "maps.npz",
-            *(["maps"] if pngs else []),
-            *(["overlay.mp4", "contact_sheet.png"] if overlay else []),
-        ]
-        t_end = time.perf_counter()
-        summary = {
-            "video": str(video_path),
-            "frames": n_frames,
-            "fps": source.fps,
-            "size": list(source.source_size),
-            "map_size": list(writers.map_size),
-            "has_audio": source.has_audio,
-            "engine": predictor.engine.backend,
-            "variant": predictor.variant,
-            "profile": predictor.config.profile,
-            "steps": predictor.steps,
-            "stride": predictor.stride or predictor.config.window.stride,
-            "seconds": round(t_end - t_start, 3),
-            "timings": timings.as_dict(),
-            "frames_per_second": round(n_frames / max(t_end - t_start, 1e-9), 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "avsal_version": __version__,
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        for name in [*written, "summary.json"]:
-            dest = out / name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(tmp / name, dest)
-    except BaseException:
-        if writers is not None:
-            writers.abort()
-        raise
+        ) as writer:
+            n_frames = _write_maps(source, predictor, writer, overlay, overlay_max_side, timings, observe)
+            writer.finish()
+            t_end = time.perf_counter()
+            summary = {
+                "video": str(source.path),
+                "frames": n_frames,
+                "fps": source.fps,
+                "size": list(source.source_size),
+                "map_size": list(writer.map_size),
+                "has_audio": source.has_audio,
+                "engine": predictor.engine.backend,
+                "variant": predictor.variant,
+                "profile": predictor.config.profile,
+                "steps": predictor.steps,
+                "stride": predictor.stride or predictor.config.window.stride,
+                "seconds": round(t_end - t_start, 3),
+                "timings": timings.as_dict(),
+                "frames_per_second": round(n_frames / max(t_end - t_start, 1e-9), 3),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "avsal_version": __version__,
+            }
+            summary["files"] = writer.publish({"summary.json": json.dumps(summary, indent=2)})
     finally:
         source.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _write_maps(
+    source: MediaSource | ArraySource,
+    predictor: Predictor,
+    writer: PredictionWriter,
+    keep_frames: bool,
+    keep_max_side: int,
+    timings: Timings,
+    observe: Callable[[FrameMap], None] | None,
+) -> int:
+    """Run ``source`` through ``predictor`` into ``writer``; the number of maps written."""
+    n_frames = 0
+    for maps, chunk in predictor.run(
+        source, keep_frames=keep_frames, timings=timings, keep_max_side=keep_max_side
+    ):
+        writer.add_audio(chunk)
+        for fm in maps:
+            if observe is not None:
+                observe(fm)
+            writer.add_map(fm.index, fm.timestamp, fm.saliency, fm.frame)
+        n_frames += len(maps)
+    return n_frames

@@ -1,7 +1,7 @@
 """Benchmark fixtures: models and exports per profile, made once per session (and cached on disk).
 
 ``AVSAL_BENCH_PROFILES`` (comma-separated, default ``small``) chooses the profiles the engine
-suites run at; ``avsal bench --report`` sets it (``--quick``: tiny,small; else tiny,small,paper).
+suites run at; ``avsal bench --out`` sets it (``--quick``: tiny,small; else tiny,small,paper).
 """
 
 from __future__ import annotations

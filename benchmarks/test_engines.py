@@ -2,7 +2,7 @@
 per profile (``AVSAL_BENCH_PROFILES``), with each case's GEMM-class GFLOP in ``extra_info`` so
 the report can state the achieved FLOP/s as a share of the machine's GEMM rate (test_machine.py).
 
-Run with ``make bench`` or ``avsal bench --report DIR``. Ratios between engines are measured in
+Run with ``make bench`` or ``avsal bench --out DIR``. Ratios between engines are measured in
 one run on one machine; absolute numbers depend on the machine.
 """
 

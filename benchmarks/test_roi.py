@@ -1,4 +1,4 @@
-"""ROI video coding (issue #13): EWPSNR gain at equal bitrate, BD-rate, and the cost of ROI handling.
+"""ROI video coding: EWPSNR gain at equal bitrate, BD-rate, and the cost of ROI handling.
 
 Run with ``pytest benchmarks/test_roi.py --benchmark-enable -s``. Numbers go to ``extra_info`` and
 are printed. Clips are synthetic benchmark scenes (``make_sample_clip``) whose ground-truth maps
@@ -64,7 +64,7 @@ def test_ewpsnr_gain_at_equal_bitrate(benchmark, scene: dict, codec: str) -> Non
             if label == "gt":
                 info["uniform_ewpsnr_db"] = rep["uniform"]["ewpsnr"]
                 info["bitrate_kbps"] = rep["roi"]["bitrate_kbps"]
-        # the issue's naive mapping (top 60 blocks, qoffset = -0.4 x saliency) at the same bitrate
+        # the naive mapping (top 60 blocks, qoffset = -0.4 x saliency) at the same bitrate
         naive = np.stack([naive_offsets(m, SIZE) for m in gt])
         res = match_bitrate(
             lambda c: encode(clip, c, codec, naive, preset=PRESET), info["bitrate_kbps"], accept=0.02

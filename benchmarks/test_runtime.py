@@ -1,4 +1,4 @@
-"""The runtime's frame flow on a 720p clip at the tiny profile (issue 10): write time against
+"""The runtime's frame flow on a 720p clip at the tiny profile: write time against
 inference time, output size per frame, and peak RSS for 1, 3 and 10 minutes of video.
 
 Run with ``make bench`` (or ``pytest benchmarks/test_runtime.py --benchmark-enable -s``). The

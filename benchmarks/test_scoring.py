@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from avsal_deploy.data.synthetic import make_sample_clip
-from avsal_deploy.engine import DEFAULT_EXPORT
+from avsal_deploy.engine import DEFAULT_EXPORT, EngineChoice
 from avsal_deploy.scoring import score
 
 N_VIDEOS = 6
@@ -68,7 +68,7 @@ def _run(benchmark, clips: Path, base: Path, **kwargs: object) -> dict:
 def test_local_jobs(benchmark, clips: Path, shipped_export: Path, tmp_path: Path, jobs: int) -> None:
     benchmark.group = f"avsal score, {N_VIDEOS} clips x {int(SECONDS * 25)} frames, onnxruntime"
     benchmark.extra_info["jobs"] = jobs
-    _run(benchmark, clips, tmp_path, engine="onnxruntime", export_dir=shipped_export, jobs=jobs)
+    _run(benchmark, clips, tmp_path, engine=EngineChoice(export=str(shipped_export)), jobs=jobs)
 
 
 @pytest.fixture(scope="module")
@@ -91,5 +91,6 @@ def test_triton_servers(
     benchmark.group = f"avsal score, {N_VIDEOS} clips x {int(SECONDS * 25)} frames, triton (2 in flight)"
     benchmark.extra_info["n_servers"] = n_servers
     urls = servers[:n_servers]
-    summary = _run(benchmark, clips, tmp_path, engine="triton", export_dir=shipped_export, urls=urls, jobs=2)
+    choice = EngineChoice("triton", export=str(shipped_export))
+    summary = _run(benchmark, clips, tmp_path, engine=choice, urls=urls, jobs=2)
     assert set(summary["servers"]) == set(urls)

@@ -1,4 +1,4 @@
-"""Streams through Triton (issue 11): per-frame latency and aggregate frames/s for 1, 2, 4 and 8
+"""Streams through Triton: per-frame latency and aggregate frames/s for 1, 2, 4 and 8
 concurrent streams at stride 1 and 4, tiny and small profiles; Triton's per-window latency over
 in-process ONNX Runtime. Run with ``pytest benchmarks/test_streams.py --benchmark-enable -s``.
 

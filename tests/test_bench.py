@@ -1,4 +1,4 @@
-"""The benchmark report's machinery (issue 14): FLOP counts, the machine's limit, per-node
+"""The benchmark report's machinery: FLOP counts, the machine's limit, per-node
 profiles, ratios and targets derived from pytest-benchmark JSON, the report files, the CLI, the
 perf_analyzer glue and the accuracy of reduced precision. Nothing here times anything."""
 
@@ -196,7 +196,7 @@ def test_report_files_and_cli_from_json(tmp_path: Path, capsys) -> None:
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps(_raw()))
     out = tmp_path / "report"
-    assert main(["bench", "--report", str(out), "--from-json", str(raw), "--no-node-profile"]) == 0
+    assert main(["bench", "--out", str(out), "--from-json", str(raw), "--no-node-profile"]) == 0
     data = json.loads((out / "report.json").read_text())
     assert set(HEADLINE) <= set(data) and isinstance(data["notes"], dict)
     assert data["ort_speedup"] == pytest.approx(2.5)
@@ -205,7 +205,7 @@ def test_report_files_and_cli_from_json(tmp_path: Path, capsys) -> None:
     assert {"fps_vs_streams.png", "breakdown.png"} <= set(data["plots"])
     assert all((out / p).stat().st_size > 1000 for p in data["plots"])
     assert "ort_speedup" in capsys.readouterr().out
-    assert main(["bench", "--report", str(out), "--from-json", str(tmp_path / "nope.json")]) == 2
+    assert main(["bench", "--out", str(out), "--from-json", str(tmp_path / "nope.json")]) == 2
 
 
 def test_perf_analyzer_csv_and_input_data(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Issue 16: the audio-visual binding map, its config switch and migration, the generator's task
+"""The audio-visual binding map, its config switch and migration, the generator's task
 options, the probes and the grid machinery (on a miniature grid)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _digest(root: Path) -> str:
 
 
 def _config() -> Config:
-    """The binding map alone (the first round of issue 16), without the mend's read-out and the
+    """The binding map alone (the first configuration measured on the audio-binding grid), without its read-out and the
     one-shot-conditioned UNet that the tiny profile also turns on."""
     return load_config(
         "tiny",
@@ -93,7 +93,7 @@ def test_binding_map_of_silence_is_exactly_zero_and_injector_starts_neutral() ->
 
 
 def test_profiles_switch_and_legacy_defaults() -> None:
-    # the mend is on in the deployable profiles, and the paper profile stays the paper's
+    # the binding switches are on in the deployable profiles, and the paper profile stays the paper's
     for p in ("small", "tiny"):
         c = load_config(p)
         assert c.fusion.binding and c.fusion.binding_readout and c.unet.oneshot_condition, p
@@ -163,7 +163,7 @@ def test_binding_model_exports_to_onnx_and_matches_torch(tmp_path: Path) -> None
     assert not torch.allclose(quiet[0], ref[0])
 
 
-def _mended() -> Config:
+def _full_binding() -> Config:
     return load_config(
         "tiny",
         {
@@ -200,7 +200,7 @@ def test_readout_starts_neutral_and_reads_the_source() -> None:
 
 
 def test_oneshot_conditioned_unet_uses_the_one_shot_map() -> None:
-    config = _mended()
+    config = _full_binding()
     model = build_model(config, "hybrid").eval()
     assert model.unet is not None and model.unet.stem.in_channels == 2
     frames, audio, envelope = example_inputs(config, "hybrid", 2)
@@ -219,14 +219,14 @@ def test_oneshot_conditioned_unet_uses_the_one_shot_map() -> None:
     assert build_model(config, "diffsal").unet.stem.in_channels == 1  # type: ignore[union-attr]
 
 
-def test_mended_model_exports_and_onnxruntime_matches_torch(tmp_path: Path) -> None:
+def test_full_binding_model_exports_and_onnxruntime_matches_torch(tmp_path: Path) -> None:
     """Read-out + one-shot-conditioned UNet: the whole export (both the UNet step and the fused
     DDIM graph take ``one_shot``), checked at batch 1 and 2 against the torch model."""
     pytest.importorskip("onnxruntime")
     from avsal_deploy import engine as engines
     from avsal_deploy.export.onnx import export_model
 
-    config = _mended()
+    config = _full_binding()
     torch.manual_seed(0)
     model = build_model(config, "hybrid").eval()
     with torch.no_grad():  # non-zero read-out and injector, so both paths matter
@@ -326,7 +326,7 @@ def test_audio_lag_delays_the_soundtrack_only(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- probes
 def test_binding_probe_finds_the_source_on_generated_data(tmp_path: Path) -> None:
-    from avsal_deploy.training.probes import binding_alignment
+    from avsal_deploy.research.probes import binding_alignment
 
     root = generate(
         tmp_path / "p",
@@ -346,7 +346,7 @@ def test_binding_probe_finds_the_source_on_generated_data(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_model_probes_run_on_an_untrained_model(tmp_path: Path) -> None:
-    from avsal_deploy.training.probes import audio_rate_probe, score_model, sync_gate_alignment
+    from avsal_deploy.research.probes import audio_rate_probe, score_model, sync_gate_alignment
 
     root = generate(tmp_path / "p", 0, seed=2, n_frames=16, train_per_condition=2, test_per_condition=1)
     model = build_model(_config(), "hybrid").eval()
@@ -389,7 +389,7 @@ audio_lag_ms = [0, 60]
 
 
 def test_grid_file_is_checked(tmp_path: Path) -> None:
-    from avsal_deploy.training.grid import load_grid
+    from avsal_deploy.research.grid import load_grid
 
     path = tmp_path / "g.toml"
     path.write_text(GRID)
@@ -431,7 +431,7 @@ def test_grid_summary_of_bad_output_names_the_file(
 
 
 def test_criteria_per_cell() -> None:
-    from avsal_deploy.training.grid import cell_criteria
+    from avsal_deploy.research.grid import cell_criteria
 
     def entry(av: list[float], v: list[float], centre: float = 0.2) -> dict:
         stats = lambda xs: {"mean": float(np.mean(xs)), "std": 0.0, "per_seed": xs}  # noqa: E731

@@ -1,5 +1,5 @@
 """The audio-relevance experiment in --quick mode: the results.json contract (not the claim, which
-the real run shows; see avsal_deploy/assets/README.md and the closing note of issue 4)."""
+the real run shows; see avsal_deploy/assets/README.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import generate
 from avsal_deploy.errors import DatasetError
-from avsal_deploy.training.experiment import CONDITIONS, METRICS, MODELS, run_audio_relevance
+from avsal_deploy.research.experiment import CONDITIONS, METRICS, MODELS, run_audio_relevance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

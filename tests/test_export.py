@@ -1,4 +1,4 @@
-"""Export (issue 5): ONNX components, manifest, TensorRT op audit, engines and parity with torch."""
+"""Export: ONNX components, manifest, TensorRT op audit, engines and parity with torch."""
 
 from __future__ import annotations
 
@@ -208,7 +208,8 @@ def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
     from avsal_deploy.export.quantize import calibration_feeds, quantize_export
 
     clips = [write_video(tmp_path / f"c{i}.mp4", n=9, size=(64, 96), audio="aac") for i in range(2)]
-    feeds = calibration_feeds(exports["hybrid"], clips, max_windows=4)
+    with engines.open(exports["hybrid"], "onnxruntime") as ort:
+        feeds = calibration_feeds(ort, clips, max_windows=4)
     specs = read_manifest(exports["hybrid"])[2]
     assert set(feeds) == set(specs)
     for name, batches in feeds.items():
@@ -235,8 +236,8 @@ def test_int8_calibration_feeds_come_from_clips(tmp_path, exports) -> None:
 
 def test_quantize_cli_needs_clips_and_tensorrt_needs_a_gpu(tmp_path, exports, capsys) -> None:
     assert main(["quantize", "--export", str(exports["avrsp"]), "--out", str(tmp_path / "q")]) == 2
-    assert "--calib-clips" in capsys.readouterr().err
-    assert main(["predict", "--sample", "--engine", "tensorrt", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "--calib-clip VIDEO" in capsys.readouterr().err
+    assert main(["-q", "predict", "--sample", "--engine", "tensorrt", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "NVIDIA GPU" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p" / "maps.npz").exists()

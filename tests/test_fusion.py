@@ -441,7 +441,7 @@ def test_mean_reduction_is_the_legacy_decoder() -> None:
 
 
 def test_shipped_checkpoint_loads_strictly_and_matches_its_fusion_export() -> None:
-    """The shipped checkpoint (the tiny profile: the learned temporal reduction and issue 16's
+    """The shipped checkpoint (the tiny profile: the learned temporal reduction and the
     binding map with its read-out) loads strictly and reproduces its exported fusion graph."""
     ort = pytest.importorskip("onnxruntime")
     from avsal_deploy.engine import DEFAULT_CHECKPOINT, DEFAULT_EXPORT

@@ -1,4 +1,4 @@
-"""The exact 2-D rewrites of factorised 3-D convolutions (avsal_deploy.export.graph, issue 14):
+"""The exact 2-D rewrites of factorised 3-D convolutions (avsal_deploy.export.graph):
 same outputs as the 3-D graph at two batch sizes, only the foldable kernels folded, activations
 taken inside the fold."""
 

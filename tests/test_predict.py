@@ -1,4 +1,4 @@
-"""`avsal predict` (issue 6): outputs, engines, stride, and every kind of bad input."""
+"""`avsal predict`: outputs, engines, stride, and every kind of bad input."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from avsal_deploy.engine import open as open_engine
 from avsal_deploy.engine.eager import TorchEngine
 from avsal_deploy.models.build import build_model, load_pretrained
 from avsal_deploy.models.weights import save_checkpoint
-from avsal_deploy.pipeline import Predictor
+from avsal_deploy.pipeline import PredictOptions, Predictor
 
 
 def predict(
     tmp_path: Path, video: Path, ckpt: Path, *extra: str, out: Path | None = None
 ) -> tuple[int, Path]:
     out = out or tmp_path / "out"
-    code = main(["predict", str(video), "--out", str(out), "--checkpoint", str(ckpt), "--quiet", *extra])
+    code = main(["-q", "predict", str(video), "--out", str(out), "--checkpoint", str(ckpt), *extra])
     return code, out
 
 
@@ -44,7 +44,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def test_outputs_follow_the_contract(tmp_path, clip, tiny_checkpoint, tiny_export) -> None:
-    code, out = predict(tmp_path, clip, tiny_checkpoint)
+    code, out = predict(tmp_path, clip, tiny_checkpoint, "--overlay", "--png")
     assert code == 0
     maps = load_maps(out)
     assert maps.dtype == np.float32 and maps.shape == (12, 80, 120)
@@ -66,28 +66,26 @@ def test_outputs_follow_the_contract(tmp_path, clip, tiny_checkpoint, tiny_expor
 
 
 def test_torch_and_onnxruntime_give_the_same_maps(tmp_path, clip, tiny_checkpoint, tiny_export) -> None:
-    a = load_maps(predict(tmp_path, clip, tiny_checkpoint, "--no-overlay", out=tmp_path / "a")[1])
-    b = load_maps(
-        predict(tmp_path, clip, tiny_checkpoint, "--no-overlay", "--engine", "torch", out=tmp_path / "b")[1]
-    )
+    a = load_maps(predict(tmp_path, clip, tiny_checkpoint, out=tmp_path / "a")[1])
+    b = load_maps(predict(tmp_path, clip, tiny_checkpoint, "--engine", "torch", out=tmp_path / "b")[1])
     # maps.npz stores uint8: engines within 1e-4 round to the same level or a neighbour.
     assert np.abs(a - b).max() <= 1 / 255 + 1e-6 and np.abs(a - b).mean() < 1e-3
 
 
 def test_batching_and_one_shot_steps(clip, tiny_checkpoint, tiny_export) -> None:
     engine = open_engine(tiny_checkpoint, "onnxruntime")
-    m1 = Predictor(engine, batch_size=1).predict(clip).maps()
-    m3 = Predictor(engine, batch_size=3).predict(clip).maps()
+    m1 = Predictor(engine, PredictOptions(batch_size=1)).predict(clip).maps()
+    m3 = Predictor(engine, PredictOptions(batch_size=3)).predict(clip).maps()
     assert np.abs(m1 - m3).max() <= 1e-5  # batching does not change the maps
-    shot = Predictor(engine, steps=0).predict(clip)
+    shot = Predictor(engine, PredictOptions(steps=0)).predict(clip)
     ref = TorchEngine(load_pretrained(tiny_checkpoint))
     assert shot.steps == 0
-    assert np.abs(shot.maps() - Predictor(ref, steps=0).predict(clip).maps()).max() <= 1e-4
+    assert np.abs(shot.maps() - Predictor(ref, PredictOptions(steps=0)).predict(clip).maps()).max() <= 1e-4
 
 
 def test_stride_reuses_the_nearest_computed_window(clip, tiny_checkpoint, tiny_export) -> None:
     engine = open_engine(tiny_checkpoint, "onnxruntime")
-    pred = Predictor(engine, stride=4).predict(clip)
+    pred = Predictor(engine, PredictOptions(stride=4)).predict(clip)
     assert pred.targets == [0, 4, 8, 11]
     assert pred.sources.tolist() == [0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 11, 11]
     maps = pred.maps()
@@ -98,9 +96,7 @@ def test_stride_reuses_the_nearest_computed_window(clip, tiny_checkpoint, tiny_e
 
 def test_sample_demo_runs(tmp_path, tiny_checkpoint, tiny_export) -> None:
     out = tmp_path / "demo"
-    assert (
-        main(["predict", "--sample", "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--quiet"]) == 0
-    )
+    assert main(["-q", "predict", "--sample", "--out", str(out), "--checkpoint", str(tiny_checkpoint)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 75 and summary["has_audio"]
     assert load_maps(out).shape == (75, 192, 320)
@@ -119,7 +115,9 @@ def test_sample_demo_runs(tmp_path, tiny_checkpoint, tiny_export) -> None:
 )
 def test_unusual_videos_predict(tmp_path, tiny_checkpoint, tiny_export, name, kwargs, shape, fps) -> None:
     video = write_video(tmp_path / f"{name}.mp4", **kwargs)
-    code, out = predict(tmp_path, video, tiny_checkpoint, *(["--no-png"] if name == "uhd_4k" else []))
+    code, out = predict(
+        tmp_path, video, tiny_checkpoint, "--overlay", *([] if name == "uhd_4k" else ["--png"])
+    )
     assert code == 0
     maps = load_maps(out)
     assert maps.shape == shape and 0.0 <= maps.min() and maps.max() <= 1.0
@@ -135,7 +133,7 @@ def test_unusual_videos_predict(tmp_path, tiny_checkpoint, tiny_export, name, kw
 def test_video_without_audio_warns_and_predicts(tmp_path, tiny_checkpoint, tiny_export) -> None:
     video = write_video(tmp_path / "mute.mp4", n=4, size=(64, 96))
     with pytest.warns(UserWarning, match="mute.mp4"):
-        code, out = predict(tmp_path, video, tiny_checkpoint)
+        code, out = predict(tmp_path, video, tiny_checkpoint, "--overlay")
     assert code == 0 and json.loads((out / "summary.json").read_text())["has_audio"] is False
     with av.open(str(out / "overlay.mp4")) as c:
         assert len(c.streams.audio) == 0
@@ -243,7 +241,7 @@ def test_bad_arguments(tmp_path, capsys, clip, tiny_checkpoint) -> None:
 
 
 def test_npz_is_a_plain_numpy_archive(tmp_path, clip, tiny_checkpoint, tiny_export) -> None:
-    code, out = predict(tmp_path, clip, tiny_checkpoint, "--no-overlay", "--no-png")
+    code, out = predict(tmp_path, clip, tiny_checkpoint)  # maps.npz only, by default
     assert code == 0
     with zipfile.ZipFile(out / "maps.npz") as z:
         assert z.namelist() == [

@@ -1,4 +1,4 @@
-"""ROI video coding (issue #13): mapping, exporters, the encoder route, equal-bitrate comparisons, CLI."""
+"""ROI video coding: mapping, exporters, the encoder route, equal-bitrate comparisons, CLI."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import make_sample_clip
+from avsal_deploy.engine import EngineChoice
 from avsal_deploy.errors import AvsalError, MediaError
 from avsal_deploy.outputs import load_maps
 from avsal_deploy.roi import encode as encoding
@@ -276,7 +277,7 @@ def predicted(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> np.ndar
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        path = predict_maps(sample["path"], tmp_path_factory.mktemp("pred"), engine="torch")
+        path = predict_maps(sample["path"], tmp_path_factory.mktemp("pred"), EngineChoice("torch"))
     finally:
         torch.set_num_threads(before)
     return read_maps_for(path, sample["clip"])

@@ -1,4 +1,4 @@
-"""The light runtime (issue 10): one frame flow, compact maps, torch-free imports, a plain install."""
+"""The light runtime: one frame flow, compact maps, torch-free imports, a plain install."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from media_utils import write_video
 
+import avsal_deploy
 from avsal_deploy import engine as engines
+from avsal_deploy.cli import RESEARCH_HINT
 from avsal_deploy.data.audio import audio_input, envelope_input
 from avsal_deploy.data.decode import iter_frames, read_video
 from avsal_deploy.data.preprocess import gather_clip, postprocess_maps, preprocess_frames
 from avsal_deploy.errors import AvsalError, MediaError
 from avsal_deploy.outputs import MapWriter, iter_maps, load_maps, read_map_info
-from avsal_deploy.pipeline import Predictor
+from avsal_deploy.pipeline import PredictOptions, Predictor
 from avsal_deploy.windows import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def test_file_flow_equals_a_live_stream_and_the_window_plan(
 ) -> None:
     """The file flow, a live push of the same frames and audio, and the offline window plan give
     bit-identical maps for every frame (the plan's windows run one by one: at batch 1)."""
-    predictor = Predictor(default_engine, stride=stride, batch_size=batch)
+    predictor = Predictor(default_engine, PredictOptions(stride=stride, batch_size=batch))
     offline = predictor.predict(clip)
 
     video = read_video(clip)  # whole-file decode: frames and the aligned soundtrack
@@ -85,7 +87,9 @@ def test_map_format_round_trip_and_sizes(tmp_path: Path) -> None:
     assert got.dtype == np.float32 and got.shape == (5, 24, 32)
     assert np.abs(got - maps).max() <= 0.5 / 255 + 1e-7  # uint8 quantisation
     info = read_map_info(tmp_path / "full.npz")
-    assert info["n_frames"] == 5 and info["dtype"] == "uint8" and info["fps"].tolist() == [25.0]
+    assert info["n_frames"] == 5 and info["dtype"] == "uint8" and info["fps"] == 25.0
+    assert info["source_size"] == (24, 32) and info["format_version"] == 2  # Python scalars
+    assert type(info["fps"]) is float and type(info["format_version"]) is int
     assert np.allclose(info["timestamps"], np.arange(5) / 25.0)
     with zipfile.ZipFile(tmp_path / "full.npz") as z:
         assert z.testzip() is None
@@ -140,7 +144,8 @@ def test_runtime_imports_no_torch(clip: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "import avsal_deploy.pipeline, avsal_deploy.engine, avsal_deploy.serving.client\n"
-        "import avsal_deploy.serving.triton_models, avsal_deploy.serving.repository, avsal_deploy.cli\n"
+        "import avsal_deploy.serving.models.component, avsal_deploy.serving.models.pipeline\n"
+        "import avsal_deploy.serving.models.stream, avsal_deploy.serving.repository, avsal_deploy.cli\n"
         "from avsal_deploy.engine import open\n"
         "from avsal_deploy.pipeline import Predictor, predict_to_directory\n"
         f"predict_to_directory({str(clip)!r}, {str(tmp_path / 'o')!r}, Predictor(open()), pngs=False)\n"
@@ -173,7 +178,8 @@ RSS_CHILD = r"""
 import json, sys
 from avsal_deploy.engine import open
 from avsal_deploy.pipeline import Predictor, predict_to_directory
-s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open(), stride=2), pngs=False)
+from avsal_deploy.pipeline import PredictOptions
+s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open(), PredictOptions(stride=2)), pngs=False)
 print(json.dumps({"frames": s["frames"], "rss": s["peak_rss_mb"]}))
 """
 
@@ -209,27 +215,51 @@ def test_plain_install_predicts_and_builds_a_repository(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # the installed copy alone: no source tree on the path (PYTHONPATH would put one first)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT)], check=True, env=env, cwd=tmp_path)
     avsal = venv / "bin" / "avsal"
-    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, cwd=tmp_path)
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, cwd=tmp_path, env=env)
     assert no_torch.returncode != 0  # the base install carries no torch
     out = tmp_path / "demo"
     subprocess.run(
-        [str(avsal), "predict", "--sample", "--out", str(out), "--quiet"], check=True, cwd=tmp_path
+        [str(avsal), "-q", "predict", "--sample", "--out", str(out)], check=True, cwd=tmp_path, env=env
     )
     assert load_maps(out / "maps.npz").shape[0] == 75
+    version = subprocess.run([str(avsal), "--version"], capture_output=True, text=True, check=True, env=env)
+    assert version.stdout.strip() == f"avsal {avsal_deploy.__version__}"
+    # the wheel carries no research code: `avsal experiment` says where it runs, in one line
+    research = subprocess.run(
+        [str(avsal), "experiment", "audio-relevance", "--data", "d", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert research.returncode == 2 and research.stderr.strip().splitlines() == [
+        f"avsal: error: {RESEARCH_HINT}"
+    ]
+    found = subprocess.run(
+        [str(py), "-c", "import importlib.util as u; print(u.find_spec('avsal_deploy.research'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert found.stdout.strip() == "None"
     export = subprocess.run(
         [str(py), "-c", "from avsal_deploy.engine import DEFAULT_EXPORT; print(DEFAULT_EXPORT)"],
         capture_output=True,
         text=True,
         check=True,
         cwd=tmp_path,
+        env=env,
     ).stdout.strip()
     assert str(ROOT) not in export  # the installed copy, not the source tree
     repo = tmp_path / "repo"
     subprocess.run(
-        [str(avsal), "triton-repo", "--export", export, "--out", str(repo)], check=True, cwd=tmp_path
+        [str(avsal), "triton-repo", "--export", export, "--out", str(repo)], check=True, cwd=tmp_path, env=env
     )
     assert (repo / "avsal_pipeline" / "1" / "model.py").exists()
     assert (repo / "avsal_unet_step" / "config.pbtxt").exists()

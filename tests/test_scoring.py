@@ -24,8 +24,10 @@ from media_utils import write_video
 
 from avsal_deploy.cli import main
 from avsal_deploy.data.synthetic import generate
+from avsal_deploy.engine import EngineChoice
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.outputs import load_maps
+from avsal_deploy.pipeline import PredictOptions
 from avsal_deploy.scoring import GroundTruth, collect_inputs, score
 from avsal_deploy.scoring.core import PARTIAL, RECORD
 
@@ -64,7 +66,7 @@ def _status(out: Path) -> dict[str, str]:
 
 
 def _torch(ckpt: Path) -> list[str]:
-    return ["--engine", "torch", "--checkpoint", str(ckpt), "--steps", "1", "--quiet"]
+    return ["--engine", "torch", "--checkpoint", str(ckpt), "--steps", "1"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -108,7 +110,10 @@ def test_bad_usage_exits_2(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest
         ),
         (["score", "--out", out, *_torch(tiny_checkpoint)], "nothing to score"),
         (["score", str(video), "--out", out, "--jobs", "0"], "--jobs 0"),
-        (["score", str(video), "--out", out, "--url", "127.0.0.1:1"], "--url is for --engine triton"),
+        (
+            ["score", str(video), "--out", out, "--engine", "onnxruntime", "--url", "127.0.0.1:1"],
+            "--url is for --engine triton",
+        ),
         (
             ["score", str(video), "--out", out, "--engine", "torch", "--checkpoint", str(tmp_path / "x")],
             "x: no such checkpoint",
@@ -173,10 +178,13 @@ def test_resume_rules(tmp_path: Path, tiny_checkpoint: Path) -> None:
     videos = tmp_path / "videos"
     a, b, c = _good(videos, ["a.mp4", "b.mp4", "c.mp4"])
     out = tmp_path / "out"
-    kwargs = {"engine": "torch", "checkpoint": tiny_checkpoint, "steps": 1}
+    torch_engine = EngineChoice("torch", checkpoint=str(tiny_checkpoint))
 
-    def run(**extra: object) -> dict[str, str]:
-        return {Path(r.path).name: r.status for r in score([videos], out, **{**kwargs, **extra})}
+    def run(steps: int = 1, seed: int = 0) -> dict[str, str]:
+        options = PredictOptions(steps=steps, seed=seed)
+        return {
+            Path(r.path).name: r.status for r in score([videos], out, engine=torch_engine, options=options)
+        }
 
     assert run() == {"a.mp4": "done", "b.mp4": "done", "c.mp4": "done"}
     first = {p.name: (out / p.stem / "maps.npz").read_bytes() for p in (a, b, c)}
@@ -243,12 +251,13 @@ def test_signals_at_random_moments_stop_cleanly_and_resume_identically(
         sys.executable,
         "-m",
         "avsal_deploy.cli",
+        "-q",
         "score",
         str(videos),
-        "--export-dir",
+        "--export",
         str(tiny_export),
     ]
-    command += ["--steps", "1", "--quiet"]
+    command += ["--steps", "1"]
 
     reference = tmp_path / "reference"
     t0 = time.monotonic()
@@ -304,19 +313,21 @@ def test_gt_metrics_equal_avsal_eval(
     metrics = "cc,nss,kld,sim,auc_j"
     common = ["--steps", "1", "--stride", str(stride), "--seed", "3"]
     report = tmp_path / "eval.json"
+    chosen = [arg for m in metrics.split(",") for arg in ("--metric", m)]
     assert (
         main(
             [
+                "-q",
                 "eval",
                 str(tiny_checkpoint),
                 str(synthetic),
-                "--metrics",
-                metrics,
+                *chosen,
+                "--engine",
+                "torch",
                 "--batch-size",
                 "1",
-                "--json",
+                "--out",
                 str(report),
-                "--quiet",
                 *common,
             ]
         )
@@ -341,7 +352,6 @@ def test_gt_metrics_equal_avsal_eval(
                 str(tiny_checkpoint),
                 "--jobs",
                 "2",
-                "--quiet",
                 *common,
             ]
         )
@@ -368,11 +378,8 @@ def test_gt_metrics_equal_avsal_eval(
         score(
             [],
             out,
-            engine="torch",
-            checkpoint=tiny_checkpoint,
-            steps=1,
-            stride=stride,
-            seed=3,
+            engine=EngineChoice("torch", checkpoint=str(tiny_checkpoint)),
+            options=PredictOptions(steps=1, stride=stride, seed=3),
             gt=GroundTruth(str(synthetic), "synthetic", "test"),
         )
     )
@@ -387,7 +394,13 @@ def test_gt_with_video_files_matches_by_name(synthetic: Path, tmp_path: Path, ti
     gt = GroundTruth(str(synthetic), "synthetic", "test")
     results = {
         Path(r.path).name: r
-        for r in score([videos], tmp_path / "out", engine="torch", checkpoint=tiny_checkpoint, steps=1, gt=gt)
+        for r in score(
+            [videos],
+            tmp_path / "out",
+            engine=EngineChoice("torch", checkpoint=str(tiny_checkpoint)),
+            options=PredictOptions(steps=1),
+            gt=gt,
+        )
     }
     assert results["synth_000.mp4"].status == "done" and results["synth_000.mp4"].metrics is not None
     assert set(results["synth_000.mp4"].metrics) == set(gt.metrics)
@@ -410,7 +423,11 @@ def test_two_triton_servers_share_the_work_and_survive_one_stopping(
         urls = [first.http_url, second.http_url]
         results = []
         for result in score(
-            [videos], tmp_path / "out", engine="triton", export_dir=tiny_export, urls=urls, steps=1
+            [videos],
+            tmp_path / "out",
+            engine=EngineChoice("triton", export=str(tiny_export)),
+            urls=urls,
+            options=PredictOptions(steps=1),
         ):
             results.append(result)
             if result.server == first.http_url and first.is_running():
@@ -432,7 +449,10 @@ def test_two_triton_servers_share_the_work_and_survive_one_stopping(
 
     ort = tmp_path / "ort"
     assert {
-        r.status for r in score([videos], ort, engine="onnxruntime", export_dir=tiny_export, steps=1)
+        r.status
+        for r in score(
+            [videos], ort, engine=EngineChoice(export=str(tiny_export)), options=PredictOptions(steps=1)
+        )
     } == {"done"}
     for r in results:
         a, b = load_maps(tmp_path / "out" / r.rel / "maps.npz"), load_maps(ort / r.rel / "maps.npz")

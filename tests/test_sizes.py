@@ -129,7 +129,7 @@ def test_shipped_checkpoint_loads_and_predicts_as_its_export() -> None:
         pytest.skip("shipped checkpoint not built")
     model, config, variant, _ = load_trained_model(SHIPPED_CHECKPOINT)  # strict, fingerprint checked
     stored = read_checkpoint_metadata(SHIPPED_CHECKPOINT)["config"]
-    # retrained for issue 15: its stored config names the per-frame ECA and the learned temporal
+    # retrained with today's architecture: its stored config names the per-frame ECA and the learned temporal
     # reduction, and it is the plain tiny profile of today
     assert stored["unet"]["attention"] == "eca" and stored["fusion"]["temporal_reduction"] == "conv"
     assert config == load_config("tiny")

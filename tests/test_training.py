@@ -24,6 +24,8 @@ from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
 from avsal_deploy.losses import avrsp_loss
 from avsal_deploy.models.build import build_model
 from avsal_deploy.models.weights import read_checkpoint_metadata
+from avsal_deploy.pipeline import PredictOptions
+from avsal_deploy.research.experiment import audio_relevance_recipe, mismatched_inputs
 from avsal_deploy.training.checkpoints import (
     SHIPPED_CHECKPOINT,
     load_trained_model,
@@ -32,7 +34,6 @@ from avsal_deploy.training.checkpoints import (
 )
 from avsal_deploy.training.data import VideoInputs, WindowDataset, channel_shuffle, resize_fixations
 from avsal_deploy.training.evaluate import center_bias_map
-from avsal_deploy.training.experiment import audio_relevance_recipe, mismatched_inputs
 from avsal_deploy.training.precision import resolve_precision
 from avsal_deploy.training.recipe import TrainConfig, from_dict, load_recipe
 from avsal_deploy.training.trainer import Trainer
@@ -303,11 +304,11 @@ def test_bad_inputs_give_clear_errors(data: Path, tmp_path: Path, capsys: pytest
             _recipe(data, **{"model.variant": "avrsp", "train.init_checkpoint": str(ckpt)}), tmp_path / "d"
         ).fit()
     # through the CLI: one line on stderr, exit code 2
-    assert main(["eval", str(ckpt), str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert main(["-q", "eval", str(ckpt), str(tmp_path / "nowhere"), "--engine", "torch"]) == 2
     assert "not a directory" in capsys.readouterr().err
     not_ckpt = tmp_path / "x.safetensors"
     not_ckpt.write_bytes(b"nonsense")
-    assert main(["eval", str(not_ckpt), str(data), "--quiet"]) == 2
+    assert main(["-q", "eval", str(not_ckpt), str(data)]) == 2
     assert "avsal: error:" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
     assert "no such recipe" in capsys.readouterr().err
@@ -320,12 +321,14 @@ def test_eval_cli_tables_and_json(data: Path, tmp_path: Path, capsys: pytest.Cap
     report = tmp_path / "eval.json"
     code = main(
         [
+            "-q",
             "eval",
             str(run / "checkpoints" / "last.safetensors"),
             str(data),
-            "--json",
+            "--engine",
+            "torch",
+            "--out",
             str(report),
-            "--quiet",
             "--steps",
             "1",
         ]
@@ -346,7 +349,7 @@ def test_eval_cli_tables_and_json(data: Path, tmp_path: Path, capsys: pytest.Cap
 def _eval_report(
     capsys: pytest.CaptureFixture[str], path: Path, checkpoint: Path, data: Path, *args: str
 ) -> tuple[int, dict[str, Any], str]:
-    code = main(["eval", str(checkpoint), str(data), "--json", str(path), "--quiet", *args])
+    code = main(["-q", "eval", str(checkpoint), str(data), "--out", str(path), *args])
     err = capsys.readouterr().err
     return code, (json.loads(path.read_text()) if code == 0 else {}), err
 
@@ -360,8 +363,11 @@ def test_eval_engines_agree_with_the_deployed_noise_policy(
     GPU; an export of another checkpoint is refused."""
     from avsal_deploy.engine import DEFAULT_EXPORT
 
-    common = ("--metrics", "cc,nss,kld,sim", "--seed", "4", "--batch-size", "3")
-    code, torch_rep, _ = _eval_report(capsys, tmp_path / "t.json", SHIPPED_CHECKPOINT, data, *common)
+    chosen = ("--metric", "cc", "--metric", "nss", "--metric", "kld", "--metric", "sim")
+    common = (*chosen, "--seed", "4", "--batch-size", "3")
+    code, torch_rep, _ = _eval_report(
+        capsys, tmp_path / "t.json", SHIPPED_CHECKPOINT, data, *common, "--engine", "torch"
+    )
     assert code == 0 and torch_rep["engine"] == "torch" and torch_rep["noise"] == "per-video"
     assert torch_rep["steps"] == 2
     code, ort_rep, _ = _eval_report(
@@ -372,7 +378,7 @@ def test_eval_engines_agree_with_the_deployed_noise_policy(
         *common,
         "--engine",
         "onnxruntime",
-        "--export-dir",
+        "--export",
         str(DEFAULT_EXPORT),
     )
     assert code == 0 and ort_rep["engine"] == "onnxruntime"
@@ -383,7 +389,15 @@ def test_eval_engines_agree_with_the_deployed_noise_policy(
             assert ort_rep["videos"][video][m] == pytest.approx(values[m], abs=1e-4, rel=0), (video, m)
     # The noise policy matters: fresh noise per window gives other numbers (the test can fail).
     code, window_rep, _ = _eval_report(
-        capsys, tmp_path / "w.json", SHIPPED_CHECKPOINT, data, *common, "--noise", "per-window"
+        capsys,
+        tmp_path / "w.json",
+        SHIPPED_CHECKPOINT,
+        data,
+        *common,
+        "--engine",
+        "torch",
+        "--noise",
+        "per-window",
     )
     assert code == 0 and window_rep["dataset"]["cc"] != pytest.approx(torch_rep["dataset"]["cc"], abs=1e-6)
 
@@ -394,7 +408,7 @@ def test_eval_engines_agree_with_the_deployed_noise_policy(
         data,
         "--engine",
         "tensorrt",
-        "--export-dir",
+        "--export",
         str(DEFAULT_EXPORT),
     )
     assert code == 2 and err.startswith("avsal: error:") and "NVIDIA GPU" in err
@@ -406,7 +420,7 @@ def test_eval_engines_agree_with_the_deployed_noise_policy(
         data,
         "--engine",
         "onnxruntime",
-        "--export-dir",
+        "--export",
         str(DEFAULT_EXPORT),
     )
     assert code == 2 and "exported from another checkpoint" in err
@@ -426,11 +440,9 @@ def test_validation_is_avsal_eval(data: Path, tmp_path: Path) -> None:
         result.last_checkpoint,
         data,
         split="test",
-        steps=1,
-        stride=6,
+        options=PredictOptions(steps=1, stride=6, seed=0, batch_size=2),
         metrics=VALIDATION_METRICS,
-        seed=0,
-        batch_size=2,
+        engine="torch",
     )
     summary = ev.result.summary()
     for m in VALIDATION_METRICS:

@@ -25,9 +25,9 @@ from avsal_deploy.engine import open as open_engine
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.outputs import load_maps
 from avsal_deploy.serving.client import TritonEngine, TritonRequestError, open_triton
-from avsal_deploy.serving.repository import build_repository, pipeline_manifest
+from avsal_deploy.serving.contract import PIPELINE_MODEL, model_name, pipeline_manifest
+from avsal_deploy.serving.repository import build_repository
 from avsal_deploy.serving.server import TritonServer, TritonServerError, find_tritonserver
-from avsal_deploy.serving.triton_models import PIPELINE_MODEL, model_name
 from avsal_deploy.specs import read_manifest, sample_window
 
 pytestmark = pytest.mark.triton
@@ -134,6 +134,31 @@ def test_repository_platforms_and_options(tiny_export: Path, tmp_path: Path) -> 
         build_repository(tiny_export, tmp_path / "x", max_batch=99)
     with pytest.raises(ConfigError, match="platform"):
         build_repository(tiny_export, tmp_path / "x", platform="tensorflow")
+
+
+def test_every_generated_config_is_a_valid_model_config(tiny_export: Path, tmp_path: Path) -> None:
+    """Every config.pbtxt of every platform parses strictly as Triton's own ``ModelConfig`` protobuf
+    (tritonclient's copy: unknown fields, wrong types or enum values are refused) and survives a
+    round trip through the protobuf text format unchanged."""
+    with_plans = tmp_path / "export_with_plans"
+    with_plans.mkdir()
+    for item in tiny_export.iterdir():
+        (with_plans / item.name).symlink_to(item)
+    for name in read_manifest(tiny_export)[2]:
+        (with_plans / f"{name}.plan").write_bytes(b"plan")
+    repos = {
+        platform: build_repository(with_plans, tmp_path / platform, platform=platform)
+        for platform in ("python-onnxruntime", "onnxruntime", "tensorrt")
+    }
+    for platform, repo in repos.items():
+        configs = sorted(repo.glob("*/config.pbtxt"))
+        assert {c.parent.name for c in configs} >= {PIPELINE_MODEL, "avsal_stream", "avsal_video"}
+        for path in configs:
+            parsed = parse_config(path)
+            assert parsed.name == path.parent.name, (platform, path)
+            again = text_format.Parse(text_format.MessageToString(parsed), model_config_pb2.ModelConfig())
+            assert again == parsed, (platform, path)
+            assert all(i.data_type != model_config_pb2.TYPE_INVALID for i in [*parsed.input, *parsed.output])
 
 
 def test_cli_triton_repo(tiny_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -313,12 +338,9 @@ def test_predict_cli_on_triton_matches_embedded_engine(
     from media_utils import write_video
 
     clip = write_video(tmp_path / "clip.mp4", n=6, fps=25, size=(64, 96), audio="aac")
-    common = ["predict", str(clip), "--quiet", "--no-overlay", "--no-png", "--export-dir", str(tiny_export)]
+    common = ["-q", "predict", str(clip), "--export", str(tiny_export)]
     assert main([*common, "--out", str(tmp_path / "ort")]) == 0
-    assert (
-        main([*common, "--out", str(tmp_path / "tri"), "--engine", "triton", "--triton-url", server.http_url])
-        == 0
-    )
+    assert main([*common, "--out", str(tmp_path / "tri"), "--url", server.http_url]) == 0  # --url: triton
     a, b = load_maps(tmp_path / "ort" / "maps.npz"), load_maps(tmp_path / "tri" / "maps.npz")
     assert a.shape == b.shape == (6, 64, 96)
     # Stored as uint8: engines within 1e-4 round to the same level or a neighbour.
@@ -370,9 +392,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _offline(ort, clip: Path, **kw) -> np.ndarray:
-    from avsal_deploy.pipeline import Predictor
+    from avsal_deploy.pipeline import PredictOptions, Predictor
 
-    return Predictor(ort, **kw).predict(clip).frame_maps
+    return Predictor(ort, PredictOptions(**kw)).predict(clip).frame_maps
 
 
 def test_two_interleaved_streams_equal_offline_prediction(server: TritonServer, ort, clips) -> None:
@@ -549,6 +571,7 @@ def test_stream_cli_writes_maps_and_overlay(server: TritonServer, ort, clips, tm
         str(out),
         "--roi-out",
         str(roi),
+        "--overlay",
     ]
     assert main(args) == 0
     got = load_maps(out / "maps.npz")
@@ -677,8 +700,8 @@ def test_per_core_layout_serves_concurrent_streams_as_offline(
     the streams benchmark measures): two concurrent streams, each equal to offline prediction."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from avsal_deploy.serving.bls import window_threads
     from avsal_deploy.serving.client import stream
+    from avsal_deploy.serving.contract import window_threads
 
     repo = build_repository(tiny_export, tmp_path / "repo", instances=2, window_threads=1)
     config = (repo / "avsal_stream" / "config.pbtxt").read_text()

@@ -1,2 +1,2 @@
 """Benchmark machinery: the machine's limit, FLOP counts, per-node profiles, reduced precision,
-Triton's load tool, and the report ``avsal bench --report`` writes (the suites are in benchmarks/)."""
+Triton's load tool, and the report ``avsal bench --out`` writes (the suites are in benchmarks/)."""

@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from avsal_deploy import __version__
 from avsal_deploy import engine as engines
+from avsal_deploy._version import __version__
 from avsal_deploy.config import PROFILES, load_config
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.export.cache import cache_root

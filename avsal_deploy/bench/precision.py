@@ -15,7 +15,7 @@ import numpy as np
 from avsal_deploy import engine as engines
 from avsal_deploy.export.quantize import calibration_feeds, quantize_export
 from avsal_deploy.metrics import cc_batch
-from avsal_deploy.pipeline import Predictor
+from avsal_deploy.pipeline import PredictOptions, Predictor
 
 
 def synthetic_clips(directory: str | Path, seeds: Sequence[int], seconds: float = 2.0) -> list[Path]:
@@ -38,7 +38,8 @@ def int8_export(
     out = Path(out_dir)
     if (out / "manifest.json").exists():
         return out
-    feeds = calibration_feeds(Path(export_dir), calib_clips, max_windows=max_windows)
+    with engines.open(Path(export_dir), "onnxruntime") as ort:
+        feeds = calibration_feeds(ort, calib_clips, max_windows=max_windows)
     return quantize_export(export_dir, out, "int8", feeds)
 
 
@@ -53,8 +54,9 @@ def map_agreement(
     ``stride`` computes every K-th frame's window (the paper profile's windows take seconds)."""
     ccs = []
     for clip in clips:
-        a = Predictor(reference, steps=steps, stride=stride).predict(clip).frame_maps
-        b = Predictor(candidate, steps=steps, stride=stride).predict(clip).frame_maps
+        options = PredictOptions(steps=steps, stride=stride)
+        a = Predictor(reference, options).predict(clip).frame_maps
+        b = Predictor(candidate, options).predict(clip).frame_maps
         ccs.append(cc_batch(b, a))
     values = np.concatenate(ccs)
     values = values[np.isfinite(values)]

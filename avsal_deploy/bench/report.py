@@ -1,4 +1,4 @@
-"""``avsal bench --report DIR``: run the benchmark suites, then write a report users can size from.
+"""``avsal bench --out DIR``: run the benchmark suites, then write a report users can size from.
 
 The suites are the repository's pytest-benchmark files (``benchmarks/``); each case records what
 it measured in ``extra_info`` (``metric``, profile, backend, GFLOP, ...). This module runs them in
@@ -134,141 +134,159 @@ def _one(cases: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _largest(profiles: Iterable[str]) -> str | None:
+def largest_profile(profiles: Iterable[str]) -> str | None:
     present = set(profiles)
     ranked = [p for p in PROFILE_ORDER if p in present]
     return ranked[-1] if ranked else None
 
 
-def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report dict (headline keys, targets, tables) from pytest-benchmark JSON."""
-    cases = _cases(raw)
-    notes: dict[str, str] = {}
-    report: dict[str, Any] = {k: None for k in HEADLINE}
+#: The three parts of the report a section fills: headline values, their notes, the tables.
+_Parts = tuple[dict[str, Any], dict[str, str], dict[str, Any]]
 
-    gemm = _one(cases, metric="gemm")
-    peak = float(gemm["gflops"]) if gemm else None
-    report["gemm_gflops"] = peak
-    if gemm is None:
-        notes["gemm_gflops"] = "the machine suite (test_machine.py) did not run"
 
+def _engines(cases: list[dict[str, Any]], peak: float | None, parts: _Parts) -> None:
+    """Windows per engine at the largest profile that ran: ONNX Runtime's speed-up over torch, the
+    GEMM fraction, the DDIM step ratio; the window, component and breakdown tables."""
+    report, notes, tables = parts
     windows = _pick(cases, metric="window")
-    profile = _largest(c["profile"] for c in windows)
+    profile = largest_profile(c["profile"] for c in windows)
     report["profile"] = profile
-    tables: dict[str, Any] = {}
     if profile is None:
         for key in ("ort_speedup", "gemm_fraction", "ddim_step_ratio"):
             notes[key] = "the engine suite (test_engines.py) did not run"
-    else:
-        t = {(c["backend"], c["steps"]): c["_median"] for c in _pick(windows, profile=profile)}
-        g = {c["steps"]: c["gflop"] for c in _pick(windows, profile=profile, backend="onnxruntime")}
-        step = _one(cases, metric="component", profile=profile, component="unet_step", backend="onnxruntime")
-        if ("torch", 4) in t and ("onnxruntime", 4) in t:
-            report["ort_speedup"] = round(t[("torch", 4)] / t[("onnxruntime", 4)], 3)
-        if peak and ("onnxruntime", 4) in t:
-            report["gemm_fraction"] = round(g[4] / t[("onnxruntime", 4)] / peak, 3)
-        if peak and step:
-            report["unet_step_gemm_fraction"] = round(step["gflop"] / step["_median"] / peak, 3)
-        if step and ("onnxruntime", 4) in t and ("onnxruntime", 1) in t:
-            report["ddim_step_ratio"] = round(
-                (t[("onnxruntime", 4)] - t[("onnxruntime", 1)]) / step["_median"], 3
-            )
-        for key in ("ort_speedup", "gemm_fraction", "ddim_step_ratio"):
-            notes.setdefault(key, f"{profile} profile, batch 1, stride 1")
-        tables["windows"] = _window_table(windows, peak)
-        tables["components"] = _component_table(_pick(cases, metric="component"), peak)
-        tables["breakdown"] = _breakdown(cases, profile)
-    tables["batch"] = [
+        return
+    t = {(c["backend"], c["steps"]): c["_median"] for c in _pick(windows, profile=profile)}
+    g = {c["steps"]: c["gflop"] for c in _pick(windows, profile=profile, backend="onnxruntime")}
+    step = _one(cases, metric="component", profile=profile, component="unet_step", backend="onnxruntime")
+    if ("torch", 4) in t and ("onnxruntime", 4) in t:
+        report["ort_speedup"] = round(t[("torch", 4)] / t[("onnxruntime", 4)], 3)
+    if peak and ("onnxruntime", 4) in t:
+        report["gemm_fraction"] = round(g[4] / t[("onnxruntime", 4)] / peak, 3)
+    if peak and step:
+        report["unet_step_gemm_fraction"] = round(step["gflop"] / step["_median"] / peak, 3)
+    if step and ("onnxruntime", 4) in t and ("onnxruntime", 1) in t:
+        report["ddim_step_ratio"] = round(
+            (t[("onnxruntime", 4)] - t[("onnxruntime", 1)]) / step["_median"], 3
+        )
+    for key in ("ort_speedup", "gemm_fraction", "ddim_step_ratio"):
+        notes.setdefault(key, f"{profile} profile, batch 1, stride 1")
+    tables["windows"] = _window_table(windows, peak)
+    tables["components"] = _component_table(_pick(cases, metric="component"), peak)
+    tables["breakdown"] = _breakdown(cases, profile)
+
+
+def _batches(cases: list[dict[str, Any]], peak: float | None, parts: _Parts) -> None:
+    """Seconds per window and milliseconds per frame per batch size."""
+    parts[2]["batch"] = [
         {"profile": c["profile"], "batch": c["batch"], "s_per_window": round(c["_median"], 5),
          "ms_per_frame": round(1e3 * c["_median"] / c["batch"], 3),
          "gemm_fraction": round(c["gflop"] / c["_median"] / peak, 3) if peak else None}
         for c in sorted(_pick(cases, metric="window_batch"), key=lambda c: (c["profile"], c["batch"]))
     ]  # fmt: skip
 
-    # Triton over in-process, per window (shared memory): the small profile if it ran, else tiny.
-    tw = _pick(cases, metric="triton_window")
-    tw_profile = "small" if _pick(tw, profile="small") else _largest(c["profile"] for c in tw)
-    if tw_profile:
-        local = _one(tw, profile=tw_profile, engine="onnxruntime")
-        shm = _one(tw, profile=tw_profile, engine="triton-shm")
-        sock = _one(tw, profile=tw_profile, engine="triton")
-        if local and shm:
-            report["triton_overhead"] = round(shm["_median"] / local["_median"], 3)
-            notes["triton_overhead"] = f"{tw_profile} profile, one window, system shared memory, gRPC"
-        tables["triton_window"] = {
-            e: round(c["_median"] * 1e3, 3)
-            for e, c in (("onnxruntime", local), ("triton-shm", shm), ("triton", sock))
-            if c
-        }
-    else:
-        notes["triton_overhead"] = "the Triton suite (test_streams.py) did not run"
 
+def _triton_window(cases: list[dict[str, Any]], parts: _Parts) -> None:
+    """Triton over in-process, per window (shared memory): the small profile if it ran, else tiny."""
+    report, notes, tables = parts
+    tw = _pick(cases, metric="triton_window")
+    tw_profile = "small" if _pick(tw, profile="small") else largest_profile(c["profile"] for c in tw)
+    if not tw_profile:
+        notes["triton_overhead"] = "the Triton suite (test_streams.py) did not run"
+        return
+    local = _one(tw, profile=tw_profile, engine="onnxruntime")
+    shm = _one(tw, profile=tw_profile, engine="triton-shm")
+    sock = _one(tw, profile=tw_profile, engine="triton")
+    if local and shm:
+        report["triton_overhead"] = round(shm["_median"] / local["_median"], 3)
+        notes["triton_overhead"] = f"{tw_profile} profile, one window, system shared memory, gRPC"
+    tables["triton_window"] = {
+        e: round(c["_median"] * 1e3, 3)
+        for e, c in (("onnxruntime", local), ("triton-shm", shm), ("triton", sock))
+        if c
+    }
+
+
+_STREAM_COLUMNS = (
+    "profile",
+    "layout",
+    "stride",
+    "streams",
+    "frames_per_stream",
+    "aggregate_fps",
+    "latency_ms",
+)
+
+
+def _streams(cases: list[dict[str, Any]], parts: _Parts) -> None:
+    """Streams through Triton: every case, and the best small-profile aggregate frames/s."""
+    report, notes, tables = parts
     streams = _pick(cases, metric="streams")
     tables["streams"] = [
-        {
-            k: c.get(k)
-            for k in (
-                "profile",
-                "layout",
-                "stride",
-                "streams",
-                "frames_per_stream",
-                "aggregate_fps",
-                "latency_ms",
-            )
-        }
+        {k: c.get(k) for k in _STREAM_COLUMNS}
         for c in sorted(
             streams, key=lambda c: (c["profile"], c.get("layout", "1x0"), c["stride"], c["streams"])
         )
     ]
     small = [c for c in streams if c["profile"] == "small" and c["stride"] <= 4]
-    if small:
-        best = max(small, key=lambda c: c["aggregate_fps"])
-        report["stream_fps_small"] = best["aggregate_fps"]
-        notes["stream_fps_small"] = (
-            f"best of strides <= 4, 1-8 streams and the server layouts: stride {best['stride']}, "
-            f"{best['streams']} streams, layout {best.get('layout', '1x0')} (instances x threads)"
-        )
-    else:
+    if not small:
         notes["stream_fps_small"] = "no small-profile stream case ran (test_streams.py)"
+        return
+    best = max(small, key=lambda c: c["aggregate_fps"])
+    report["stream_fps_small"] = best["aggregate_fps"]
+    notes["stream_fps_small"] = (
+        f"best of strides <= 4, 1-8 streams and the server layouts: stride {best['stride']}, "
+        f"{best['streams']} streams, layout {best.get('layout', '1x0')} (instances x threads)"
+    )
 
+
+def _attention_memory(cases: list[dict[str, Any]], parts: _Parts) -> None:
+    """The efficient attention's memory over the standard one, at the largest profile measured."""
+    report, notes, tables = parts
     eca = sorted(
         (c for c in cases if "eca_memory_ratio" in c),
         key=lambda c: PROFILE_ORDER.index(c["profile"]) if c.get("profile") in PROFILE_ORDER else -1,
     )
-    if eca:
-        best = eca[-1]  # the largest profile measured (the target is stated at the paper size)
-        report["eca_memory_ratio"] = round(float(best["eca_memory_ratio"]), 5)
-        scope = best.get("scope", "the attention blocks alone")
-        notes["eca_memory_ratio"] = f"{best.get('profile')} profile, {best.get('variant')} window: {scope}"
-        tables["attention_memory"] = [
-            {"profile": c.get("profile"), **{f"{m}_peak_gb": c.get(f"{m}_peak_gb") for m in ("eca", "standard", "eca3d")},
-             "eca_memory_ratio": c["eca_memory_ratio"], "paper_ratio": c.get("paper_ratio")}
-            for c in eca
-        ]  # fmt: skip
-    else:
+    if not eca:
         notes["eca_memory_ratio"] = "the attention memory suite (test_attention_memory.py) recorded no ratio"
+        return
+    best = eca[-1]  # the largest profile measured (the target is stated at the paper size)
+    report["eca_memory_ratio"] = round(float(best["eca_memory_ratio"]), 5)
+    scope = best.get("scope", "the attention blocks alone")
+    notes["eca_memory_ratio"] = f"{best.get('profile')} profile, {best.get('variant')} window: {scope}"
+    tables["attention_memory"] = [
+        {"profile": c.get("profile"), **{f"{m}_peak_gb": c.get(f"{m}_peak_gb") for m in ("eca", "standard", "eca3d")},
+         "eca_memory_ratio": c["eca_memory_ratio"], "paper_ratio": c.get("paper_ratio")}
+        for c in eca
+    ]  # fmt: skip
 
+
+def _precision(cases: list[dict[str, Any]], parts: _Parts) -> None:
+    """INT8 over fp32 at the largest profile measured: speed-up and the maps' agreement."""
+    report, notes, tables = parts
     prec = _pick(cases, metric="precision")
-    p_profile = _largest(c["profile"] for c in prec)
-    if p_profile:
-        fp32 = _one(prec, profile=p_profile, precision="fp32")
-        int8 = _one(prec, profile=p_profile, precision="int8")
-        if fp32 and int8:
-            report["int8_speedup"] = round(fp32["_median"] / int8["_median"], 3)
-            report["int8_cc"] = int8.get("cc_mean")
-            notes["int8_speedup"] = (
-                f"{p_profile} profile, {int8['steps']} DDIM steps; maps' CC to fp32 {int8.get('cc_mean')} mean, "
-                f"{int8.get('cc_min')} worst frame over {int8.get('frames')} frames"
-            )
-        tables["precision"] = [
-            {"profile": c["profile"], "precision": c["precision"], "ms": round(c["_median"] * 1e3, 3),
-             **{k: c[k] for k in ("cc_mean", "cc_min", "frames") if k in c}}
-            for c in sorted(prec, key=lambda c: (c["profile"], c["precision"]))
-        ]  # fmt: skip
-    else:
+    p_profile = largest_profile(c["profile"] for c in prec)
+    if not p_profile:
         notes["int8_speedup"] = "the precision suite (test_precision.py) did not run"
+        return
+    fp32 = _one(prec, profile=p_profile, precision="fp32")
+    int8 = _one(prec, profile=p_profile, precision="int8")
+    if fp32 and int8:
+        report["int8_speedup"] = round(fp32["_median"] / int8["_median"], 3)
+        report["int8_cc"] = int8.get("cc_mean")
+        notes["int8_speedup"] = (
+            f"{p_profile} profile, {int8['steps']} DDIM steps; maps' CC to fp32 {int8.get('cc_mean')} mean, "
+            f"{int8.get('cc_min')} worst frame over {int8.get('frames')} frames"
+        )
+    tables["precision"] = [
+        {"profile": c["profile"], "precision": c["precision"], "ms": round(c["_median"] * 1e3, 3),
+         **{k: c[k] for k in ("cc_mean", "cc_min", "frames") if k in c}}
+        for c in sorted(prec, key=lambda c: (c["profile"], c["precision"]))
+    ]  # fmt: skip
 
+
+def _plain_tables(cases: list[dict[str, Any]], node_profiles: dict[str, Any] | None, parts: _Parts) -> None:
+    """Memory, decoding, perf_analyzer and the per-node profile, as measured."""
+    tables = parts[2]
     tables["memory"] = [
         {k: c[k] for k in ("profile", "backend", "imports_mb", "engine_mb", "peak_rss_mb")}
         for c in sorted(_pick(cases, metric="memory"), key=lambda c: (c["profile"], c["backend"]))
@@ -284,6 +302,27 @@ def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> 
     if node_profiles:
         tables["node_profile"] = node_profiles
 
+
+def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report dict (headline keys, targets, tables) from pytest-benchmark JSON: each section
+    of the suites fills its headline values, notes and tables."""
+    cases = _cases(raw)
+    notes: dict[str, str] = {}
+    report: dict[str, Any] = {k: None for k in HEADLINE}
+    tables: dict[str, Any] = {}
+    parts = (report, notes, tables)
+    gemm = _one(cases, metric="gemm")
+    peak = float(gemm["gflops"]) if gemm else None
+    report["gemm_gflops"] = peak
+    if gemm is None:
+        notes["gemm_gflops"] = "the machine suite (test_machine.py) did not run"
+    _engines(cases, peak, parts)
+    _batches(cases, peak, parts)
+    _triton_window(cases, parts)
+    _streams(cases, parts)
+    _attention_memory(cases, parts)
+    _precision(cases, parts)
+    _plain_tables(cases, node_profiles, parts)
     report["targets"] = [_judge(t, report) for t in TARGETS]
     report["notes"] = {k: notes[k] for k in sorted(notes)}
     report["tables"] = tables

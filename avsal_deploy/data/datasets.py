@@ -169,6 +169,18 @@ class VideoRecord(ABC):
         """The binary fixation map of frame ``i`` as bool [H, W]."""
         return self._load_fixations(self._index(i))
 
+    def annotations(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every frame's ground-truth map float32 ``[N, H, W]`` and fixations bool ``[N, H, W]`` at
+        their stored size (what the metrics score against); DatasetError when their sizes differ."""
+        maps = np.stack([self.saliency_map(i) for i in range(self.n_frames)])
+        fixations = np.stack([self.fixations(i) for i in range(self.n_frames)])
+        if maps.shape != fixations.shape:
+            raise DatasetError(
+                f"{self.name}: saliency maps {maps.shape[1:]} and fixation maps "
+                f"{fixations.shape[1:]} differ in size"
+            )
+        return maps, fixations
+
     def duration(self) -> float:
         """Length in seconds (n_frames / fps)."""
         return self.n_frames / self.fps

@@ -121,7 +121,7 @@ class AttentionModel:
 
 @dataclass(frozen=True)
 class SceneOptions:
-    """What can vary in the task (issue 16); the defaults are the benchmark as first written, and
+    """What can vary in the task; the defaults are the benchmark as first written, and
     with them :func:`generate` writes byte for byte what it wrote before these options existed.
 
     - ``objects``: (min, max) objects per video, drawn uniformly (2 to 4; with more than 3 the

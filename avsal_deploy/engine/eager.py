@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from avsal_deploy.engine import DEFAULT_CHECKPOINT, register_backend
 from avsal_deploy.engine.base import Arrays, Engine
+from avsal_deploy.engine.sources import DEFAULT_CHECKPOINT
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.export.components import component_module, component_specs
 from avsal_deploy.models.build import SaliencyModel, build_model, load_pretrained
@@ -43,9 +43,14 @@ class TorchEngine(Engine):
         return {n: o.float().cpu().numpy() for n, o in zip(spec.output_names, outs, strict=True)}
 
 
-def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) -> TorchEngine:
+def open_engine(
+    source: str | os.PathLike[str] | None = None, *, model: SaliencyModel | None = None, **options: Any
+) -> TorchEngine:
     """The eager engine of a checkpoint (default: the shipped one) or of an export directory's
-    weights (``weights.safetensors`` with its manifest's specs); ``options``: ``device``."""
+    weights (``weights.safetensors`` with its manifest's specs); ``model``: a model already loaded
+    from ``source`` (run as it is, e.g. the one being trained); ``options``: ``device``."""
+    if model is not None:
+        return TorchEngine(model, **options)
     path = Path(source) if source is not None else DEFAULT_CHECKPOINT
     if path.is_dir():
         manifest, config, specs = read_manifest(path)
@@ -55,6 +60,3 @@ def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) ->
     if not path.is_file():
         raise AvsalError(f"{path}: no such checkpoint file or export directory")
     return TorchEngine(load_pretrained(path), **options)
-
-
-register_backend("torch", open_engine)

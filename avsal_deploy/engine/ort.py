@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.config import Config
-from avsal_deploy.engine import register_backend, resolve_export
 from avsal_deploy.engine.base import Arrays, Engine
+from avsal_deploy.engine.sources import resolve_export
 from avsal_deploy.errors import BackendUnavailableError
 from avsal_deploy.specs import ComponentSpec, read_manifest
 
@@ -92,6 +92,3 @@ def open_engine(
     directory = resolve_export(source, on_export)
     manifest, config, specs = read_manifest(directory)
     return OnnxRuntimeEngine(directory, config, manifest["variant"], specs, **options)
-
-
-register_backend("onnxruntime", open_engine)

@@ -38,8 +38,8 @@ import numpy as np
 
 from avsal_deploy.config import Config
 from avsal_deploy.diffusion import normalize_maps
-from avsal_deploy.engine import register_backend, resolve_export
 from avsal_deploy.engine.base import Arrays, Engine
+from avsal_deploy.engine.sources import resolve_export
 from avsal_deploy.errors import BackendUnavailableError
 from avsal_deploy.specs import CONDS, ENVELOPE, SCALES, ComponentSpec, read_manifest
 
@@ -452,6 +452,3 @@ def open_engine(source: str | os.PathLike[str] | None = None, **options: Any) ->
     directory = resolve_export(source)
     manifest, config, specs = read_manifest(directory)
     return TensorRTEngine(directory, config, manifest["variant"], specs, **options)
-
-
-register_backend("tensorrt", open_engine)

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from avsal_deploy import __version__
+from avsal_deploy._version import __version__
 from avsal_deploy.specs import sha256_file
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 import torch
 
-from avsal_deploy import __version__
+from avsal_deploy._version import __version__
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.export.components import component_module, component_specs
 from avsal_deploy.export.graph import fold_conv3d as fold_2d

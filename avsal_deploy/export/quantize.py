@@ -10,7 +10,8 @@ Both write a new export directory with the same components, names and manifest (
 - ``fp16``: ModelOpt AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``; the ``gpu``
   extra) keeps numerically sensitive nodes in fp32; graph inputs and outputs stay fp32.
 
-Calibration runs anywhere (through ONNX Runtime): the encoders see the clips' preprocessed windows,
+Calibration runs on any engine of the fp32 export (ONNX Runtime is what ``avsal quantize`` opens):
+the encoders see the clips' preprocessed windows,
 the fusion decoder the encoders' outputs, and the UNet step noisy maps ``x_t`` at the DDIM time
 steps of the profile's default schedule, forward-noised from the model's own one-shot estimate, so
 activation ranges match what the sampler feeds it.
@@ -22,20 +23,23 @@ import json
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from avsal_deploy import engine as engines
 from avsal_deploy.data.source import MediaSource
 from avsal_deploy.data.stream import StreamWindow, StreamWindower
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
 from avsal_deploy.specs import read_manifest
 
+if TYPE_CHECKING:  # the engine layer sits above this one: engines are handed in, not opened here
+    from avsal_deploy.engine.base import Engine
+
 PRECISIONS = ("int8", "fp16")
 Feeds = dict[str, np.ndarray]
 
 
-def clip_windows(engine: engines.Engine, clip: Path) -> list[StreamWindow]:
+def clip_windows(engine: Engine, clip: Path) -> list[StreamWindow]:
     """Every window of ``clip`` (decoded through the frame flow's own media source)."""
     source = MediaSource(clip)
     try:
@@ -48,10 +52,11 @@ def clip_windows(engine: engines.Engine, clip: Path) -> list[StreamWindow]:
 
 
 def calibration_feeds(
-    export_dir: Path, clips: Iterable[Path], max_windows: int = 64, seed: int = 0
+    ort: Engine, clips: Iterable[Path], max_windows: int = 64, seed: int = 0
 ) -> dict[str, list[Feeds]]:
-    """Calibration inputs per component (at most ``max_windows`` windows, spread over the clips)."""
-    ort = engines.open(export_dir, "onnxruntime")
+    """Calibration inputs per component (at most ``max_windows`` windows, spread over the clips),
+    computed by ``ort``, an engine of the fp32 export (e.g. ``engine.open(export_dir, "onnxruntime")``;
+    the caller closes it)."""
     clips = list(clips)
     if not clips:
         raise AvsalError("calibration needs at least one clip")
@@ -60,29 +65,26 @@ def calibration_feeds(
     steps = max(1, ort.config.diffusion.sampling_steps)
     timesteps = ort.scheduler.timesteps_for(steps)
     feeds: dict[str, list[Feeds]] = {name: [] for name in ort.specs if name != "ddim"}
-    try:
-        for clip in clips:
-            windows = clip_windows(ort, Path(clip))
-            picks = sorted(rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False))
-            for i in picks:
-                w = windows[int(i)]
-                frames, audio = w.clip[None], w.audio[None]
-                envelope = None if w.envelope is None else w.envelope[None]
-                cond = ort.condition(frames, audio, envelope)
-                values: Feeds = {"frames": frames, "audio": audio, **cond}
-                if envelope is not None:
-                    values["envelope"] = envelope
-                if "unet_step" in ort.specs:
-                    noise = ort.make_noise(1, int(rng.integers(1 << 31)))
-                    x0 = cond["one_shot"] if "one_shot" in cond else ort.sample(cond, 1, noise)
-                    t = int(rng.choice(timesteps))
-                    a = ort.scheduler.alpha_cumprod(t)
-                    x_t = np.sqrt(a) * x0 + np.sqrt(1.0 - a) * noise  # DiffSal eq. 1
-                    values.update(x_t=x_t.astype(np.float32), t=np.array([t], np.float32))
-                for name in feeds:
-                    feeds[name].append({n: values[n] for n in ort.specs[name].input_names})
-    finally:
-        ort.close()
+    for clip in clips:
+        windows = clip_windows(ort, Path(clip))
+        picks = sorted(rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False))
+        for i in picks:
+            w = windows[int(i)]
+            frames, audio = w.clip[None], w.audio[None]
+            envelope = None if w.envelope is None else w.envelope[None]
+            cond = ort.condition(frames, audio, envelope)
+            values: Feeds = {"frames": frames, "audio": audio, **cond}
+            if envelope is not None:
+                values["envelope"] = envelope
+            if "unet_step" in ort.specs:
+                noise = ort.make_noise(1, int(rng.integers(1 << 31)))
+                x0 = cond["one_shot"] if "one_shot" in cond else ort.sample(cond, 1, noise)
+                t = int(rng.choice(timesteps))
+                a = ort.scheduler.alpha_cumprod(t)
+                x_t = np.sqrt(a) * x0 + np.sqrt(1.0 - a) * noise  # DiffSal eq. 1
+                values.update(x_t=x_t.astype(np.float32), t=np.array([t], np.float32))
+            for name in feeds:
+                feeds[name].append({n: values[n] for n in ort.specs[name].input_names})
     return feeds
 
 
@@ -108,7 +110,7 @@ def quantize_export(
     src, out = Path(export_dir), Path(out_dir)
     manifest, _, specs = read_manifest(src)
     if precision == "int8" and calibration is None:
-        raise AvsalError("INT8 needs calibration inputs (calibration_feeds / --calib-clips)")
+        raise AvsalError("INT8 needs calibration inputs (calibration_feeds / --calib-clip)")
     out.mkdir(parents=True, exist_ok=True)
     for name, spec in specs.items():
         if name == "ddim":

@@ -1,7 +1,8 @@
 """Audio-visual binding: where in the picture does the luminance vary in step with the sound?
 
-Our extension (``config.fusion.binding``; on in the small and tiny profiles, off in the paper's),
-the mend of issue 16 (its grid: ``training/grids/issue16.toml``). The learned AV sync gate (:class:`~avsal_deploy.models.fusion.AudioVisualSync`)
+Our extension (``config.fusion.binding``; on in the small and tiny profiles, off in the paper's;
+measured by the audio-binding grid, ``training/grids/audio-binding.toml``). The learned AV sync gate
+(:class:`~avsal_deploy.models.fusion.AudioVisualSync`)
 must discover from a few videos that "the object the sound belongs to is the one that changes in
 step with the sound"; on data it was not tuned on (more objects, the sound trailing the picture
 by a frame or two) it did not. :class:`BindingMap` computes that cue directly, with no parameters,
@@ -132,7 +133,7 @@ class BindingReadout(nn.Module):
     """Direct read-out of the binding map into the one-shot map's logits (``fusion.binding_readout``).
 
     The injector hands the binding map to the decoder at one scale and lets the decoder learn to
-    use it; on the issue-16 data it did not within the budget (the probes found the source in the
+    use it; on the lagged-pulses task (2-4 pulsing objects, the sound trailing by 0-60 ms) it did not within the budget (the probes found the source in the
     map, not in the predicted map). The read-out puts the cue where the loss sees it: the
     :class:`BindingMap` at full map resolution (no pooling) and the decoder's own logits go through
     three convolutions (3x3, 3x3, 1x1, ``hidden`` channels, ReLU) whose output is ADDED to the

@@ -15,7 +15,7 @@ and the SoundNet features into a saliency map in five stages, one class each her
 With ``config.fusion.av_sync`` (our extension; on in the small and tiny profiles, off in the
 paper profile), :class:`AudioVisualSync` also lets one MS scale keep the per-frame audio envelope
 where the visual features move in step with it, before RAVF and MRG (see its docstring for why).
-With ``config.fusion.binding`` (our extension, issue 16; on in small and tiny), the
+With ``config.fusion.binding`` (our extension; on in small and tiny), the
 parameter-free luminance-envelope binding map of :mod:`avsal_deploy.models.binding` is projected
 and added to scale ``fusion.binding_scale``; the decoder then also takes the window's frames.
 
@@ -774,12 +774,12 @@ class FusionDecoder(nn.Module):
             self.sync = AudioVisualSync(channels[self.sync_scale], env_channels, fc.sync_heads)
         self.binding_scale = int(fc.binding_scale)
         self.binding: BindingInjector | None = None
-        if fc.binding:  # issue 16: the luminance-envelope binding map (models.binding)
+        if fc.binding:  # the luminance-envelope binding map (models.binding)
             scale = config.fusion_scales()[self.binding_scale]
             size = (scale.height, scale.width)
             self.binding = BindingInjector(config, scale.channels, size, fc.binding_lags)
         self.readout: BindingReadout | None = None
-        if fc.binding_readout:  # issue 16: the binding map read out into the one-shot map's logits
+        if fc.binding_readout:  # the binding map read out into the one-shot map's logits
             self.readout = BindingReadout(config, (config.video.height, config.video.width), fc.binding_lags)
         self.ravf = RAVF(channels[-1], audio_channels, fc.ravf_heads, fc.ravf_blocks, fc.ffn_mult)
         self.regulator = MultiScaleRegulator(channels)

@@ -398,7 +398,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from avsal_deploy import __version__
+    from avsal_deploy._version import __version__
 
     check_variant(variant)
     header = {

@@ -1,4 +1,4 @@
-"""ROI video coding: saliency maps drive the encoder's quantisation (issue #13).
+"""ROI video coding: saliency maps drive the encoder's quantisation.
 
 - :mod:`~avsal_deploy.roi.mapping`: maps -> per-16x16-block QP offsets (:func:`qp_offsets`,
   stateless; :class:`OffsetSmoother`, per stream with temporal smoothing; :class:`RoiParams`).

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from avsal_deploy.engine.choice import EngineChoice
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, MediaError
 from avsal_deploy.roi import quality
 from avsal_deploy.roi.encode import Clip, EncodeResult, decode_planes, encode, match_bitrate, read_clip
@@ -48,18 +49,13 @@ def read_maps_for(path: PathLike, clip: Clip, what: str = "maps") -> np.ndarray:
     return load_maps(p, size=clip.size)
 
 
-def predict_maps(
-    video: PathLike, out_dir: Path, engine: str = "onnxruntime", triton_url: str | None = None
-) -> Path:
-    """Predict ``video``'s saliency maps with the shipped checkpoint into ``out_dir/maps.npz``.
-
-    The one place this package touches the prediction pipeline (``engine``: any backend of
-    :func:`avsal_deploy.engine.open`, or ``triton`` at ``triton_url``)."""
-    from avsal_deploy import engine as engines
+def predict_maps(video: PathLike, out_dir: Path, engine: EngineChoice | None = None) -> Path:
+    """Predict ``video``'s saliency maps into ``out_dir/maps.npz`` with the model ``engine`` names
+    (default: the shipped checkpoint on ONNX Runtime); the one place this package touches the
+    prediction pipeline."""
     from avsal_deploy.pipeline import Predictor, predict_to_directory
 
-    eng = engines.open(triton_url, "triton") if triton_url else engines.open(None, engine)
-    with eng:
+    with (engine or EngineChoice()).open() as eng:
         predict_to_directory(video, out_dir, Predictor(eng), overlay=False, pngs=False)
     return out_dir / "maps.npz"
 
@@ -242,25 +238,26 @@ def compare_video(
     out_dir: PathLike,
     *,
     maps: PathLike | None = None,
-    engine: str | None = None,
-    triton_url: str | None = None,
+    engine: EngineChoice | None = None,
     gt: PathLike | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """``avsal roi``: compare ROI and uniform encodes of ``video`` and write the results to ``out_dir``.
 
     Maps come from ``maps`` (a maps.npz / float ``maps`` npz, one map per frame) or are predicted
-    (``engine`` / ``triton_url``). Files appear in ``out_dir`` only once everything has succeeded
+    with the model ``engine`` names (default: the shipped checkpoint on ONNX Runtime). Files appear in ``out_dir`` only once everything has succeeded
     (built in a temporary directory there, then moved into place): ``roi.mp4``, ``uniform.mp4``,
     ``report.json`` and, with ``rate_points``, ``rd.png``. Returns the report.
     """
-    from avsal_deploy.pipeline import check_writable
+    from avsal_deploy.outputs import check_writable
 
     video = Path(video)
     if not video.is_file():
         raise MediaError(f"{video}: no such video file")
-    if maps is not None and (engine or triton_url):
-        raise AvsalError("give --maps or --engine/--url, not both")
+    if maps is not None and engine is not None:
+        raise AvsalError(
+            "give --maps or a model to predict them (--engine, --checkpoint, --export, --url), not both"
+        )
     out = Path(out_dir)
     if gt is not None:
         _map_frames(Path(gt))  # a missing / unreadable GT fails before any work
@@ -271,7 +268,7 @@ def compare_video(
     tmp = Path(tempfile.mkdtemp(prefix=".avsal-roi-", dir=out))
     try:
         if maps is None:
-            maps_path = predict_maps(video, tmp / "predicted", engine or "onnxruntime", triton_url)
+            maps_path = predict_maps(video, tmp / "predicted", engine)
             source = "predicted"
         else:
             maps_path, source = Path(maps), str(maps)

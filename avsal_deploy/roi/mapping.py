@@ -241,7 +241,7 @@ def offsets_for_maps(
 def naive_offsets(
     saliency: np.ndarray, source_size: tuple[int, int], top: int = 60, scale: float = 0.4, block: int = 16
 ) -> np.ndarray:
-    """The baseline of issue #13: ``qoffset = -scale * s_b`` (s_b = block mean of the max-normalised
+    """The naive baseline mapping: ``qoffset = -scale * s_b`` (s_b = block mean of the max-normalised
     map) on the ``top`` most salient blocks, 0 elsewhere; returned in QP (``qoffset * 51``)."""
     s = block_saliency(saliency, source_size, block)
     peak = float(s.max())

@@ -1,6 +1,6 @@
 """``avsal score --ray ADDRESS``: the same scoring as Ray actors on an existing cluster.
 
-Each actor holds one engine (:class:`~avsal_deploy.scoring.core.Scorer`) and scores one video per
+Each actor holds one engine (:class:`~avsal_deploy.scoring.scorer.Scorer`) and scores one video per
 call with exactly the code a local worker runs, so outputs, ``score.json`` records, the resume
 rules and the summary are the same; the output directory must be shared by every node (NFS, a
 mounted bucket). Ray's own :class:`ray.util.ActorPool` hands the videos to idle actors; an actor
@@ -33,19 +33,19 @@ def import_ray() -> Any:
 
 
 class _ScorerActor:
-    """A Ray actor around one :class:`~avsal_deploy.scoring.core.Scorer` (one engine)."""
+    """A Ray actor around one :class:`~avsal_deploy.scoring.scorer.Scorer` (one engine)."""
 
     def __init__(self, out_dir: str, settings: Any, run: dict[str, Any], server: str | None) -> None:
         import ray
 
-        from avsal_deploy.scoring.core import Scorer
+        from avsal_deploy.scoring.scorer import Scorer
 
         self.scorer = Scorer(out_dir, settings, run, server)
         where = server or f"ray:{ray.util.get_node_ip_address()}"
         self.scorer.label = f"{where}/pid{os.getpid()}"
 
     def score(self, index: int, item: VideoItem) -> tuple[int, Any]:
-        from avsal_deploy.scoring.core import ServerGone, VideoResult
+        from avsal_deploy.scoring.scorer import ServerGone, VideoResult
 
         try:
             return index, self.scorer.score_item(item)
@@ -78,7 +78,7 @@ def run_on_ray(
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_ScorerActor)
-        servers: list[str | None] = list(settings.urls) or [None]
+        servers = settings.servers()
         actors = [
             remote.remote(str(out_dir), settings, run, servers[i % len(servers)])
             for i in range(max(jobs, len(servers)))

@@ -1,10 +1,16 @@
-"""Triton client engine: the same :class:`~avsal_deploy.engine.base.Engine` protocol over HTTP or gRPC.
+"""The Triton client: an engine over HTTP or gRPC, and the raw-media calls (streams, whole files).
 
-:class:`TritonEngine` runs each component on the server (``run`` calls ``avsal_<component>``), so
+:class:`TritonEngine` is the same :class:`~avsal_deploy.engine.base.Engine` protocol as every
+other backend: it runs each component on the server (``run`` calls ``avsal_<component>``), so
 ``condition`` and ``sample`` work as on any engine. Its ``predict_window`` sends the whole window
 to ``avsal_pipeline`` instead, which runs the DDIM loop server-side (one round trip per window
 instead of ``3 + steps``); ``server_loop=False`` keeps the loop on the client, calling the
 component models step by step. Both give the maps of every other engine for the same noise.
+It is the ``triton`` backend of :func:`avsal_deploy.engine.open`, plugged in through the
+``avsal_deploy.engines`` entry point (``pyproject.toml``) to :func:`open_engine`.
+
+:func:`stream` plays frames through ``avsal_stream`` and :func:`predict_video` sends a whole
+file to ``avsal_video`` (gRPC). Names and shapes are those of :mod:`avsal_deploy.serving.contract`.
 """
 
 from __future__ import annotations
@@ -16,24 +22,42 @@ from typing import Any
 import numpy as np
 
 from avsal_deploy.config import Config
-from avsal_deploy.engine import register_backend
 from avsal_deploy.engine.base import Arrays, Engine
+from avsal_deploy.engine.choice import DEFAULT_URLS
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
-from avsal_deploy.serving.repository import pipeline_manifest
-from avsal_deploy.serving.server import SERVE_HINT
-from avsal_deploy.serving.triton_models import (
+from avsal_deploy.serving.contract import (
+    AUDIO_INPUT,
+    AUDIO_RATE_INPUT,
+    FPS_INPUT,
+    FPS_OUTPUT,
+    FRAME_INDEX_OUTPUT,
+    FRAME_INPUT,
+    MAPS_OUTPUT,
     NOISE_INPUT,
     PIPELINE_MODEL,
     PIPELINE_OUTPUT,
+    QP_OFFSETS_OUTPUT,
+    ROI_CODEC_INPUT,
     SEED_INPUT,
     STEPS_INPUT,
+    STREAM_MODEL,
+    STRIDE_INPUT,
+    TIMESTAMP_INPUT,
+    VIDEO_INPUT,
+    VIDEO_MODEL,
     from_wire,
     model_name,
+    pipeline_manifest,
     to_wire,
 )
+from avsal_deploy.serving.server import DEFAULT_PORTS, HOST, SERVE_HINT
 from avsal_deploy.specs import ENVELOPE, ComponentSpec, read_manifest
 
 PROTOCOLS = ("http", "grpc")
+#: Where a client looks without a URL: ``avsal serve``'s default HTTP and gRPC endpoints
+#: (:data:`avsal_deploy.serving.server.DEFAULT_PORTS`).
+DEFAULT_URL = DEFAULT_URLS["triton"]
+DEFAULT_GRPC_URL = f"{HOST}:{DEFAULT_PORTS.grpc}"
 
 
 class TritonRequestError(AvsalError):
@@ -207,8 +231,10 @@ class TritonEngine(Engine):
         server_loop: bool = True,
         timeout_s: float = 600.0,
         shared_memory: bool = False,
+        manifest: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(config, variant, specs)
+        self.manifest = dict(manifest) if manifest is not None else None  # the served export's
         self.connection = _Connection(url, protocol, timeout_s)
         self.server_loop = server_loop
         self.shared_memory = shared_memory
@@ -296,19 +322,15 @@ def open_triton(
         server_loop=server_loop,
         timeout_s=timeout_s,
         shared_memory=shared_memory,
+        manifest=manifest,
     )
 
 
-#: Where ``engine.open(None, backend="triton")`` looks (``avsal serve``'s default HTTP port).
-DEFAULT_URL = "127.0.0.1:8000"
-
-
-def _open_engine(source: str | None = None, **options: Any) -> TritonEngine:
-    """``engine.open(URL, backend="triton", export_dir=..., protocol=..., server_loop=...)``."""
+def open_engine(source: str | None = None, **options: Any) -> TritonEngine:
+    """The ``triton`` backend of :func:`avsal_deploy.engine.open`: ``source`` is the server's URL
+    (default :data:`DEFAULT_URL`); ``options`` are :func:`open_triton`'s (``export_dir``,
+    ``protocol``, ``server_loop``, ``timeout_s``, ``shared_memory``)."""
     return open_triton(str(source) if source is not None else DEFAULT_URL, **options)
-
-
-register_backend("triton", _open_engine)
 
 
 # ----------------------------------------------------------------------------- raw media
@@ -390,27 +412,27 @@ def stream(
             if shared_memory:
                 inputs = [_shm_frame(client, grpc, frame, regions)]
             else:
-                inputs = [_input(grpc, "frame", frame)]
+                inputs = [_input(grpc, FRAME_INPUT, frame)]
             chunk = next(chunks, None)
             if chunk is not None:
-                inputs.append(_input(grpc, "audio", np.asarray(chunk, np.float32).reshape(1, -1)))
+                inputs.append(_input(grpc, AUDIO_INPUT, np.asarray(chunk, np.float32).reshape(1, -1)))
             if ts is not None:
-                inputs.append(_input(grpc, "timestamp", np.array([[ts]], np.float64)))
+                inputs.append(_input(grpc, TIMESTAMP_INPUT, np.array([[ts]], np.float64)))
             if first:
-                inputs.append(_input(grpc, "audio_rate", np.array([[audio_rate]], np.int32)))
-                inputs.append(_input(grpc, "fps", np.array([[fps]], np.float64)))
-                inputs.append(_input(grpc, "seed", np.array([[seed]], np.int64)))
+                inputs.append(_input(grpc, AUDIO_RATE_INPUT, np.array([[audio_rate]], np.int32)))
+                inputs.append(_input(grpc, FPS_INPUT, np.array([[fps]], np.float64)))
+                inputs.append(_input(grpc, SEED_INPUT, np.array([[seed]], np.int64)))
                 if steps is not None:
-                    inputs.append(_input(grpc, "steps", np.array([[steps]], np.int32)))
+                    inputs.append(_input(grpc, STEPS_INPUT, np.array([[steps]], np.int32)))
                 if stride is not None:
-                    inputs.append(_input(grpc, "stride", np.array([[stride]], np.int32)))
+                    inputs.append(_input(grpc, STRIDE_INPUT, np.array([[stride]], np.int32)))
                 if roi_codec is not None:
-                    codec = grpc.InferInput("roi_codec", [1, 1], "BYTES")
+                    codec = grpc.InferInput(ROI_CODEC_INPUT, [1, 1], "BYTES")
                     codec.set_data_from_numpy(np.array([[roi_codec.encode()]], dtype=np.object_))
                     inputs.append(codec)
             try:
                 result = client.infer(
-                    "avsal_stream",
+                    STREAM_MODEL,
                     inputs,
                     sequence_id=cid,
                     sequence_start=first,
@@ -422,9 +444,9 @@ def stream(
                     raise BackendUnavailableError(
                         f"Triton server at {url} went away: {exc.message()}"
                     ) from exc
-                raise TritonRequestError(f"{url} avsal_stream: {exc.message()}") from exc
-            maps, index = result.as_numpy("maps")[0], result.as_numpy("frame_index")[0]
-            qp = result.as_numpy("qp_offsets")[0]
+                raise TritonRequestError(f"{url} {STREAM_MODEL}: {exc.message()}") from exc
+            maps, index = result.as_numpy(MAPS_OUTPUT)[0], result.as_numpy(FRAME_INDEX_OUTPUT)[0]
+            qp = result.as_numpy(QP_OFFSETS_OUTPUT)[0]
             for k, (i, m) in enumerate(zip(index.tolist(), maps, strict=True)):
                 yield (int(i), np.array(m), np.array(qp[k])) if roi_codec else (int(i), np.array(m))
             first, current = False, upcoming
@@ -447,7 +469,7 @@ def _shm_frame(client: Any, grpc: Any, frame: np.ndarray, regions: dict[str, Any
         client.register_system_shared_memory(name, "/" + name, frame.nbytes)
         regions["size"] = frame.nbytes
     shm.set_shared_memory_region(regions["handle"], [frame])
-    item = grpc.InferInput("frame", list(frame.shape), "UINT8")
+    item = grpc.InferInput(FRAME_INPUT, list(frame.shape), "UINT8")
     item.set_shared_memory(regions["name"], frame.nbytes)
     return item
 
@@ -483,17 +505,17 @@ def predict_video(
     grpc = _client_module("grpc")
     data = Path(path).read_bytes()
     client = _grpc_client(url, retries, backoff_s)
-    item = grpc.InferInput("video", [1], "BYTES")
+    item = grpc.InferInput(VIDEO_INPUT, [1], "BYTES")
     item.set_data_from_numpy(np.array([data], dtype=np.object_))
-    inputs = [item, _input(grpc, "seed", np.array([seed], np.int64))]
+    inputs = [item, _input(grpc, SEED_INPUT, np.array([seed], np.int64))]
     if steps is not None:
-        inputs.append(_input(grpc, "steps", np.array([steps], np.int32)))
+        inputs.append(_input(grpc, STEPS_INPUT, np.array([steps], np.int32)))
     if stride is not None:
-        inputs.append(_input(grpc, "stride", np.array([stride], np.int32)))
+        inputs.append(_input(grpc, STRIDE_INPUT, np.array([stride], np.int32)))
     try:
-        result = client.infer("avsal_video", inputs, client_timeout=timeout_s)
+        result = client.infer(VIDEO_MODEL, inputs, client_timeout=timeout_s)
     except InferenceServerException as exc:
-        raise TritonRequestError(f"{url} avsal_video ({path}): {exc.message()}") from exc
+        raise TritonRequestError(f"{url} {VIDEO_MODEL} ({path}): {exc.message()}") from exc
     finally:
         client.close()
-    return np.array(result.as_numpy("maps")), float(result.as_numpy("fps")[0])
+    return np.array(result.as_numpy(MAPS_OUTPUT)), float(result.as_numpy(FPS_OUTPUT)[0])

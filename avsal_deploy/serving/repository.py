@@ -27,7 +27,6 @@ wheel. In every platform ``avsal_pipeline`` is a python-backend model that impor
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,22 +34,47 @@ from typing import Any
 
 from avsal_deploy.config import Config
 from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
-from avsal_deploy.serving.stream_models import STREAM_LIMITS, STREAM_MODEL, VIDEO_LIMITS, VIDEO_MODEL
-from avsal_deploy.serving.triton_models import (
+from avsal_deploy.serving.contract import (
+    AUDIO_INPUT,
+    AUDIO_RATE_INPUT,
+    CORRID_CONTROL,
+    DECODER_PARAMETER,
+    END_CONTROL,
+    FPS_INPUT,
+    FPS_OUTPUT,
+    FRAME_INDEX_OUTPUT,
+    FRAME_INPUT,
     MANIFEST_PARAMETER,
+    MAPS_OUTPUT,
     MAX_BATCH_PARAMETER,
     NOISE_INPUT,
     PIPELINE_MODEL,
     PIPELINE_OUTPUT,
+    QP_OFFSETS_OUTPUT,
+    ROI_CODEC_INPUT,
     SEED_INPUT,
+    START_CONTROL,
     STEPS_INPUT,
+    STREAM_LIMITS,
+    STREAM_MODEL,
+    STREAMS_OUTPUT,
+    STRIDE_INPUT,
+    TIMESTAMP_INPUT,
+    VIDEO_INPUT,
+    VIDEO_LIMITS,
+    VIDEO_MODEL,
+    WINDOW_BATCH_PARAMETER,
+    WINDOW_ENGINE_PARAMETER,
+    WINDOW_ENGINES,
+    WINDOW_THREADS_PARAMETER,
+    manifest_parameter,
     model_name,
+    string_parameters,
     wire_shape,
 )
 from avsal_deploy.specs import (
     ComponentSpec,
     TensorSpec,
-    parse_manifest,
     read_manifest,
     sha256_file,
     window_inputs,
@@ -116,10 +140,6 @@ def _tensor(t: TensorSpec, batch_in_dims: bool = False, optional: bool = False) 
     return entry
 
 
-def _parameters(values: Mapping[str, str]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": {"string_value": v}} for k, v in values.items()]
-
-
 def component_config(spec: ComponentSpec, platform: str, instances: int, max_batch: int) -> dict[str, Any]:
     """The Triton config of one component model."""
     config: dict[str, Any] = {"name": model_name(spec.name)}
@@ -172,9 +192,9 @@ def pipeline_config(
         "input": inputs,
         "output": [_tensor(TensorSpec(PIPELINE_OUTPUT, config.map_shape()), batch_in_dims=True)],
         "instance_group": [{"count": instances, "kind": _Enum("KIND_CPU")}],
-        "parameters": _parameters(
+        "parameters": string_parameters(
             {
-                MANIFEST_PARAMETER: json.dumps(manifest, separators=(",", ":"), sort_keys=True),
+                MANIFEST_PARAMETER: manifest_parameter(manifest),
                 MAX_BATCH_PARAMETER: str(max_batch),
             }
         ),
@@ -199,15 +219,15 @@ def stream_config(
     slots = int(limits["max_streams"])
     opt = {"optional": True}
     inputs = [
-        {"name": "frame", "data_type": _Enum("TYPE_UINT8"), "dims": [-1, -1, 3]},
-        {"name": "audio", "data_type": _Enum("TYPE_FP32"), "dims": [-1], **opt},
-        {"name": "audio_rate", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
-        {"name": "fps", "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
-        {"name": "timestamp", "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
+        {"name": FRAME_INPUT, "data_type": _Enum("TYPE_UINT8"), "dims": [-1, -1, 3]},
+        {"name": AUDIO_INPUT, "data_type": _Enum("TYPE_FP32"), "dims": [-1], **opt},
+        {"name": AUDIO_RATE_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+        {"name": FPS_INPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
+        {"name": TIMESTAMP_INPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
         {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
-        {"name": "stride", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+        {"name": STRIDE_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},
-        {"name": "roi_codec", "data_type": _Enum("TYPE_STRING"), "dims": [1], **opt},
+        {"name": ROI_CODEC_INPUT, "data_type": _Enum("TYPE_STRING"), "dims": [1], **opt},
     ]
     idle_us = int(float(limits["stream_idle_timeout_s"]) * 1e6)
     return {
@@ -216,24 +236,24 @@ def stream_config(
         "max_batch_size": slots,
         "input": inputs,
         "output": [
-            {"name": "maps", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
-            {"name": "frame_index", "data_type": _Enum("TYPE_INT64"), "dims": [-1]},
-            {"name": "qp_offsets", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
-            {"name": "streams", "data_type": _Enum("TYPE_INT32"), "dims": [1]},
+            {"name": MAPS_OUTPUT, "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
+            {"name": FRAME_INDEX_OUTPUT, "data_type": _Enum("TYPE_INT64"), "dims": [-1]},
+            {"name": QP_OFFSETS_OUTPUT, "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
+            {"name": STREAMS_OUTPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1]},
         ],
         "sequence_batching": {
             "max_sequence_idle_microseconds": idle_us,
             "control_input": [
-                _control("START", "CONTROL_SEQUENCE_START", int32_false_true=[0, 1]),
-                _control("END", "CONTROL_SEQUENCE_END", int32_false_true=[0, 1]),
-                _control("CORRID", "CONTROL_SEQUENCE_CORRID", data_type=_Enum("TYPE_UINT64")),
+                _control(START_CONTROL, "CONTROL_SEQUENCE_START", int32_false_true=[0, 1]),
+                _control(END_CONTROL, "CONTROL_SEQUENCE_END", int32_false_true=[0, 1]),
+                _control(CORRID_CONTROL, "CONTROL_SEQUENCE_CORRID", data_type=_Enum("TYPE_UINT64")),
             ],
         },
         "instance_group": [{"count": instances, "kind": _Enum("KIND_CPU")}],
-        "parameters": _parameters(
+        "parameters": string_parameters(
             {
-                MANIFEST_PARAMETER: json.dumps(manifest, separators=(",", ":"), sort_keys=True),
-                "window_batch": str(window_batch),
+                MANIFEST_PARAMETER: manifest_parameter(manifest),
+                WINDOW_BATCH_PARAMETER: str(window_batch),
                 **_limits(limits),
             }
         ),
@@ -250,36 +270,24 @@ def video_config(
         "backend": "python",
         "max_batch_size": 0,
         "input": [
-            {"name": "video", "data_type": _Enum("TYPE_STRING"), "dims": [1]},
+            {"name": VIDEO_INPUT, "data_type": _Enum("TYPE_STRING"), "dims": [1]},
             {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
-            {"name": "stride", "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
+            {"name": STRIDE_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
             {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},
         ],
         "output": [
-            {"name": "maps", "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
-            {"name": "fps", "data_type": _Enum("TYPE_FP64"), "dims": [1]},
+            {"name": MAPS_OUTPUT, "data_type": _Enum("TYPE_FP32"), "dims": [-1, -1, -1]},
+            {"name": FPS_OUTPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1]},
         ],
         "instance_group": [{"count": instances, "kind": _Enum("KIND_CPU")}],
-        "parameters": _parameters(
+        "parameters": string_parameters(
             {
-                MANIFEST_PARAMETER: json.dumps(manifest, separators=(",", ":"), sort_keys=True),
-                "decoder": decoder,
+                MANIFEST_PARAMETER: manifest_parameter(manifest),
+                DECODER_PARAMETER: decoder,
                 **_limits(limits),
             }
         ),
     }
-
-
-def pipeline_manifest(
-    model_config: Mapping[str, Any],
-) -> tuple[dict[str, Any], Config, dict[str, ComponentSpec]]:
-    """The export manifest, config and specs carried by ``avsal_pipeline``'s model config (JSON form)."""
-    source = f"model {PIPELINE_MODEL}"
-    try:
-        manifest = json.loads(model_config["parameters"][MANIFEST_PARAMETER]["string_value"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AvsalError(f"{source}: config has no valid {MANIFEST_PARAMETER!r} parameter ({exc})") from exc
-    return parse_manifest(manifest, source)
 
 
 # ----------------------------------------------------------------------------- files
@@ -337,15 +345,13 @@ def build_repository(
     the maximum of each spec's batch profile, which a TensorRT plan cannot exceed). Other models
     already in ``out_dir`` are left alone; ours are replaced only with ``overwrite``.
     ``stream_limits`` / ``video_limits`` override the limits of ``avsal_stream`` / ``avsal_video``
-    (:data:`~avsal_deploy.serving.stream_models.STREAM_LIMITS`, ``VIDEO_LIMITS``). ``window_engine``:
-    how the window models run the components (:mod:`avsal_deploy.serving.bls`; default
+    (:data:`~avsal_deploy.serving.contract.STREAM_LIMITS`, ``VIDEO_LIMITS``). ``window_engine``:
+    how the window models run the components (:mod:`avsal_deploy.serving.window_engine`; default
     ``onnxruntime`` in their own stub on the CPU platform, ``bls`` calls on TensorRT).
     ``window_threads``: ONNX Runtime intra-op threads per window model instance with the
     ``onnxruntime`` window engine (0: every core; on a small CPU, ``instances`` x ``window_threads``
     = the cores runs windows of different streams side by side). Returns ``out_dir``.
     """
-    from avsal_deploy.serving.bls import WINDOW_ENGINE_PARAMETER, WINDOW_ENGINES, WINDOW_THREADS_PARAMETER
-
     window_engine = window_engine or ("onnxruntime" if platform == "python-onnxruntime" else "bls")
     if window_engine not in WINDOW_ENGINES:
         raise ConfigError(f"window_engine {window_engine!r}: choose one of {', '.join(WINDOW_ENGINES)}")
@@ -397,7 +403,7 @@ def build_repository(
     decoder = "pyav" if platform == "python-onnxruntime" else "dali"  # GPU repositories decode on NVDEC
     video = video_config(manifest, instances, v_limits, decoder)
     for model, template in ((pipeline, "pipeline"), (stream, "stream"), (video, "video")):
-        model["parameters"] += _parameters(
+        model["parameters"] += string_parameters(
             {WINDOW_ENGINE_PARAMETER: window_engine, WINDOW_THREADS_PARAMETER: str(window_threads)}
         )
         _write_model(out / model["name"], model, {"model.py": _template(template)})

@@ -11,8 +11,10 @@ outside PyTriton takes three things, all done here without writing into site-pac
 - ``PATH`` with this interpreter's ``bin`` first: the stub takes its Python environment from
   ``PATH`` (not ``PYTHONPATH``), which is how the models import ``avsal_deploy``.
 
-Every endpoint binds to 127.0.0.1. The CUDA / NVML / DCGM lines a CPU-only machine logs at start
-are harmless.
+Every endpoint binds to ``host`` (127.0.0.1 unless asked otherwise: the server has no
+authentication). ``avsal serve`` listens on Triton's own ports (:data:`DEFAULT_PORTS`: HTTP 8000,
+gRPC 8001, metrics 8002); a :class:`TritonServer` made without ports takes free ones (tests, several
+servers on one machine). The CUDA / NVML / DCGM lines a CPU-only machine logs at start are harmless.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from types import TracebackType
 from avsal_deploy import interrupt
 from avsal_deploy.errors import AvsalError, BackendUnavailableError
 
+#: The address the server binds to unless told otherwise (loopback: no authentication).
 HOST = "127.0.0.1"
 # Error lines every CPU-only start logs; not worth showing a user.
 HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM", "pinned memory")
@@ -64,6 +67,10 @@ class Ports:
     http: int | None = None
     grpc: int | None = None
     metrics: int | None = None
+
+
+#: Triton's own ports, the defaults of ``avsal serve`` (and of a client without a URL).
+DEFAULT_PORTS = Ports(8000, 8001, 8002)
 
 
 @dataclass(frozen=True)
@@ -117,16 +124,27 @@ def make_backend_dir(installation: TritonInstallation, directory: Path) -> Path:
     return directory
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (another process may still take it before us)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that is free now (another process may still take it before us)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _reachable(host: str) -> str:
+    """The address a client on this machine uses for a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return HOST
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 class TritonServer:
     """``tritonserver`` as a subprocess serving ``repo``: ``with TritonServer(repo) as server: ...``.
 
+    ``ports`` default to free ones; every endpoint binds to ``host`` (default 127.0.0.1).
     ``models`` lists the models to load (default: all, ``--load-model=*``). Start-up waits until
     ``/v2/health/ready`` answers 200 (strict readiness: every loaded model ready) or raises
     :class:`TritonServerError` with the tail of the server log. ``stop`` sends SIGTERM, waits
@@ -139,6 +157,7 @@ class TritonServer:
         ports: Ports | None = None,
         log_path: str | Path | None = None,
         *,
+        host: str = HOST,
         models: Sequence[str] | None = None,
         startup_timeout: float = 120.0,
         exit_timeout: int = 5,
@@ -146,9 +165,12 @@ class TritonServer:
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
             raise AvsalError(f"{self.repo}: model repository not found (create it with `avsal triton-repo`)")
+        self.host = host
         requested = ports or Ports()
         self.ports = Ports(
-            requested.http or free_port(), requested.grpc or free_port(), requested.metrics or free_port()
+            requested.http or free_port(host),
+            requested.grpc or free_port(host),
+            requested.metrics or free_port(host),
         )
         self._requested_log = Path(log_path) if log_path is not None else None
         self.log_path = self._requested_log  # a temporary file while running when none was given
@@ -163,15 +185,15 @@ class TritonServer:
     # ------------------------------------------------------------------ endpoints
     @property
     def http_url(self) -> str:
-        return f"http://{HOST}:{self.ports.http}"
+        return f"http://{_reachable(self.host)}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{HOST}:{self.ports.grpc}"
+        return f"{_reachable(self.host)}:{self.ports.grpc}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{HOST}:{self.ports.metrics}/metrics"
+        return f"http://{_reachable(self.host)}:{self.ports.metrics}/metrics"
 
     @property
     def returncode(self) -> int | None:
@@ -218,9 +240,9 @@ class TritonServer:
             "--strict-readiness=true",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
-            f"--http-address={HOST}",
-            f"--grpc-address={HOST}",
-            f"--metrics-address={HOST}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             f"--http-port={p.http}",
             f"--grpc-port={p.grpc}",
             f"--metrics-port={p.metrics}",

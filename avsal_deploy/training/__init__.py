@@ -1,4 +1,4 @@
-"""Training, evaluation and the audio-relevance experiment.
+"""Training and evaluation.
 
 - :mod:`~avsal_deploy.training.recipe`: typed TOML recipes (``training/*.toml``).
 - :mod:`~avsal_deploy.training.data`: windows of a data set as model inputs, with augmentation.
@@ -8,8 +8,9 @@
   :mod:`~avsal_deploy.training.objective` (the losses per variant).
 - :mod:`~avsal_deploy.training.evaluate`: MIT metrics per video / condition / data set.
 - :mod:`~avsal_deploy.training.checkpoints`: :func:`load_trained_model` and the trainer's state.
-- :mod:`~avsal_deploy.training.experiment`: AV model vs visual-only twin vs centre bias.
-- :mod:`~avsal_deploy.training.plots`: training curves and experiment figures (matplotlib).
+- :mod:`~avsal_deploy.training.plots`: training curves (matplotlib).
+
+The research experiments built on them live in :mod:`avsal_deploy.research` (not in the wheel).
 
 Names are resolved lazily so that ``import avsal_deploy.training`` stays cheap.
 """
@@ -28,7 +29,6 @@ _EXPORTS = {
     "evaluate_checkpoint": "avsal_deploy.training.evaluate",
     "load_trained_model": "avsal_deploy.training.checkpoints",
     "shipped_checkpoint": "avsal_deploy.training.checkpoints",
-    "run_audio_relevance": "avsal_deploy.training.experiment",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ item is therefore a pure function of its index and the epoch: any sampler order,
 loader workers and any DDP rank see the same item for the same index, which is what makes resumed
 runs identical to uninterrupted ones.
 
-Augmentation (reference-facts §6: with a dozen videos per condition a small model memorises each
+Augmentation (with a dozen videos per condition a small model memorises each
 video's observers; flips and colour-channel shuffles lifted held-out CC markedly):
 
 - horizontal flip of the clip AND of the target map and fixations (the soundtrack is unchanged:
@@ -185,22 +185,12 @@ class VideoInputs:
         return np.ascontiguousarray(self._envelope[:, list(window.frames)])
 
     # ------------------------------------------------------------------ annotations
-    def _load_native(self) -> tuple[np.ndarray, np.ndarray]:
-        maps = np.stack([self.record.saliency_map(i) for i in range(self.n_frames)])
-        fixations = np.stack([self.record.fixations(i) for i in range(self.n_frames)])
-        if maps.shape != fixations.shape:
-            raise DatasetError(
-                f"{self.record.name}: saliency maps {maps.shape[1:]} and fixation maps "
-                f"{fixations.shape[1:]} differ in size"
-            )
-        return maps, fixations
-
     def native_annotations(self) -> tuple[np.ndarray, np.ndarray]:
         """All ground-truth maps float32 ``[N, H, W]`` and fixations bool ``[N, H, W]`` at their
         stored size (what the metrics score against)."""
         if self._native_maps is not None and self._native_fixations is not None:
             return self._native_maps, self._native_fixations
-        maps, fixations = self._load_native()
+        maps, fixations = self.record.annotations()
         if self.cache:
             self._native_maps, self._native_fixations = maps, fixations
         return maps, fixations

@@ -15,7 +15,7 @@ Which frames are scored: the windows of :func:`avsal_deploy.windows.plan` at ``s
 1 that is every frame of every video (causal windows, reversed for the first frames, exactly as
 inference runs), at stride k every k-th frame plus the last one (used for quick validation).
 
-Averaging (stated because peers differ, reference-facts §2): a video's value is the mean over its
+Averaging (stated because published evaluations differ): a video's value is the mean over its
 scored frames, NaN frames omitted (frames without fixations, constant predictions); a data set's
 or a condition's value is the mean over its videos (every video weighs the same, the STAViS /
 ViNet convention; :func:`avsal_deploy.metrics.aggregate` with ``mode="per_video"``).
@@ -26,9 +26,8 @@ sAUC negatives come from fixations of OTHER videos of the evaluated set with the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,11 @@ import torch
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import SaliencyDataset, open_dataset
 from avsal_deploy.engine.base import Engine
+from avsal_deploy.engine.choice import EngineChoice
 from avsal_deploy.errors import ConfigError
-from avsal_deploy.metrics import METRIC_NAMES, aggregate, evaluate_frames
+from avsal_deploy.metrics import METRIC_NAMES, EvalResult, frame_metrics
 from avsal_deploy.models.build import AVSaliencyModel
-from avsal_deploy.pipeline import normalize_map
+from avsal_deploy.pipeline import PredictOptions, normalize_map
 from avsal_deploy.training.data import AudioMode, VideoInputs, check_audio_mode
 from avsal_deploy.windows import Window, plan
 
@@ -54,76 +54,29 @@ CENTER_SIGMAS: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.
 DEFAULT_CENTER_SIGMA = 0.25
 _SAUC_OTHERS = 10
 
+#: Evaluation's defaults, those of every command: the config's DDIM steps and window stride,
+#: seed 0, one window per engine call (the numbers ``avsal score --gt`` reports).
+EVAL_OPTIONS = PredictOptions()
+
 #: ``predict(video, windows) -> maps [len(windows), h, w]`` (any size; scored at the GT size).
 Predictor = Callable[[VideoInputs, Sequence[Window]], np.ndarray]
 #: ``progress(done, total, video_name)`` after each video.
 EvalProgress = Callable[[int, int, str], None]
 
 
-@dataclass
-class EvalResult:
-    """Per-frame metric values of every scored video, and the summaries derived from them."""
-
-    metrics: tuple[str, ...]
-    per_frame: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # video -> metric -> [n]
-    conditions: dict[str, str | None] = field(default_factory=dict)  # video -> condition
-    frames: dict[str, list[int]] = field(default_factory=dict)  # video -> scored frame indices
-
-    def per_video(self) -> dict[str, dict[str, float]]:
-        """``{video: {metric: mean over its scored frames}}`` (NaN frames omitted)."""
-        return {v: aggregate({v: values}, mode="per_frame") for v, values in self.per_frame.items()}
-
-    def summary(self, videos: Sequence[str] | None = None) -> dict[str, float]:
-        """Data-set means over videos (each video weighs the same)."""
-        names = list(self.per_frame) if videos is None else list(videos)
-        if not names:
-            return {m: math.nan for m in self.metrics}
-        return aggregate({v: self.per_frame[v] for v in names}, mode="per_video")
-
-    def by_condition(self) -> dict[str, dict[str, float]]:
-        """``{condition: summary over its videos}`` for videos that have a condition."""
-        groups: dict[str, list[str]] = {}
-        for video, cond in self.conditions.items():
-            if cond is not None:
-                groups.setdefault(cond, []).append(video)
-        return {cond: self.summary(videos) for cond, videos in sorted(groups.items())}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: per-video means (with condition and frame count), per condition, overall."""
-        per_video = self.per_video()
-        return {
-            "metrics": list(self.metrics),
-            "averaging": "per-video mean of per-frame values (NaN frames omitted), then mean over videos",
-            "videos": {
-                v: {
-                    "condition": self.conditions.get(v),
-                    "frames": len(self.frames.get(v, [])),
-                    **per_video[v],
-                }
-                for v in self.per_frame
-            },
-            "conditions": self.by_condition(),
-            "dataset": self.summary(),
-        }
-
-
 # --------------------------------------------------------------------------- predictors
 def model_predictor(
-    model: AVSaliencyModel,
-    steps: int | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    model: AVSaliencyModel, options: PredictOptions = EVAL_OPTIONS, device: str | torch.device = "cpu"
 ) -> Predictor:
-    """A predictor running ``model`` (eval mode, no grad) on batches of windows.
+    """A predictor running ``model`` (eval mode, no grad) on batches of ``options.batch_size``
+    windows, with ``options.steps`` DDIM steps (None: the config's; 0: the one-shot map on
+    ``hybrid``).
 
-    DDIM noise is drawn from a generator seeded by ``seed`` and the video name, so every video's
-    maps are reproducible whatever order videos are scored in. ``steps=None`` uses the config's
-    ``diffusion.sampling_steps``; 0 gives the one-shot map on ``hybrid``.
+    DDIM noise is drawn afresh for every window, from a generator seeded by ``options.seed`` and
+    the video name, so every video's maps are reproducible whatever order videos are scored in.
     """
-    n_steps = model.resolve_steps(steps)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+    n_steps = model.resolve_steps(options.steps)
+    seed, batch_size = options.seed, options.batch_size
 
     def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
         entropy = (seed, *video.name.encode())  # the whole name: no collisions between videos
@@ -151,16 +104,14 @@ def model_predictor(
     return predict
 
 
-def engine_predictor(
-    engine: Engine, steps: int | None = None, batch_size: int = 1, seed: int = 0
-) -> Predictor:
+def engine_predictor(engine: Engine, options: PredictOptions = EVAL_OPTIONS) -> Predictor:
     """A predictor running any :class:`~avsal_deploy.engine.base.Engine` (torch, ONNX Runtime,
-    TensorRT, Triton) with the DEPLOYED noise policy: one x_T per video, drawn from ``seed`` by
-    :meth:`Engine.make_noise` and shared by all its windows, exactly as
-    :class:`avsal_deploy.pipeline.Predictor` (``avsal predict`` / ``avsal score``) does.
+    TensorRT, Triton) on batches of ``options.batch_size`` windows with the DEPLOYED noise policy:
+    one x_T per video, drawn from ``options.seed`` by :meth:`Engine.make_noise` and shared by all
+    its windows, exactly as :class:`avsal_deploy.pipeline.Predictor` (``avsal predict`` /
+    ``avsal score``) does.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+    steps, seed, batch_size = options.steps, options.seed, options.batch_size
 
     def predict(video: VideoInputs, windows: Sequence[Window]) -> np.ndarray:
         noise1 = engine.make_noise(1, seed)
@@ -241,32 +192,6 @@ def _other_fixations(
     return other
 
 
-def frame_metrics(
-    predictions: np.ndarray,
-    targets: Sequence[int],
-    maps: np.ndarray,
-    fixations: np.ndarray,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    other_fixations: Callable[[int], np.ndarray] | None = None,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
-    """Per-frame metric values of one video: ``predictions[i]`` (any size) against the ground truth
-    of frame ``targets[i]`` at its stored size (``maps`` / ``fixations`` [N, H, W]).
-
-    The one per-video scoring rule shared by :func:`evaluate_predictor` (``avsal eval``) and
-    :mod:`avsal_deploy.scoring` (``avsal score --gt``).
-    """
-    idx = list(targets)
-    return evaluate_frames(
-        np.asarray(predictions, dtype=np.float32),
-        maps[idx],
-        fixations[idx],
-        metrics,
-        other_fixations,
-        seed=seed,
-    )
-
-
 def evaluate_predictor(
     predict: Predictor,
     videos: Sequence[VideoInputs],
@@ -345,49 +270,43 @@ NOISE_POLICIES: tuple[str, ...] = ("per-video", "per-window")
 
 
 def open_eval_engine(
-    engine: str,
+    choice: EngineChoice,
     model: AVSaliencyModel,
     checkpoint: str | Path,
     *,
     device: str | torch.device = "cpu",
-    export_dir: str | Path | None = None,
-    triton_url: str | None = None,
 ) -> Engine:
-    """The engine that runs ``model`` (loaded from ``checkpoint``) for evaluation.
+    """The engine that runs ``model`` (loaded from ``checkpoint``) for evaluation, as ``choice`` says.
 
     ``torch``: ``model`` itself in process (:class:`~avsal_deploy.engine.eager.TorchEngine`; an
-    ``export_dir`` is refused, it would be ignored). ``onnxruntime`` / ``tensorrt``: ``export_dir``
-    when given -- refused unless its manifest records this very checkpoint (content hash), or at
-    least, when it records none, the same architecture -- else the checkpoint exported once into
-    the cache. ``triton``: the server at ``triton_url`` (same architecture required). A backend this
-    machine cannot run (TensorRT without an NVIDIA GPU) raises its clear BackendUnavailableError.
+    export directory is refused, it would be ignored). ``onnxruntime`` / ``tensorrt``: the export
+    directory when given -- refused unless its manifest records this very checkpoint (content
+    hash), or at least, when it records none, the same architecture -- else the checkpoint exported
+    once into the cache. ``triton``: the server at the choice's URL (same architecture required).
+    A backend this machine cannot run (TensorRT without an NVIDIA GPU) raises its clear
+    BackendUnavailableError.
     """
-    if engine == "torch":
-        if export_dir is not None:
+    if choice.backend == "torch":
+        if choice.export is not None:
             raise ConfigError(
-                f"engine torch runs the checkpoint {checkpoint} in process: --export-dir {export_dir} "
+                f"engine torch runs the checkpoint {checkpoint} in process: --export {choice.export} "
                 "is for onnxruntime / tensorrt"
             )
-        from avsal_deploy.engine.eager import TorchEngine
-
-        return TorchEngine(model, device=device)
-    from avsal_deploy.scoring.engines import open_scoring_engine
-
-    source = None if export_dir is not None else checkpoint
-    if export_dir is not None and engine != "triton":
+        return choice.open(model=model, device=device)
+    if choice.export is not None and not choice.remote:
         from avsal_deploy.specs import read_manifest, sha256_file
 
-        manifest = read_manifest(export_dir)[0]
+        manifest = read_manifest(choice.export)[0]
         recorded = (manifest.get("checkpoint") or {}).get("sha256")
         if recorded is not None and recorded != sha256_file(checkpoint):
             raise ConfigError(
-                f"{export_dir}: exported from another checkpoint ({manifest['checkpoint'].get('path')}), "
-                f"not {checkpoint}; export it with `avsal export` or omit --export-dir"
+                f"{choice.export}: exported from another checkpoint ({manifest['checkpoint'].get('path')}), "
+                f"not {checkpoint}; export it with `avsal export` or omit --export"
             )
-    opened = open_scoring_engine(engine, source, export_dir, triton_url)
+    opened = choice.open()
     if opened.config.architecture_fingerprint() != model.config.architecture_fingerprint():
         opened.close()
-        raise ConfigError(f"{engine} engine: its model is not the architecture of {checkpoint}")
+        raise ConfigError(f"{choice.backend} engine: its model is not the architecture of {checkpoint}")
     return opened
 
 
@@ -398,52 +317,54 @@ def evaluate_checkpoint(
     split: str = "test",
     *,
     fold: int = 1,
-    steps: int | None = None,
-    stride: int = 1,
+    options: PredictOptions = EVAL_OPTIONS,
     audio: str | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    batch_size: int = 16,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     progress: EvalProgress | None = None,
-    engine: str = "torch",
+    engine: EngineChoice | str = "torch",
     noise: str = "per-video",
-    export_dir: str | Path | None = None,
-    triton_url: str | None = None,
 ) -> CheckpointEvaluation:
     """Load a trained checkpoint and score it on one split of a data set.
 
-    ``audio=None`` uses the audio mode the checkpoint was trained with (its ``audio`` metadata:
-    a visual-only twin is tested on silence), ``"real"`` or ``"silent"`` force one.
+    ``options``: DDIM steps (None: the checkpoint's config), the window stride (which frames are
+    scored: every ``stride``-th, None: the config's window stride, 1 in every profile), the seed of
+    the sampling noise and the windows per engine call. ``audio=None`` uses the audio mode the
+    checkpoint was trained with (its ``audio`` metadata: a visual-only twin is tested on silence),
+    ``"real"`` or ``"silent"`` force one.
 
-    ``engine`` runs the networks: ``torch`` (the checkpoint in process, on ``device``),
-    ``onnxruntime`` (``export_dir``, else the checkpoint exported once into the cache),
-    ``tensorrt`` (``export_dir`` with plans) or ``triton`` (a server at ``triton_url`` serving the
-    checkpoint's export). ``noise`` is the sampling-noise policy (:data:`NOISE_POLICIES`); the
-    default is the deployed one, so the numbers are those ``avsal score --gt`` reports.
+    ``engine`` runs the networks (:class:`~avsal_deploy.engine.choice.EngineChoice`, or a backend
+    name): ``torch`` (the checkpoint in process, on ``device``), ``onnxruntime`` (the choice's
+    export directory, else the checkpoint exported once into the cache), ``tensorrt`` (an export
+    directory with plans) or ``triton`` (the server at the choice's URL serving the checkpoint's
+    export). ``noise`` is the sampling-noise policy (:data:`NOISE_POLICIES`); the default is the
+    deployed one, so the numbers are those ``avsal score --gt`` reports.
     """
     from avsal_deploy.training.checkpoints import load_trained_model
 
+    choice = engine if isinstance(engine, EngineChoice) else EngineChoice.of(engine)
     if noise not in NOISE_POLICIES:
         raise ConfigError(f"noise policy {noise!r}: choose one of {', '.join(NOISE_POLICIES)}")
-    if noise == "per-window" and engine != "torch":
-        raise ConfigError(f"noise policy per-window runs the torch model only, not engine {engine!r}")
+    if noise == "per-window" and choice.backend != "torch":
+        raise ConfigError(f"noise policy per-window runs the torch model only, not engine {choice.backend!r}")
     model, config, variant, meta = load_trained_model(checkpoint, device)
     mode = check_audio_mode(audio if audio is not None else str(meta.get("audio", "real")))
     dataset = open_dataset(root, name, split, fold)
     videos = dataset_inputs(dataset, config, variant, mode)  # type: ignore[arg-type]
-    n_steps = model.resolve_steps(steps)
+    n_steps = model.resolve_steps(options.steps)
+    stride = options.stride if options.stride is not None else config.window.stride
+    resolved = PredictOptions(steps=n_steps, stride=stride, seed=options.seed, batch_size=options.batch_size)
     opened: Engine | None = None
     if noise == "per-window":
-        predictor = model_predictor(model, n_steps, batch_size, seed, device)
+        predictor = model_predictor(model, resolved, device)
     else:
-        opened = open_eval_engine(
-            engine, model, checkpoint, device=device, export_dir=export_dir, triton_url=triton_url
-        )
-        predictor = engine_predictor(opened, n_steps, batch_size, seed)
+        if not choice.remote and choice.export is None and choice.checkpoint is None:
+            choice = EngineChoice(choice.backend, checkpoint=str(checkpoint))
+        opened = open_eval_engine(choice, model, checkpoint, device=device)
+        predictor = engine_predictor(opened, resolved)
     try:
         result = evaluate_predictor(
-            predictor, videos, metrics=metrics, stride=stride, seed=seed, progress=progress
+            predictor, videos, metrics=metrics, stride=stride, seed=options.seed, progress=progress
         )
     finally:
         if opened is not None:
@@ -458,6 +379,6 @@ def evaluate_checkpoint(
         stride=stride,
         audio=mode,
         result=result,
-        engine=engine,
+        engine=choice.backend,
         noise=noise,
     )

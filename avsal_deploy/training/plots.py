@@ -1,4 +1,4 @@
-"""Figures of training runs and of the audio-relevance experiment (matplotlib, Agg backend).
+"""Figures of training runs (matplotlib, Agg backend).
 
 matplotlib is imported inside the functions (it is an optional dependency, ``avsal-deploy[train]``),
 with the non-interactive Agg backend so that plots render on servers without a display.
@@ -15,7 +15,8 @@ from avsal_deploy.errors import BackendUnavailableError
 _VAL_METRICS = ("cc", "nss", "sim", "kld")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or a clear error where matplotlib is missing."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -43,7 +44,7 @@ def plot_metrics(log_path: str | Path, out_path: str | Path) -> Path | None:
     val = [r for r in records if r.get("kind") == "val"]
     if not train:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     shown = [k for k in _VAL_METRICS if val and k in val[0]]
     fig, axes = plt.subplots(1, 1 + len(shown), figsize=(4.2 * (1 + len(shown)), 3.4), squeeze=False)
     ax = axes[0][0]
@@ -62,30 +63,6 @@ def plot_metrics(log_path: str | Path, out_path: str | Path) -> Path | None:
         ax.set_xlabel("step")
         ax.set_title(f"validation {key.upper()}")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out_path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_experiment(results: dict[str, Any], out_path: str | Path) -> Path:
-    """Bar chart of the audio-relevance results: CC and NSS per condition and model, mean +- std."""
-    plt = _pyplot()
-    conditions = list(results["conditions"])
-    models = list(results["models"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    width = 0.8 / max(len(models), 1)
-    for ax, metric in zip(axes, ("cc", "nss"), strict=True):
-        for j, model in enumerate(models):
-            means = [results["conditions"][c][model][metric]["mean"] for c in conditions]
-            stds = [results["conditions"][c][model][metric]["std"] for c in conditions]
-            xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(conditions))]
-            ax.bar(xs, means, width, yerr=stds, capsize=3, label=results["models"][model])
-        ax.set_xticks(range(len(conditions)), conditions)
-        ax.set_ylabel(metric.upper())
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_path)
     fig.savefig(out, dpi=100)

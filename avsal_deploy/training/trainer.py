@@ -48,9 +48,11 @@ from avsal_deploy import interrupt
 from avsal_deploy.config import Config
 from avsal_deploy.data.datasets import open_dataset
 from avsal_deploy.engine.base import Engine
+from avsal_deploy.engine.choice import EngineChoice
 from avsal_deploy.errors import ConfigError, DatasetError, WeightsError
 from avsal_deploy.models.build import AVSaliencyModel, build_model
 from avsal_deploy.models.weights import load_backbone_weights, load_checkpoint
+from avsal_deploy.pipeline import PredictOptions
 from avsal_deploy.training.checkpoints import (
     load_training_state,
     save_training_state,
@@ -311,11 +313,13 @@ class Trainer:
         deployed noise policy (one x_T per video from ``train.seed``, shared by its windows)."""
         t = self.recipe.train
         if self._val_engine is None:  # holds the model's own modules: weights stay current
-            self._val_engine = open_eval_engine("torch", self.model, self.last_path, device=self.ctx.device)
+            choice = EngineChoice("torch", checkpoint=str(self.last_path))
+            self._val_engine = open_eval_engine(choice, self.model, self.last_path, device=self.ctx.device)
         self.model.eval()  # the next epoch's _train_mode puts it back (frozen modules stay in eval)
-        predictor = engine_predictor(
-            self._val_engine, None if t.val_steps < 0 else t.val_steps, t.val_batch_size, t.seed
+        options = PredictOptions(
+            steps=None if t.val_steps < 0 else t.val_steps, seed=t.seed, batch_size=t.val_batch_size
         )
+        predictor = engine_predictor(self._val_engine, options)
         result = evaluate_predictor(
             predictor, videos, metrics=VALIDATION_METRICS, stride=self.recipe.data.val_stride, seed=t.seed
         )

@@ -3,6 +3,6 @@
 onnxruntime runs ``model.onnx`` beside this file; the logic lives in the library.
 """
 
-from avsal_deploy.serving.triton_models import ComponentModel as TritonPythonModel
+from avsal_deploy.serving.models.component import ComponentModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

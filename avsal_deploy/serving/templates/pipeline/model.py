@@ -4,6 +4,6 @@ One request = a batch of windows: encoders, fusion and the DDIM loop as BLS call
 models, through the library's ``Engine.predict_window``; the logic lives in the library.
 """
 
-from avsal_deploy.serving.triton_models import PipelineModel as TritonPythonModel
+from avsal_deploy.serving.models.pipeline import PipelineModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

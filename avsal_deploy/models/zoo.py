@@ -1,0 +1,48 @@
+"""The model zoo: every model family with its size, cost, inputs, origin and weights licence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avsal_deploy.config import FAMILIES, PROFILES, family_config, load_config
+from avsal_deploy.models.build import build_model, count_flops, count_parameters
+
+
+def model_zoo() -> list[dict[str, Any]]:
+    """Every model family (ours at each profile, the official ones at their input mode): parameters,
+    GFLOPs per window (2 FLOPs per multiply-add, the default DDIM steps), audio, input mode,
+    where it comes from and the licence of its released weights."""
+    import torch
+
+    rows = []
+    for name, fam in FAMILIES.items():
+        configs = [load_config(p) for p in PROFILES] if fam.origin == "avsal" else [family_config(name)]
+        for config in configs:
+            with torch.device("meta"):
+                model = build_model(config, name)
+            flops = count_flops(model, config)
+            v = config.video
+            audio = {
+                "soundnet": f"SoundNet waveform, {config.soundnet_samples()} samples at {config.audio.soundnet_rate} Hz",
+                "vggish": f"{config.audio.vggish_slices} log-mel slices at {config.audio.vggish_rate} Hz",
+                "diffsal": f"{config.audio.vggish_slices} log-mel examples at the file's rate",
+                "none": "none",
+            }[fam.audio]
+            target = "centre frame" if config.window.mode == "centre" else "last frame"
+            rows.append(
+                {
+                    "family": name,
+                    "origin": fam.origin,
+                    "profile": config.profile if fam.origin == "avsal" else None,
+                    "params": count_parameters(model)["total"],
+                    "gflops_per_window": round(flops["per_window"] / 1e9, 2),
+                    "steps": flops["steps"],
+                    "audio": fam.has_audio,
+                    "input_mode": f"{config.clip_len(name)}x{v.height}x{v.width} ({v.resize} resize), "
+                    f"map of the {target}; audio: {audio}",
+                    "summary": fam.summary,
+                    "source": fam.source,
+                    "weights_licence": fam.weights_licence,
+                }
+            )
+    return rows
