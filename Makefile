@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= out/demo
 
-.PHONY: demo test test-long lint bench report venv install install-dev clean
+.PHONY: demo test test-long lint docs bench report venv install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-long: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The documentation site, built as CI builds it (every warning an error); open out/site/index.html.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir out/site
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -q

@@ -660,9 +660,12 @@ class PredictionWriter:
         """:meth:`finish`, add the ``extra`` text files (name -> content, e.g. ``summary.json``) and
         move everything into ``out_dir`` (a directory already there is replaced); the names moved."""
         self.finish()
-        for name, text in (extra or {}).items():
-            (self.tmp / name).write_text(text)
-            self._extra.append(name)
+        try:
+            for name, text in (extra or {}).items():
+                (self.tmp / name).write_text(text)
+                self._extra.append(name)
+        except OSError as exc:
+            raise self._storage_error(exc) from exc
         names = [*self.files, *self._extra]
         for name in names:
             dest = self.out / name
@@ -711,8 +714,16 @@ class PredictionWriter:
                 t0 = time.perf_counter()
                 self._complete()
                 self.timings.write += time.perf_counter() - t0
+        except OSError as exc:  # a full disk, a directory gone read-only, a quota
+            self._error = self._storage_error(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
+
+    def _storage_error(self, exc: OSError) -> AvsalError:
+        """One line for a failed write: the output directory and the system's reason."""
+        error = AvsalError(f"{self.out}: cannot write the outputs ({exc.strerror or exc})")
+        error.__cause__ = exc
+        return error
 
     def _frame(self, index: int, timestamp: float, saliency: np.ndarray, frame: np.ndarray | None) -> None:
         full = postprocess_map(saliency, self.source_size)

@@ -60,7 +60,7 @@ RSS_CHILD = r"""
 import json, sys
 from avsal_deploy.engine import open
 from avsal_deploy.pipeline import Predictor, predict_to_directory
-s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open()), pngs=False)
+s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open()), overlay=True)
 print(json.dumps({"frames": s["frames"], "rss": s["peak_rss_mb"], "seconds": s["seconds"]}))
 """
 

@@ -51,9 +51,9 @@ def ort(vinet_s_export: Path):
 @pytest.fixture(scope="module")
 def offline(ort, videos: list[Path]) -> np.ndarray:
     """The float maps of the first video (model size), predicted in process."""
-    from avsal_deploy.pipeline import Predictor
+    from avsal_deploy.pipeline import PredictOptions, Predictor
 
-    prediction = Predictor(ort, stride=STRIDE).predict(videos[0])
+    prediction = Predictor(ort, PredictOptions(stride=STRIDE)).predict(videos[0])
     assert prediction.targets == [0, 4] and prediction.frame_maps.shape == (FRAMES, 224, 384)
     assert all(m.std() > 0.05 for m in prediction.frame_maps)  # maps that carry signal
     return prediction.frame_maps
@@ -62,8 +62,8 @@ def offline(ort, videos: list[Path]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def predicted(vinet_s_export: Path, videos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("zoo-predict")
-    args = ["predict", str(videos[0]), "--export-dir", str(vinet_s_export), "--stride", str(STRIDE)]
-    assert main([*args, "--map-size", "model", "--no-png", "--quiet", "--out", str(out)]) == 0
+    args = ["-q", "predict", str(videos[0]), "--export", str(vinet_s_export), "--stride", str(STRIDE)]
+    assert main([*args, "--map-size", "model", "--overlay", "--out", str(out)]) == 0
     return out
 
 
@@ -77,8 +77,8 @@ def test_predict_writes_the_maps_of_the_converted_model(predicted: Path, offline
 
 def test_score_two_videos(vinet_s_export: Path, videos: list[Path], offline, tmp_path: Path) -> None:
     out = tmp_path / "scores"
-    args = ["score", *map(str, videos), "--export-dir", str(vinet_s_export), "--stride", str(STRIDE)]
-    assert main([*args, "--jobs", "1", "--quiet", "--out", str(out)]) == 0
+    args = ["score", *map(str, videos), "--export", str(vinet_s_export), "--stride", str(STRIDE)]
+    assert main([*args, "--jobs", "1", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["done"] == 2 and summary["failed"] == 0
     rows = {Path(v["path"]).name: v for v in summary["videos"]}

@@ -148,7 +148,7 @@ def test_runtime_imports_no_torch(clip: Path, tmp_path: Path) -> None:
         "import avsal_deploy.serving.models.stream, avsal_deploy.serving.repository, avsal_deploy.cli\n"
         "from avsal_deploy.engine import open\n"
         "from avsal_deploy.pipeline import Predictor, predict_to_directory\n"
-        f"predict_to_directory({str(clip)!r}, {str(tmp_path / 'o')!r}, Predictor(open()), pngs=False)\n"
+        f"predict_to_directory({str(clip)!r}, {str(tmp_path / 'o')!r}, Predictor(open()), overlay=True)\n"
         "from avsal_deploy.engine import DEFAULT_EXPORT\n"
         f"avsal_deploy.serving.repository.build_repository(DEFAULT_EXPORT, {str(tmp_path / 'repo')!r})\n"
         "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'avsal_deploy.models',"
@@ -179,7 +179,7 @@ import json, sys
 from avsal_deploy.engine import open
 from avsal_deploy.pipeline import Predictor, predict_to_directory
 from avsal_deploy.pipeline import PredictOptions
-s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open(), PredictOptions(stride=2)), pngs=False)
+s = predict_to_directory(sys.argv[1], sys.argv[2], Predictor(open(), PredictOptions(stride=2)), overlay=True)
 print(json.dumps({"frames": s["frames"], "rss": s["peak_rss_mb"]}))
 """
 

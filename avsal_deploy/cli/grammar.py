@@ -373,10 +373,14 @@ def predict_options(args: argparse.Namespace) -> Any:
     )
 
 
-def add_output_options(p: argparse.ArgumentParser, *, png: bool = True, old_negatives: bool = False) -> None:
+def add_output_options(
+    p: argparse.ArgumentParser, *, png: bool = True, sheet: bool = True, old_negatives: bool = False
+) -> None:
     """``--overlay`` and ``--png``: the optional outputs of a prediction (off by default in every
-    command; ``maps.npz`` is always written)."""
-    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (and contact_sheet.png)")
+    command; ``maps.npz`` is always written). ``sheet``: the command also writes the contact sheet
+    with the overlay."""
+    with_sheet = " and contact_sheet.png" if sheet else ""
+    p.add_argument("--overlay", action="store_true", help=f"also write overlay.mp4{with_sheet}")
     if png:
         p.add_argument("--png", action="store_true", help="also write the per-frame PNG maps (maps/)")
     if old_negatives:  # the old default was on; the old flags keep meaning "not this output"

@@ -104,7 +104,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="N",
         help="encoder threads (default: 0, the encoder's choice)",
     )
-    p.add_argument("--strength", type=float, default=d.strength, help="QP per halving of importance")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="QP per halving of importance (default: "
+        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_STRENGTH.items())
+        + ")",
+    )
     p.add_argument("--gamma", type=float, default=d.gamma, help="exponent on block saliency")
     p.add_argument("--floor", type=float, default=d.floor, help="uniform share of the importance")
     p.add_argument("--max-delta", type=float, default=d.max_delta, help="clamp on |QP offset|")

@@ -213,7 +213,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="send frames as fast as the server answers (default: in real time)",
     )
-    add_output_options(p, png=False, old_negatives=True)
+    add_output_options(p, png=False, sheet=False, old_negatives=True)
     add_predict_options(p, batch=False)
     p.add_argument(
         "--roi-out", default=None, metavar="FILE", help="also encode the stream with the server's QP offsets"

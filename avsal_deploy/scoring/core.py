@@ -193,7 +193,15 @@ def _score(
                 progress(done, len(items), result)
             yield result
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
-        write_summary(out, [r for r in results if r is not None], time.perf_counter() - t0, run, settings.gt)
+        try:
+            write_summary(
+                out, [r for r in results if r is not None], time.perf_counter() - t0, run, settings.gt
+            )
+        except OSError as exc:
+            raise AvsalError(
+                f"{out / 'summary.json'}: cannot write the run's summary ({exc.strerror or exc}); the "
+                "videos done are kept, run again once the output can be written"
+            ) from exc
 
 
 # ----------------------------------------------------------------------------- summary

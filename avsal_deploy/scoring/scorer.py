@@ -164,6 +164,9 @@ def _complete(item: VideoItem, out_dir: Path, settings: dict[str, Any]) -> dict[
         return None
     if not all((directory / name).exists() for name in record.get("files", [])):
         return None
+    sizes = record.get("sizes")  # records written before sizes were recorded have none
+    if sizes is not None and sizes != output_sizes(directory, record.get("files", [])):
+        return None  # an output was truncated or changed after the record was written
     recorded = record.get("input") or {}
     try:
         stat = input_stat(item)
@@ -176,6 +179,16 @@ def _complete(item: VideoItem, out_dir: Path, settings: dict[str, Any]) -> dict[
     record["input"] = {**recorded, **stat}  # touched, not changed: keep the hash, no rehash next time
     write_json(directory / RECORD, record)
     return record
+
+
+def output_sizes(directory: Path, names: list[str]) -> dict[str, int]:
+    """Bytes of each output (a directory: of its files together), as a record lists them."""
+    sizes = {}
+    for name in names:
+        path = directory / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        sizes[name] = sum(p.stat().st_size for p in files)
+    return sizes
 
 
 def _publish(tmp: Path, final: Path, out_dir: Path) -> None:
@@ -290,6 +303,7 @@ class Scorer:
             metrics = _means(per_frame) if per_frame is not None else None
             files = sorted(p.name for p in tmp.iterdir())
             record = {
+                "sizes": output_sizes(tmp, files),
                 "status": "done",
                 "path": item.path,
                 "input": {"path": item.path, **fingerprint},
