@@ -92,7 +92,9 @@ class FrameFlow:
 
     Args:
         engine: any :class:`~avsal_deploy.engine.base.Engine`.
-        fps: the stream's nominal frame rate; ``audio_rate``: the pushed audio's sample rate.
+        fps: the stream's nominal frame rate; ``audio_rate``: the pushed audio's sample rate;
+            ``audio_start``: when its first sample plays, on the clock of the pushed timestamps
+            (default: with the first frame; see :class:`~avsal_deploy.data.stream.StreamWindower`).
         options: steps, stride, seed and batch size (:class:`PredictOptions`). The same x_T (from
             the seed) serves every window of the stream.
         letterbox: as :class:`Predictor`.
@@ -109,6 +111,7 @@ class FrameFlow:
         letterbox: bool = False,
         keep_frames: bool = False,
         timings: Timings | None = None,
+        audio_start: float | None = None,
     ) -> None:
         options = options if options is not None else PredictOptions()
         self.engine = engine
@@ -122,6 +125,7 @@ class FrameFlow:
             audio_rate=audio_rate,
             stride=options.stride,
             letterbox=letterbox,
+            audio_start=audio_start,
         )
         self.keep_frames = keep_frames
         self.timings = timings if timings is not None else Timings()
@@ -273,12 +277,14 @@ class Predictor:
         audio_rate: int | None = None,
         keep_frames: bool = False,
         timings: Timings | None = None,
+        audio_start: float | None = None,
     ) -> FrameFlow:
         """A :class:`FrameFlow` with this predictor's settings (one per stream)."""
         return FrameFlow(
             self.engine,
             fps=fps,
             audio_rate=audio_rate,
+            audio_start=audio_start,
             options=self.options,
             letterbox=self.letterbox,
             keep_frames=keep_frames,

@@ -28,6 +28,7 @@ from avsal_deploy.errors import AvsalError, BackendUnavailableError
 from avsal_deploy.serving.contract import (
     AUDIO_INPUT,
     AUDIO_RATE_INPUT,
+    AUDIO_START_INPUT,
     FPS_INPUT,
     FPS_OUTPUT,
     FRAME_INDEX_OUTPUT,
@@ -369,6 +370,7 @@ def stream(
     *,
     fps: float = 25.0,
     audio_rate: int = 16000,
+    audio_start: float | None = None,
     steps: int | None = None,
     stride: int | None = None,
     seed: int = 0,
@@ -382,7 +384,10 @@ def stream(
     """Play a stream through ``avsal_stream`` over gRPC: a generator of ``(frame_index, map)``.
 
     ``frames`` yields uint8 RGB [H, W, 3] frames (or ``(frame, timestamp)`` pairs); ``audio_chunks``
-    (optional) yields, per frame, the mono float32 samples that came with it at ``audio_rate``.
+    (optional) yields, per frame, the mono float32 samples that came with it at ``audio_rate``;
+    ``audio_start`` is when the first of them plays, on the clock of the frames' timestamps
+    (default: with the first frame; a soundtrack demuxed from a file starts at its track's start
+    time, which is not always the first frame's).
     Maps are float32 [h, w] at the model's size, each frame's exactly once, in frame order; the
     last ones arrive with the END request. With ``roi_codec`` (``x264`` / ``x265``) it yields
     ``(frame_index, map, qp_offsets)``, the frame's QP offset grid for a live encoder.
@@ -422,6 +427,8 @@ def stream(
                 inputs.append(_input(grpc, AUDIO_RATE_INPUT, np.array([[audio_rate]], np.int32)))
                 inputs.append(_input(grpc, FPS_INPUT, np.array([[fps]], np.float64)))
                 inputs.append(_input(grpc, SEED_INPUT, np.array([[seed]], np.int64)))
+                if audio_start is not None:
+                    inputs.append(_input(grpc, AUDIO_START_INPUT, np.array([[audio_start]], np.float64)))
                 if steps is not None:
                     inputs.append(_input(grpc, STEPS_INPUT, np.array([[steps]], np.int32)))
                 if stride is not None:

@@ -63,6 +63,9 @@ AUDIO_INPUT = "audio"
 AUDIO_RATE_INPUT = "audio_rate"
 FPS_INPUT = "fps"
 TIMESTAMP_INPUT = "timestamp"
+#: When the stream's first audio sample plays, on the clock of the frames' timestamps (FP64 [1],
+#: first request; default: with the first frame). See avsal_deploy.data.stream.StreamWindower.
+AUDIO_START_INPUT = "audio_start"
 ROI_CODEC_INPUT = "roi_codec"
 MAPS_OUTPUT = "maps"
 FRAME_INDEX_OUTPUT = "frame_index"

@@ -37,6 +37,7 @@ from avsal_deploy.errors import AvsalError, BackendUnavailableError, ConfigError
 from avsal_deploy.serving.contract import (
     AUDIO_INPUT,
     AUDIO_RATE_INPUT,
+    AUDIO_START_INPUT,
     CORRID_CONTROL,
     DECODER_PARAMETER,
     END_CONTROL,
@@ -224,6 +225,7 @@ def stream_config(
         {"name": AUDIO_RATE_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": FPS_INPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
         {"name": TIMESTAMP_INPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
+        {"name": AUDIO_START_INPUT, "data_type": _Enum("TYPE_FP64"), "dims": [1], **opt},
         {"name": STEPS_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": STRIDE_INPUT, "data_type": _Enum("TYPE_INT32"), "dims": [1], **opt},
         {"name": SEED_INPUT, "data_type": _Enum("TYPE_INT64"), "dims": [1], **opt},

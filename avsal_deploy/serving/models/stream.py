@@ -10,6 +10,9 @@ inputs). Per correlation id an instance keeps one flow (a
 they need: bounded memory). Each request carries one decoded frame (``frame`` UINT8 [H, W, 3],
 RGB; the first frame fixes the size) and the audio that came with it (``audio`` FP32 [n], n >= 0);
 the first request may set ``audio_rate`` (INT32, default 16000), ``fps`` (FP64, default 25),
+``audio_start`` (FP64: when the first audio sample plays, on the clock of the frames'
+``timestamp`` inputs; default: with the first frame; a client that demuxes a file itself sends its
+audio track's start time, as a file's soundtrack is aligned to its first frame offline),
 ``steps``, ``stride``, ``seed`` and ``roi_codec`` (BYTES, ``x264`` or ``x265``). The response has
 the maps of every frame whose window became ready (``maps`` FP32 [K, h, w] at the model's size,
 ``frame_index`` INT64 [K]), with ``roi_codec`` their temporally smoothed QP offset grids for the
@@ -42,6 +45,7 @@ from avsal_deploy.pipeline import FrameFlow, PredictOptions, Predictor, run_wind
 from avsal_deploy.serving.contract import (
     AUDIO_INPUT,
     AUDIO_RATE_INPUT,
+    AUDIO_START_INPUT,
     CORRID_CONTROL,
     DEFAULT_AUDIO_RATE,
     DEFAULT_FPS,
@@ -154,7 +158,10 @@ class StreamSessions:
         fps = scalar(get(FPS_INPUT), float, FPS_INPUT, DEFAULT_FPS)
         if rate <= 0 or not np.isfinite(fps) or fps <= 0:
             raise RequestError(f"{STREAM_MODEL}: audio_rate={rate} and fps={fps} must be positive")
-        flow = Predictor(self.engine, options).flow(fps, rate)
+        audio_start = scalar(get(AUDIO_START_INPUT), float, AUDIO_START_INPUT, None)
+        if audio_start is not None and not np.isfinite(audio_start):
+            raise RequestError(f"{STREAM_MODEL}: audio_start={audio_start} must be a finite time in seconds")
+        flow = Predictor(self.engine, options).flow(fps, rate, audio_start=audio_start)
         stream = _Stream(flow, (int(frame.shape[0]), int(frame.shape[1])), time.monotonic())
         codec = get(ROI_CODEC_INPUT)
         if codec is not None:
