@@ -210,3 +210,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     seed = getattr(config.option, "randomly_seed", None)
     if seed is not None and config.pluginmanager.has_plugin("randomly"):
         terminalreporter.write_line(f"test order: random, rerun it with --randomly-seed={seed}")
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (Linux: the SigCgt mask of /proc/PID/status;
+    Python catches SIGINT from its start, SIGTERM only once an avsal command installs its handlers)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import catches_sigterm
 from media_utils import write_video
 
 from avsal_deploy.cli import main
@@ -211,17 +212,6 @@ def test_resume_rules(tmp_path: Path, tiny_checkpoint: Path) -> None:
 SIGNAL_PLAN = (signal.SIGTERM,) * 9 + (signal.SIGINT,) * 8 + (signal.SIGKILL,) * 3
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has a SIGTERM handler (Linux: the SigCgt mask of /proc/PID/status;
-    Python catches SIGINT from its start, SIGTERM only once the command installs its handlers)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-    return bool(caught >> (signal.SIGTERM - 1) & 1)
-
-
 def _visible(out: Path) -> dict[str, bytes]:
     """The video directories a reader can see (not the private ``.partial`` area): name -> maps."""
     found = {}
@@ -276,7 +266,7 @@ def test_signals_at_random_moments_stop_cleanly_and_resume_identically(
             [*command, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + 60
-        while not _catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        while not catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)  # until the command's signal handlers are in place
         delay = rng.uniform(0.0, full_run)
         time.sleep(delay)
