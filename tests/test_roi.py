@@ -19,7 +19,14 @@ from avsal_deploy.roi import encode as encoding
 from avsal_deploy.roi import exporters as ex
 from avsal_deploy.roi import quality
 from avsal_deploy.roi.compare import compare_video, predict_maps, read_maps_for, run_comparison
-from avsal_deploy.roi.encode import _attach_rois, block_side_data, encode, read_clip, side_data_writer
+from avsal_deploy.roi.encode import (
+    _attach_rois,
+    block_side_data,
+    encode,
+    read_clip,
+    regions_of_interest,
+    side_data_writer,
+)
 from avsal_deploy.roi.mapping import (
     OffsetSmoother,
     RoiParams,
@@ -174,9 +181,9 @@ def test_filter_graph_attaches_the_regions_as_side_data(offsets: np.ndarray) -> 
     frame = av.VideoFrame.from_ndarray(np.zeros((SIZE[0] * 3 // 2, SIZE[1]), np.uint8), format="yuv420p")
     frame.pts, frame.time_base = 0, Fraction(1, 25)
     out = _attach_rois(frame, regions, SIZE[1], SIZE[0], Fraction(1, 25))
-    sd = [s for s in out.side_data if "REGIONS_OF_INTEREST" in str(s.type)]
+    sd = regions_of_interest(out)
     assert len(sd) == 1
-    assert ex.unpack_side_data(bytes(sd[0])) == regions
+    assert ex.unpack_side_data(sd[0]) == regions
 
 
 @pytest.mark.parametrize("codec", ["x264", "x265"])
@@ -208,7 +215,7 @@ def test_ctypes_route_gives_the_same_bitstream_as_the_filter_graph(sample: dict,
     assert np.array_equal(ex.offsets_from_rois(regions, clip.size), ex.quantize_offsets(o[5]))
     frame = av.VideoFrame(SIZE[1], SIZE[0], "yuv420p")
     side_data_writer().attach(frame, ex.pack_side_data(regions))
-    got = [bytes(sd) for sd in frame.side_data if "REGIONS_OF_INTEREST" in str(sd.type)]
+    got = regions_of_interest(frame)
     assert got == [ex.pack_side_data(regions)]
 
 

@@ -193,8 +193,7 @@ class SideDataWriter:
         probe = av.VideoFrame(94, 46, "yuv420p")
         payload = b"".join(struct.pack("<I4i2i", 28, 0, 16, 16, 48, -7, 51) for _ in range(2))  # two regions
         self.attach(probe, payload)
-        got = [bytes(sd) for sd in probe.side_data if int(sd.type.value) == _ROI_SIDE_DATA]
-        if got != [payload]:
+        if regions_of_interest(probe) != [payload]:
             raise RuntimeError("side data attached through ctypes does not read back through PyAV")
 
     @staticmethod
@@ -245,6 +244,17 @@ class SideDataWriter:
 
 ctypes_unavailable: str | None = None
 _writer: list[SideDataWriter | None] = []
+
+
+def regions_of_interest(frame: Any) -> list[bytes]:
+    """The ROI side data a frame carries, as raw ``AVRegionOfInterest`` arrays.
+
+    PyAV up to 18.1.0 iterates ``frame.side_data`` as a sequence of side data; 18.1.1 made it a
+    mapping from type to side data. Both are read here.
+    """
+    container = frame.side_data
+    items = container.values() if hasattr(container, "values") else container
+    return [bytes(sd) for sd in items if int(sd.type.value) == _ROI_SIDE_DATA]
 
 
 def side_data_writer() -> SideDataWriter | None:
