@@ -47,13 +47,14 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def _stopped(proc: subprocess.Popen, sig: signal.Signals) -> str:
+def _stopped(proc: subprocess.Popen, sig: signal.Signals) -> tuple[str, str]:
+    """Send ``sig``; the command's stdout and stderr once it exited with 130."""
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "terminate called" not in err and "Traceback" not in err, err[-3000:]
     assert f"interrupted by {sig.name}" in err
-    return err
+    return out, err
 
 
 def test_predict_stops_without_a_partial_output(tiny_export: Path, tmp_path: Path) -> None:
@@ -150,3 +151,56 @@ def _components(repo: Path) -> list[str]:
         for p in repo.iterdir()
         if p.name.startswith("avsal_") and p.name not in ("avsal_stream", "avsal_video", "avsal_pipeline")
     ]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(proc.name))
+    return out
+
+
+def _read_until(proc: subprocess.Popen, prefix: str) -> str:
+    """The command's output up to and including the line that starts with ``prefix``."""
+    lines = []
+    while not (line := proc.stdout.readline()).startswith(prefix):
+        assert line, ("".join(lines), proc.communicate())
+        lines.append(line)
+    return "".join([*lines, line])
+
+
+@pytest.mark.triton
+def test_serve_restarts_a_tritonserver_that_dies(triton_repo: Path) -> None:
+    """The fault drill's server kill: `kill -9` of tritonserver under `avsal serve` is followed by a
+    new server on the same ports, without a manual step; the command still stops with 130."""
+    http, grpc, metrics = _free_ports(3)
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    proc = _start(["serve", str(triton_repo), *ports, "--model", "avsal_fusion"])
+
+    def server_pid() -> int | None:
+        found = [c for c in _children(proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return found[0] if found else None
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{http}/v2/models/avsal_fusion/ready", timeout=1
+            ) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    _wait_for(ready)
+    first = server_pid()
+    assert first is not None
+    _read_until(proc, "serving;")  # start-up is over
+    os.kill(first, signal.SIGKILL)
+    assert "restarting it" in _read_until(proc, "serving again")
+    assert server_pid() not in (None, first) and ready()
+    _stopped(proc, signal.SIGTERM)

@@ -9,6 +9,8 @@ through a server's ``avsal_stream`` model.
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
 
 from avsal_deploy import interrupt
 from avsal_deploy.cli.grammar import (
@@ -22,7 +24,7 @@ from avsal_deploy.cli.grammar import (
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.serving.contract import ROI_CODECS, WINDOW_ENGINES
 from avsal_deploy.serving.repository import PLATFORMS
-from avsal_deploy.serving.server import DEFAULT_PORTS, HOST
+from avsal_deploy.serving.server import DEFAULT_PORTS, HOST, TritonServerError
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -61,14 +63,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"metrics {server.metrics_url}")
         print(f"log     {server.log_path}")
         print("serving; Ctrl-C (or SIGTERM) stops the server", flush=True)
+        restarts: list[float] = []
         while not interrupt.wait(0.5):
-            server.check_alive()
+            if server.returncode is not None:  # tritonserver itself died (killed, crashed, OOM)
+                restarts = _restart(server, restarts)
+                continue
             for model in server.heal():  # a stub died: reload its model
                 print(f"reloaded {model} (its python stub process had died)", flush=True)
         print("stopping ...", flush=True)
     print(f"tritonserver stopped (exit code {server.returncode})")
     interrupt.check()  # exit status 130: stopped by a signal
     return 0
+
+
+#: ``avsal serve`` restarts a tritonserver that died, at most this many times in RESTART_WINDOW_S.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+
+
+def _restart(server: Any, restarts: list[float]) -> list[float]:
+    """Start a dead server again on the same ports (its resources released first), retrying a
+    start that fails; give up (the server's error, with its log's tail) after :data:`MAX_RESTARTS`
+    in :data:`RESTART_WINDOW_S`."""
+    while True:
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+        if len(restarts) >= MAX_RESTARTS:
+            server.check_alive()  # raises TritonServerError with the exit code and the log's tail
+            raise TritonServerError(f"{server.repo}: tritonserver died {len(restarts)} times in a row")
+        restarts.append(now)
+        print(
+            f"tritonserver exited with code {server.returncode}; restarting it "
+            f"({len(restarts)} of at most {MAX_RESTARTS} in {RESTART_WINDOW_S / 60:g} minutes) ...",
+            flush=True,
+        )
+        server.stop()
+        try:
+            server.start()
+        except TritonServerError as exc:
+            print(f"the restart failed: {exc}", flush=True)
+            continue
+        print(f"serving again (log {server.log_path})", flush=True)
+        return restarts
 
 
 def _options(items: list[str] | None) -> dict[str, str]:
