@@ -219,9 +219,12 @@ def test_oneshot_conditioned_unet_uses_the_one_shot_map() -> None:
     assert build_model(config, "diffsal").unet.stem.in_channels == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.long
 def test_full_binding_model_exports_and_onnxruntime_matches_torch(tmp_path: Path) -> None:
     """Read-out + one-shot-conditioned UNet: the whole export (both the UNet step and the fused
-    DDIM graph take ``one_shot``), checked at batch 1 and 2 against the torch model."""
+    DDIM graph take ``one_shot``), checked at batch 1 and 2 against the torch model with a non-zero
+    read-out. Long (40 s): the suite's tiny export has the same graphs, with the read-out at its
+    neutral start, and is checked against torch in tests/test_export.py."""
     pytest.importorskip("onnxruntime")
     from avsal_deploy import engine as engines
     from avsal_deploy.export.onnx import export_model
