@@ -3,11 +3,11 @@ NumPy BLAS, the higher is the limit). The report divides each engine's achieved 
 
 from __future__ import annotations
 
-from avsal_deploy.bench.machine import gemm_peak
+from avsal_deploy.bench.machine import gemm_peak, library_versions
 
 
 def test_gemm_peak(benchmark) -> None:
     peak = benchmark.pedantic(gemm_peak, kwargs={"size": 2048, "repeats": 5}, rounds=1, iterations=1)
     benchmark.group = "machine: fp32 GEMM 2048^3"
-    benchmark.extra_info.update(metric="gemm", **peak.to_dict())
+    benchmark.extra_info.update(metric="gemm", **peak.to_dict(), **library_versions())
     assert peak.gflops == max(peak.per_backend.values()) > 0

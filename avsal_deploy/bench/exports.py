@@ -4,10 +4,16 @@
 ``paper`` are randomly initialised (seed 0) hybrid models, exported with the unrolled 4-step DDIM
 graph beside the UNet step: their cost is the architecture's, not the weights'. Cached under
 ``$AVSAL_CACHE/bench/<profile>-<fingerprint>-<version>`` so a report does not re-export.
+
+:func:`family_export` does the same for any family and config (the model-zoo suite): randomly
+initialised (seed 0), exported as ``avsal predict`` exports a checkpoint (no fused DDIM graph),
+cached under ``$AVSAL_CACHE/bench/zoo/<family>-<config digest>-<version>``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from avsal_deploy import engine as engines
 from avsal_deploy._version import __version__
-from avsal_deploy.config import PROFILES, load_config
+from avsal_deploy.config import PROFILES, Config, check_variant, load_config
 from avsal_deploy.errors import ConfigError
 from avsal_deploy.export.cache import cache_root
 
@@ -43,6 +49,36 @@ def bench_export(profile: str, variant: str = "hybrid") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     try:
         export_model(model, tmp, ddim_steps=4)
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def config_digest(config: Config) -> str:
+    """A short hash of every field of ``config`` (input sizes and statistics included)."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def family_export(config: Config, family: str) -> Path:
+    """The export directory of ``family`` at ``config``, randomly initialised (seed 0): exported
+    the first time, then reused (keyed by family, config digest and package version)."""
+    check_variant(family)
+    directory = cache_root() / "bench" / "zoo" / f"{family}-{config_digest(config)}-{__version__}"
+    if (directory / "manifest.json").exists():
+        return directory
+    import torch
+
+    from avsal_deploy.export.onnx import export_model
+    from avsal_deploy.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(config, family).eval()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
+    try:
+        export_model(model, tmp)
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
     finally:

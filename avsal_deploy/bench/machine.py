@@ -66,6 +66,26 @@ def _ort_matmul(size: int, threads: int):
     return lambda: session.run(None, feeds)
 
 
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries the engines run on (None where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for lib, dists in (
+        ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+        ("torch", ("torch",)),
+        ("numpy", ("numpy",)),
+    ):
+        out[lib] = None
+        for dist in dists:
+            try:
+                out[lib] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+    return out
+
+
 def gemm_peak(size: int = 2048, threads: int | None = None, repeats: int = 5) -> GemmPeak:
     """fp32 GEMM GFLOP/s of a ``size`` x ``size`` product (best of ``repeats``), the machine's limit."""
     threads = threads or len(os.sched_getaffinity(0))

@@ -10,6 +10,8 @@ and derives:
                      reason in ``notes``) and every table behind them;
 ``DIR/report.md``    the same as tables, each ratio beside its target and how far it is;
 ``DIR/*.png``        latency vs batch, frames/s vs streams, a per-component time breakdown;
+``DIR/model_zoo_costs.json``  each family's seconds per frame, with the machine and date (when
+                     the model-zoo suite ran; :mod:`avsal_deploy.bench.zoo` installs it);
 ``DIR/raw/benchmarks.json``  pytest-benchmark's own output.
 
 Times are medians. GFLOP are GEMM-class (2 per multiply-add, :mod:`avsal_deploy.bench.flops`);
@@ -73,6 +75,7 @@ SUITES = (
     "test_attention_memory.py",
     "test_streams.py",
     "test_perf_analyzer.py",
+    "test_model_zoo.py",
 )
 PROFILE_ORDER = ("tiny", "small", "paper")
 
@@ -100,9 +103,12 @@ def run_suites(
     if not files:
         raise AvsalError(f"{suites_dir}: none of the benchmark suites {list(suites)} is there")
     env = dict(os.environ, AVSAL_BENCH_PROFILES=",".join(profiles), AVSAL_BENCH_QUICK="1" if quick else "0")
+    # In file order (no pytest-randomly shuffle): the model-zoo suite keeps one family's engines
+    # open at a time and runs each family's batch-1 cases before its batch-8 ones.
     cmd = [
         sys.executable, "-m", "pytest", *files, "--benchmark-enable", "--benchmark-only",
-        f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider", "-rs", *extra_args,
+        f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-rs",
+        *extra_args,
     ]  # fmt: skip
     if quick:
         cmd += ["--benchmark-max-time=0.5", "--benchmark-min-rounds=3"]
@@ -284,6 +290,37 @@ def _precision(cases: list[dict[str, Any]], parts: _Parts) -> None:
     ]  # fmt: skip
 
 
+def _model_zoo(cases: list[dict[str, Any]], peak: float | None, parts: _Parts) -> None:
+    """Every family at its deployed size: seconds per frame per engine and batch (test_model_zoo.py)."""
+    from avsal_deploy.bench.zoo import zoo_table
+
+    rows = zoo_table(cases, peak)
+    if rows:
+        parts[2]["model_zoo"] = rows
+
+
+#: Vector extensions recorded with the machine (pytest-benchmark's cpuinfo flags, filtered).
+_SIMD = ("sse4", "avx", "fma", "f16c", "amx")
+
+
+def measured(raw: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where and when the cases were measured: pytest-benchmark's date, commit and CPU, and the
+    library versions the suites record (``onnxruntime``, ``torch`` in a case's ``extra_info``)."""
+    cpu = (raw.get("machine_info") or {}).get("cpu") or {}
+    commit = raw.get("commit_info") or {}
+    out: dict[str, Any] = {
+        "datetime": raw.get("datetime"),
+        "commit": (commit.get("id") or "")[:7] or None,
+        "dirty": commit.get("dirty"),
+        "cpu": cpu.get("brand_raw"),
+        "cpus": cpu.get("count"),
+        "simd": sorted(f for f in cpu.get("flags", []) if f.startswith(_SIMD)),
+    }
+    for lib in ("onnxruntime", "torch"):
+        out[lib] = next((c[lib] for c in cases if c.get(lib)), None)
+    return out
+
+
 def _plain_tables(cases: list[dict[str, Any]], node_profiles: dict[str, Any] | None, parts: _Parts) -> None:
     """Memory, decoding, perf_analyzer and the per-node profile, as measured."""
     tables = parts[2]
@@ -322,11 +359,13 @@ def derive(raw: dict[str, Any], node_profiles: dict[str, Any] | None = None) -> 
     _streams(cases, parts)
     _attention_memory(cases, parts)
     _precision(cases, parts)
+    _model_zoo(cases, peak, parts)
     _plain_tables(cases, node_profiles, parts)
     report["targets"] = [_judge(t, report) for t in TARGETS]
     report["notes"] = {k: notes[k] for k in sorted(notes)}
     report["tables"] = tables
     report["machine"] = {"cpus": len(os.sched_getaffinity(0)), "gemm": gemm}
+    report["measured"] = measured(raw, cases)
     return report
 
 
@@ -425,10 +464,15 @@ def _md_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     t = report["tables"]
+    m = report.get("measured") or {}
     parts = [
         "# avsal-deploy benchmark report\n",
         f"Machine: {report['machine']['cpus']} CPUs, fp32 GEMM {_fmt(report['gemm_gflops'])} GFLOP/s "
         f"(measured in this run). Largest engine profile: {report.get('profile')}. Times are medians.\n",
+        f"Measured {_fmt(m.get('datetime'))} at commit {_fmt(m.get('commit'))}"
+        f"{' (with uncommitted changes)' if m.get('dirty') else ''} on {_fmt(m.get('cpu'))}; "
+        f"ONNX Runtime {_fmt(m.get('onnxruntime'))}, torch {_fmt(m.get('torch'))}; "
+        f"vector extensions: {' '.join(m.get('simd') or []) or '–'}.\n",
         "## Targets\n",
         _md_table(
             [
@@ -472,6 +516,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "## Decode + preprocess (720p -> model input)\n",
         _md_table(t.get("decode", [])),
     ]
+    if t.get("model_zoo"):
+        from avsal_deploy.bench.zoo import TABLE_COLUMNS, TORCH_B8_BUDGET_S
+
+        parts += [
+            "## Model zoo: seconds per output frame (one window per frame, stride 1)\n",
+            "Every family at its deployed size, random weights, its default DDIM steps; `_b8`: eight "
+            "windows per call, divided by 8. Torch eager at batch 8 runs only where it is estimated to "
+            f"take at most {TORCH_B8_BUDGET_S:.0f} s (`note` says so otherwise). `gemm_share`: ONNX "
+            "Runtime's GFLOP/s over the GEMM limit measured in this run.\n",
+            _md_table(t["model_zoo"], TABLE_COLUMNS),
+        ]
     if t.get("attention_memory"):
         parts += [
             "## Saliency-UNet attention peak memory (attention alone, batch 1)\n",
@@ -575,4 +630,9 @@ def build_report(
     report["plots"] = [p.name for p in write_plots(report, out_dir)]
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     write_markdown(report, out_dir / "report.md")
+    from avsal_deploy.bench.zoo import costs_from_report
+
+    costs = costs_from_report(report)
+    if costs is not None:
+        (out_dir / "model_zoo_costs.json").write_text(json.dumps(costs, indent=2) + "\n")
     return report

@@ -38,7 +38,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     node_profiles = None
     if not args.no_node_profile:
         data = rep.merge_raw(raws)
-        profiles_run = {b.get("extra_info", {}).get("profile") for b in data.get("benchmarks", [])}
+        # the engine suites' profiles (the model-zoo suite's sizes are not profiled per node)
+        infos = [b.get("extra_info") or {} for b in data.get("benchmarks", [])]
+        profiles_run = {i.get("profile") for i in infos if i.get("metric") != "zoo"}
         largest = rep.largest_profile(p for p in profiles_run if p)
         if largest:
             if not args.quiet:

@@ -122,12 +122,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'family':<24}{'profile':<8}{'params':>9}{'GFLOP/window':>14}  {'audio':<6} input")
+    speed = "s/frame (ONNX Runtime, batch 1)"
+    print(f"{'family':<24}{'profile':<8}{'params':>9}{'GFLOP/window':>14}  {speed}  {'audio':<6} input")
     for r in rows:
+        cost = "-" if r["s_per_frame_ort_b1"] is None else f"{r['s_per_frame_ort_b1']:.3g}"
         print(
             f"{r['family']:<24}{r['profile'] or '-':<8}{r['params'] / 1e6:>8.1f}M{r['gflops_per_window']:>14.1f}  "
-            f"{'yes' if r['audio'] else 'no':<6} {r['input_mode']}"
+            f"{cost:>{len(speed)}}  {'yes' if r['audio'] else 'no':<6} {r['input_mode']}"
         )
+    measured = sorted({r["cost_measured"] for r in rows if r["cost_measured"]})
+    if measured:
+        print(
+            "\ns/frame: one window per output frame (stride 1) at the default DDIM steps, measured "
+            + "; ".join(measured)
+            + " (`-`: not measured at this size)"
+        )
+    else:
+        print("\ns/frame: not measured yet (the model-zoo benchmark, docs/benchmarks.md)")
     official = [r for r in rows if r["origin"] == "official"]
     print(
         "\nofficial families: `avsal convert CHECKPOINT --from NAME --out FILE.safetensors`; licences of the released weights:"
