@@ -25,7 +25,7 @@ from media_utils import write_video
 from tritonclient.grpc import model_config_pb2
 
 from avsal_deploy.engine import open as open_engine
-from avsal_deploy.serving.client import open_triton, stream
+from avsal_deploy.serving.client import open_triton, predict_video, stream
 from avsal_deploy.serving.server import TritonServer
 from avsal_deploy.specs import sample_window
 
@@ -227,6 +227,8 @@ def _serves_correctly(server: TritonServer, export: Path, videos: dict[str, byte
     maps = dict(stream(server.grpc_url, frames, chunks, fps=fps, audio_rate=rate, seed=0))
     assert sorted(maps) == list(range(len(frames)))
     assert all(np.isfinite(m).all() for m in maps.values())
+    whole, _ = predict_video(server.grpc_url, path, seed=0)  # the file decoded by avsal_video
+    assert whole.shape[0] == len(frames) and np.isfinite(whole).all()
 
 
 def _fuzz(server, configs, videos, export: Path, tmp: Path, n: int) -> None:
@@ -254,6 +256,7 @@ def _fuzz(server, configs, videos, export: Path, tmp: Path, n: int) -> None:
     _serves_correctly(server, export, videos, tmp)
     after = _footprint(server)
     grown = {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+    print(f"\nanonymous memory kept after {n} requests (MB): {grown}")
     assert all(g <= MEMORY_ALLOWANCE_MB for g in grown.values()), grown
 
 
