@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 from avsal_deploy import interrupt
 from avsal_deploy.cli.grammar import (
@@ -24,7 +23,7 @@ from avsal_deploy.cli.grammar import (
 from avsal_deploy.errors import AvsalError
 from avsal_deploy.serving.contract import ROI_CODECS, WINDOW_ENGINES
 from avsal_deploy.serving.repository import PLATFORMS
-from avsal_deploy.serving.server import DEFAULT_PORTS, HOST, TritonServerError
+from avsal_deploy.serving.server import DEFAULT_PORTS, HOST, TritonServer, TritonServerError
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -81,7 +80,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 
 
-def _restart(server: Any, restarts: list[float]) -> list[float]:
+def _restart(server: TritonServer, restarts: list[float]) -> list[float]:
     """Start a dead server again on the same ports (its resources released first), retrying a
     start that fails; give up (the server's error, with its log's tail) after :data:`MAX_RESTARTS`
     in :data:`RESTART_WINDOW_S`."""
