@@ -36,6 +36,12 @@ def bench_export(profile: str, variant: str = "hybrid") -> Path:
     directory = (
         cache_root() / "bench" / f"{profile}-{variant}-{config.architecture_fingerprint()}-{__version__}"
     )
+    return _exported_once(directory, config, variant, ddim_steps=4)
+
+
+def _exported_once(directory: Path, config: Config, family: str, ddim_steps: int | None = None) -> Path:
+    """``directory``, holding the export of ``family`` at ``config`` randomly initialised (seed 0):
+    exported into a temporary directory and renamed into place the first time, then reused."""
     if (directory / "manifest.json").exists():
         return directory
     import torch
@@ -44,11 +50,11 @@ def bench_export(profile: str, variant: str = "hybrid") -> Path:
     from avsal_deploy.models.build import build_model
 
     torch.manual_seed(0)
-    model = build_model(config, variant).eval()
+    model = build_model(config, family).eval()
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     try:
-        export_model(model, tmp, ddim_steps=4)
+        export_model(model, tmp, ddim_steps=ddim_steps)
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
     finally:
@@ -66,24 +72,7 @@ def family_export(config: Config, family: str) -> Path:
     the first time, then reused (keyed by family, config digest and package version)."""
     check_variant(family)
     directory = cache_root() / "bench" / "zoo" / f"{family}-{config_digest(config)}-{__version__}"
-    if (directory / "manifest.json").exists():
-        return directory
-    import torch
-
-    from avsal_deploy.export.onnx import export_model
-    from avsal_deploy.models.build import build_model
-
-    torch.manual_seed(0)
-    model = build_model(config, family).eval()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
-    try:
-        export_model(model, tmp)
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return _exported_once(directory, config, family)
 
 
 def bench_profiles(default: str = "small") -> list[str]:
