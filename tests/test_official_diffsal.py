@@ -610,3 +610,35 @@ def test_official_input_mode_fields_keep_fingerprints() -> None:
     from avsal_deploy.config import Config
 
     assert Config.from_dict(stored).video.pre_resize == ()
+
+
+@pytest.mark.long
+@pytest.mark.triton
+def test_triton_stream_equals_offline_prediction(families: dict[str, Family], tmp_path: Path) -> None:
+    """``avsal triton-repo`` of the converted audio-visual checkpoint's export, the real server and
+    ``avsal_stream`` (the official input mode, the clip's sound at its own rate): every frame's map
+    equals offline prediction within 1e-4. Long: a DiffSal window takes seconds here."""
+    from media_utils import write_video
+
+    from avsal_deploy.data.source import MediaSource
+    from avsal_deploy.pipeline import PredictOptions, Predictor
+    from avsal_deploy.serving.client import stream
+    from avsal_deploy.serving.server import TritonServer
+
+    export = families[AV].export_dir
+    video = write_video(tmp_path / "clip.mp4", n=5, fps=25, size=(72, 128), audio="aac")
+    offline = Predictor(families[AV].ort_engine, PredictOptions(stride=4)).predict(video).frame_maps
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--export", str(export), "--out", str(repo)]) == 0
+    source = MediaSource(video)
+    try:
+        items = list(source.media())
+    finally:
+        source.close()
+    frames, chunks = [(f, ts) for f, ts, _ in items], [c for _, _, c in items]
+    with TritonServer(repo, models=["avsal_stream"], startup_timeout=300) as server:
+        got = dict(
+            stream(server.grpc_url, frames, chunks, fps=source.fps, audio_rate=source.audio_rate, stride=4)
+        )
+    assert sorted(got) == list(range(5))
+    assert max(float(np.abs(got[i] - offline[i]).max()) for i in got) <= 1e-4
