@@ -232,3 +232,38 @@ def test_map_agreement_of_an_engine_with_itself_is_one(tmp_path: Path) -> None:
     agreement = map_agreement(eng, eng, [clip])
     assert agreement["frames"] == 15
     assert agreement["cc_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_says_it_needs_a_gpu_and_runs_its_cases_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU script exits 3 with one clear line where torch sees no CUDA device, and its own code
+    (families built, CPU reference maps, timed windows, CC per case) runs with ``--device cpu``."""
+    import subprocess
+    import sys
+
+    import torch
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, env=env)
+        assert done.returncode == 3 and "needs a GPU" in done.stderr and "nothing was run" in done.stderr
+    out = tmp_path / "gpu-check.json"
+    args = ["--device", "cpu", "--profile", "tiny", "--families", "hybrid,avrsp", "--batches", "1,2"]
+    done = subprocess.run(
+        ["bash", str(GPU_CHECK), *args, "--reps", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["family"], r["batch"]) for r in rows] == [
+        ("hybrid", 1),
+        ("hybrid", 2),
+        ("avrsp", 1),
+        ("avrsp", 2),
+    ]
+    assert all(r["precision"] == "fp32" and not r["cuda_graphs"] for r in rows)
+    assert all(r["cc_to_cpu"] >= 0.999 and r["parity"] and r["frames_per_second"] > 0 for r in rows)

@@ -173,6 +173,23 @@ def test_shipped_export_matches_the_shipped_checkpoint(default_engine) -> None:
     assert np.abs(a - b).max() <= 1e-4
 
 
+def test_sessions_run_without_the_memory_pattern_and_the_maps_do_not_change(default_engine) -> None:
+    """ONNX Runtime's memory pattern is off in every session (it keeps a block per input shape in an
+    arena that never shrinks); turning it on changes no map, at any batch."""
+    from avsal_deploy.specs import sample_window
+
+    assert not any(s.get_session_options().enable_mem_pattern for s in default_engine.sessions.values())
+    with engines.open(None, "onnxruntime", memory_pattern=True) as patterned:
+        assert all(s.get_session_options().enable_mem_pattern for s in patterned.sessions.values())
+        for batch in (3, 1):
+            w = sample_window(default_engine.specs, batch=batch, seed=batch)
+            maps = [
+                e.predict_window(w["frames"], w["audio"], 2, seed=1, envelope=w.get("envelope"))
+                for e in (default_engine, patterned)
+            ]
+            assert np.array_equal(*maps)
+
+
 # ----------------------------------------------------------------------------- memory and install
 RSS_CHILD = r"""
 import json, sys

@@ -328,6 +328,12 @@ def _plain_tables(cases: list[dict[str, Any]], node_profiles: dict[str, Any] | N
         {k: c[k] for k in ("profile", "backend", "imports_mb", "engine_mb", "peak_rss_mb")}
         for c in sorted(_pick(cases, metric="memory"), key=lambda c: (c["profile"], c["backend"]))
     ]
+    tables["memory_pattern"] = [
+        {k: c[k] for k in ("profile", "memory_pattern", "engine_anon_mb", "anon_mb", "s_per_frame")}
+        for c in sorted(
+            _pick(cases, metric="memory_pattern"), key=lambda c: (c["profile"], c["memory_pattern"])
+        )
+    ]
     tables["decode"] = [
         {k: c[k] for k in ("profile", "codec", "decoder", "frames_per_second")}
         for c in _pick(cases, metric="decode")
@@ -513,6 +519,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         ),
         "## Peak memory, one DDIM-4 window (MB)\n",
         _md_table(t.get("memory", [])),
+        "## ONNX Runtime's memory pattern, window batches of 1-8 (anonymous MB, s/frame)\n",
+        _md_table(t.get("memory_pattern", [])),
         "## Decode + preprocess (720p -> model input)\n",
         _md_table(t.get("decode", [])),
     ]

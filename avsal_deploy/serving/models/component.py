@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,14 @@ class ComponentModel:
     def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort
 
+        from avsal_deploy.engine.ort import session_options
+
         config = json.loads(args["model_config"])
         self.name = str(config["name"])
         self.inputs = _model_shapes(config["input"])
         self.outputs = _model_shapes(config["output"])
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = len(os.sched_getaffinity(0))
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(ort)
         self.session: Any = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def _batch(self, pb_utils: Any, requests: list[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
