@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,16 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _wait(condition: Callable[[], bool], timeout: float, step: float = 0.2) -> float:
     """Seconds until ``condition()`` holds (raises after ``timeout``)."""
     start = time.monotonic()
@@ -57,19 +46,6 @@ def _wait(condition: Callable[[], bool], timeout: float, step: float = 0.2) -> f
             raise TimeoutError(f"not within {timeout:.0f} s")
         time.sleep(step)
     return time.monotonic() - start
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(proc.name))
-    return out
 
 
 def _stream_all(url: str, media: tuple, stride: int, seed: int, count: list[int] | None = None) -> int:
@@ -134,7 +110,9 @@ def drill_stub(repo: Path, media: tuple, args: argparse.Namespace) -> dict:
 def drill_server(repo: Path, media: tuple, args: argparse.Namespace) -> dict:
     import urllib.request
 
-    http, grpc, metrics = _free_ports(3)
+    from avsal_deploy.serving.server import child_processes, free_port
+
+    http, grpc, metrics = (free_port() for _ in range(3))  # as TritonServer picks its own
     ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     cmd = [sys.executable, "-m", "avsal_deploy.cli", "serve", str(repo), *ports, "--model", "avsal_stream"]
     cmd += ["--startup-timeout", "600"]
@@ -158,7 +136,7 @@ def drill_server(repo: Path, media: tuple, args: argparse.Namespace) -> dict:
             return False
 
     def server_pid() -> int | None:
-        found = [c for c in _children(proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        found = [pid for pid, cmd in child_processes(proc.pid).items() if b"tritonserver" in b" ".join(cmd)]
         return found[0] if found else None
 
     outcome: dict[str, object] = {}

@@ -20,6 +20,7 @@ from conftest import catches_sigterm
 from media_utils import write_video
 
 from avsal_deploy.outputs import load_maps
+from avsal_deploy.serving.server import child_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -153,19 +154,6 @@ def _components(repo: Path) -> list[str]:
     ]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(proc.name))
-    return out
-
-
 def _read_until(proc: subprocess.Popen, prefix: str) -> str:
     """The command's output up to and including the line that starts with ``prefix``."""
     lines = []
@@ -184,7 +172,7 @@ def test_serve_restarts_a_tritonserver_that_dies(triton_repo: Path) -> None:
     proc = _start(["serve", str(triton_repo), *ports, "--model", "avsal_fusion"])
 
     def server_pid() -> int | None:
-        found = [c for c in _children(proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        found = [pid for pid, cmd in child_processes(proc.pid).items() if b"tritonserver" in b" ".join(cmd)]
         return found[0] if found else None
 
     def ready() -> bool:

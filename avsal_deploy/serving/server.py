@@ -134,6 +134,22 @@ def free_port(host: str = HOST) -> int:
         return int(s.getsockname()[1])
 
 
+def child_processes(pid: int) -> dict[int, list[bytes]]:
+    """The processes whose parent is ``pid``, with their command lines: {pid: [arg, ...]}."""
+    out: dict[int, list[bytes]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out[int(proc.name)] = cmd
+    return out
+
+
 def _reachable(host: str) -> str:
     """The address a client on this machine uses for a server bound to ``host``."""
     if host in ("0.0.0.0", ""):
@@ -337,20 +353,12 @@ class TritonServer:
         out: dict[str, list[int]] = {}
         if self.process is None:
             return out
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != self.process.pid or not cmd or b"triton_python_backend_stub" not in cmd[0]:
+        for pid, cmd in child_processes(self.process.pid).items():
+            if not cmd or b"triton_python_backend_stub" not in cmd[0]:
                 continue
             for arg in cmd[1:]:
                 if arg.endswith(b"model.py"):
-                    out.setdefault(Path(arg.decode()).parent.parent.name, []).append(int(proc.name))
+                    out.setdefault(Path(arg.decode()).parent.parent.name, []).append(pid)
         return out
 
     def heal(self) -> list[str]:
