@@ -5,8 +5,9 @@
 Three faults, each with what a client sees and how serving comes back without a manual step:
 
 1. ``stub``: the ``avsal_stream`` stub is killed (SIGKILL) while ``--streams`` streams are in
-   flight, once each has had 3 maps. The streams in flight get an error; the server's stub watch (``TritonServer.heal``, what
-   ``avsal serve`` runs twice a second) reloads the model; a new stream then gets every map.
+   flight, once each has had 3 maps. The streams in flight get an error; the server's stub watch
+   (``TritonServer.heal``, what ``avsal serve`` runs twice a second) reloads the model; a new
+   stream then gets every map.
 2. ``server``: ``tritonserver`` itself is killed (SIGKILL) under ``avsal serve``; ``avsal serve``
    starts a new one on the same ports; a stream then gets every map; SIGTERM stops ``avsal serve``
    with status 130.
@@ -98,7 +99,7 @@ def drill_stub(repo: Path, media: tuple, args: argparse.Namespace) -> dict:
         outcome["streams_in_flight"] = args.streams
         outcome["streams_with_an_error"] = len(errors)
         outcome["error_sample"] = errors[:2]
-        outcome["maps_per_stream_before_the_kill"] = [m[0] for m in maps]
+        outcome["maps_per_stream_before_the_error"] = [m[0] for m in maps]
         start = time.monotonic()
         got = _stream_all(server.grpc_url, media, args.stride, 0)
         outcome["next_stream_maps"] = f"{got}/{len(media[0])}"
