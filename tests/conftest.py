@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,11 +55,15 @@ def _process_state() -> dict[str, object]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_process_state() -> Iterator[None]:
+def isolated_process_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test starts from the state the session started with and must leave it so: a test that
     changes a global setting fails here (and the setting is put back for the next test), so no test
-    depends on which ran before it. The suite runs in random order (pytest-randomly, which also
-    reseeds Python's, NumPy's and torch's global generators before every test)."""
+    depends on which ran before it. The suite runs in random order (pytest-randomly, which reseeds
+    Python's and NumPy's global generators before every test from the run's seed and the test's
+    id); torch's global generator is reseeded here the same way, so a model built without a seed
+    of its own does not depend on which tests drew from the generator before."""
+    run_seed = int(request.config.getoption("randomly_seed", 0) or 0)
+    torch.manual_seed((run_seed + zlib.crc32(request.node.nodeid.encode())) % 2**63)
     before = _process_state()
     yield
     after = _process_state()

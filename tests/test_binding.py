@@ -142,6 +142,8 @@ def test_binding_model_exports_to_onnx_and_matches_torch(tmp_path: Path) -> None
     from avsal_deploy.export.onnx import audit_tensorrt_ops, export_component
 
     config = _config()
+    # a fixed initialisation: about one in 400 (torch seed 357 of 0-399) leaves the output constant
+    torch.manual_seed(0)
     model = build_model(config, "hybrid").eval()
     with torch.no_grad():  # a non-zero projection, so the map matters
         model.fusion.binding.project.weight.normal_(0, 1.0)  # type: ignore[union-attr]

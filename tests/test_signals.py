@@ -19,7 +19,7 @@ import pytest
 from conftest import catches_sigterm
 from media_utils import write_video
 
-from avsal_deploy.outputs import load_maps
+from avsal_deploy.outputs import load_maps, read_map_info
 from avsal_deploy.serving.server import child_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,18 +132,38 @@ def test_serve_stops_the_server_and_frees_its_memory(triton_repo: Path) -> None:
 def test_stream_stops_after_the_current_frame_and_writes_what_it_received(
     triton_repo: Path, tmp_path: Path
 ) -> None:
+    from avsal_deploy import interrupt
+    from avsal_deploy.serving.player import play
     from avsal_deploy.serving.server import TritonServer
 
     video = write_video(tmp_path / "long.mp4", n=300, fps=25, size=(64, 96), audio="aac")
     out = tmp_path / "out"
     with TritonServer(triton_repo, models=["avsal_stream", *_components(triton_repo)]) as server:
+
+        def answered() -> int:
+            with urllib.request.urlopen(f"{server.http_url}/v2/models/avsal_stream/stats", timeout=5) as r:
+                return int(json.load(r)["model_stats"][0]["inference_count"])
+
         proc = _start(["stream", str(video), "--url", server.grpc_url, "--out", str(out)])
-        time.sleep(2.0)  # a couple of seconds of the stream in real time
+        # mid-stream: the server has answered some of its frames (or the command ended: _stopped says why)
+        _wait_for(lambda: proc.poll() is not None or answered() >= 5)
         _stopped(proc, signal.SIGINT)
         maps = load_maps(out / "maps.npz")
         report = json.loads((out / "stream.json").read_text())
         assert 0 < maps.shape[0] == report["frames"] < 300  # the frames sent, each with its map
         assert not [p for p in out.iterdir() if p.name.startswith(".avsal-")]
+
+        # stopped before its first frame: the (empty) outputs are written all the same
+        empty = tmp_path / "empty"
+        interrupt.request()
+        try:
+            with pytest.raises(interrupt.Interrupted):
+                play(server.grpc_url, video, empty)
+        finally:
+            interrupt.reset()
+        report = json.loads((empty / "stream.json").read_text())
+        assert report["frames"] == 0 and report["latency_ms"] == {}
+        assert read_map_info(empty / "maps.npz")["n_frames"] == 0
 
 
 def _components(repo: Path) -> list[str]:

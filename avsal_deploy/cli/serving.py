@@ -133,9 +133,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         max_seconds=args.seconds,
     )
     lat = report["latency_ms"]
+    latency = (
+        f"; latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms" if lat else ""
+    )
     print(
-        f"{report['frames']} frames streamed in {report['seconds']:.2f} s ({report['frames_per_second']:.1f} "
-        f"frames/s); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
+        f"{report['frames']} frames streamed in {report['seconds']:.2f} s "
+        f"({report['frames_per_second']:.1f} frames/s){latency}"
     )
     print(f"outputs in {args.out}: maps.npz, {'overlay.mp4, ' if args.overlay else ''}stream.json")
     return 0

@@ -83,6 +83,8 @@ class _RoiRecorder:
 def _report(
     video: str | Path, latencies: list[float], seconds: float, realtime: bool, live: bool
 ) -> dict[str, Any]:
+    """``stream.json``: frames, speed and per-frame latency percentiles (none for a stream stopped
+    before its first map)."""
     lat = np.asarray(latencies) * 1000.0
     return {
         "video": str(video),
@@ -93,7 +95,9 @@ def _report(
         "live_input": live,
         "latency_ms": {
             q: round(float(np.percentile(lat, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
-        },
+        }
+        if lat.size
+        else {},
     }
 
 
