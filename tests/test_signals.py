@@ -108,7 +108,6 @@ def _free_ports(n: int) -> list[int]:
 def test_serve_stops_the_server_and_frees_its_memory(triton_repo: Path) -> None:
     http, grpc, metrics = _free_ports(3)
     ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    pools_before = set(os.listdir("/dev/shm"))
     proc = _start(["serve", str(triton_repo), *ports, "--model", "avsal_fusion"])
 
     def ready() -> bool:
@@ -119,8 +118,13 @@ def test_serve_stops_the_server_and_frees_its_memory(triton_repo: Path) -> None:
             return False
 
     _wait_for(ready)
-    pools = {n for n in set(os.listdir("/dev/shm")) - pools_before if n.startswith("avsal_pb_")}
-    assert pools  # the python backend's shared-memory pools of this server
+    # the python backend's shared-memory pools of this server: named by the prefix it was given
+    # (other servers on the machine, of other test runs too, have pools of their own)
+    (cmd,) = [cmd for cmd in child_processes(proc.pid).values() if b"tritonserver" in b" ".join(cmd)]
+    (option,) = [a.decode() for a in cmd if b"shm-region-prefix-name=" in a]
+    prefix = option.split("shm-region-prefix-name=", 1)[1]
+    pools = {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+    assert pools
     _stopped(proc, signal.SIGTERM)
     assert not ready()
     with pytest.raises(OSError):
